@@ -1,0 +1,3 @@
+[
+  inputs: ["{mix,.formatter}.exs", "{config,lib,mix,test}/**/*.{ex,exs}"]
+]

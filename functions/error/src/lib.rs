@@ -1,0 +1,10 @@
+//! Always fails, with `{"message": M}` or a default message.
+use fl_guest::{fl_function, FlError, FlResult};
+use serde_json::Value;
+
+fn fail(input: Value) -> FlResult {
+    let message = input["message"].as_str().unwrap_or("something went wrong");
+    Err(FlError::ExecError(message.to_string()))
+}
+
+fl_function!(fail);

@@ -1,0 +1,30 @@
+defmodule Worker.Native do
+  # The NIF stubs, one per `#[rustler::nif]` in native/worker_nif. Nothing
+  # outside Worker.Runtime calls these; see that module for the contract.
+  @moduledoc false
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:worker), ~c"native/worker_nif")
+
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :ok
+
+      {:error, {reason, text}} ->
+        require Logger
+        Logger.error("Worker.Native: cannot load #{path}.so: #{reason} #{text}")
+        {:error, reason}
+    end
+  end
+
+  def module_compile(_wasm), do: err()
+  def invocation_start(_module, _args, _timeout_ms, _max_memory), do: err()
+  def invocation_resume(_invocation), do: err()
+  def invocation_decode(_invocation), do: err()
+  def invocation_cancel(_invocation), do: err()
+
+  defp err, do: :erlang.nif_error(:nif_not_loaded)
+end

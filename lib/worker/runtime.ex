@@ -1,0 +1,176 @@
+defmodule Worker.Runtime do
+  @moduledoc """
+  Compiles and runs FunLess functions: WebAssembly modules that import host
+  functions from `fl_imps` and export `__invoke(len) -> 0 | 1`.
+
+  The work happens in Rust (`native/`), on one global Wasmtime engine:
+
+    * `compile/1` validates, compiles and links a module on a dirty CPU
+      scheduler, so import and export problems surface there;
+    * `invoke/3` creates a fresh instance for each call and runs it in the
+      calling process, in slices of about a millisecond: the guest runs on
+      a stack of its own, yields at every slice, and never holds a
+      scheduler for long. While it waits on outbound HTTP it costs nothing.
+
+  Lines the function logs (`__console_log`, WASI stdout and stderr) reach
+  `Logger` as they are produced, with metadata `fl_stream` (`:console`,
+  `:stdout`, `:stderr`, or `:host` for the worker's notes about the call)
+  and whatever `:metadata` the caller passes.
+  """
+
+  alias Worker.Native
+  alias Worker.Runtime.Module
+
+  require Logger
+
+  @type invoke_error ::
+          {:exec_error, String.t()}
+          | {:trap, String.t()}
+          | :timeout
+          | {:invalid_args, String.t()}
+          | {:invalid_response, String.t()}
+          | :no_response
+          | {:bad_return, integer()}
+          | {:exit, integer()}
+          | {:instantiate, String.t()}
+          | {:panic, String.t()}
+          | :busy
+
+  @doc """
+  Compiles a Wasm module (binary, or WAT text).
+
+  Returns `{:error, {:invalid_module, reason}}` when the module is not valid
+  Wasm, imports something the worker does not provide (or with the wrong
+  type), lacks `__invoke: (i32) -> i32` or an exported `memory`, asks for
+  more memory than the worker's cap, or is larger than `FL_MAX_MODULE_MB`.
+  `{:error, {:runtime_unavailable, reason}}` means the engine itself could
+  not start.
+  """
+  @spec compile(binary()) ::
+          {:ok, Module.t()}
+          | {:error, {:invalid_module, String.t()} | {:runtime_unavailable, String.t()}}
+  def compile(wasm) when is_binary(wasm) do
+    case Native.module_compile(wasm) do
+      {:ok, ref, wasm_bytes, initial_memory} ->
+        {:ok, %Module{ref: ref, wasm_bytes: wasm_bytes, initial_memory: initial_memory}}
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  def compile(_), do: {:error, {:invalid_module, "expected the module as a binary"}}
+
+  @doc """
+  Invokes a compiled function with `args`, which become the JSON text the
+  function reads with `__get_input_data`.
+
+  `args` may hold maps (string, atom or integer keys), lists, UTF-8
+  binaries, integers, floats, booleans, `nil` and other atoms (as strings).
+  The function's JSON response comes back as maps with string keys, lists,
+  binaries, numbers, booleans and `nil`.
+
+  Options:
+
+    * `:timeout` - milliseconds for the whole call, host calls included
+      (default `config :worker, :invoke_timeout_ms`, 30 000);
+    * `:max_memory` - bytes of linear memory (default
+      `config :worker, :max_memory_bytes`, 128 MiB), never more than the
+      worker-wide cap `FL_MEMORY_CAP_MB`;
+    * `:metadata` - keyword list added to the Logger metadata of the lines
+      the function logs, for example `[fl_module: "m", fl_function: "f"]`.
+
+  Results:
+
+    * `{:ok, term}` - `__invoke` returned 0 after `__insert_response`;
+    * `{:error, {:exec_error, message}}` - it returned 1; `message` is the
+      text given to `__insert_error`;
+    * `{:error, {:trap, message}}` - a Wasm trap (including stack
+      exhaustion), or a host import refusing a pointer or length outside
+      memory or over a size cap;
+    * `{:error, :timeout}` - the deadline passed;
+    * `{:error, {:invalid_args, reason}}` - `args` cannot be JSON, or is
+      larger than the input cap (4 MiB);
+    * `{:error, {:invalid_response, reason}}` - the response is not JSON;
+    * `{:error, :no_response}` - it returned 0 without a response;
+    * `{:error, {:bad_return, code}}` - it returned neither 0 nor 1;
+    * `{:error, {:exit, code}}` - it called WASI `proc_exit`;
+    * `{:error, {:instantiate, reason}}` - no instance could be made (for
+      example, the pool of instances is exhausted);
+    * `{:error, {:panic, reason}}` - a bug in the worker; the runtime stays
+      usable.
+  """
+  @spec invoke(Module.t(), term(), keyword()) :: {:ok, term()} | {:error, invoke_error()}
+  def invoke(%Module{ref: ref}, args, opts \\ []) do
+    timeout = Keyword.get_lazy(opts, :timeout, fn -> config(:invoke_timeout_ms) end)
+    max_memory = Keyword.get_lazy(opts, :max_memory, fn -> config(:max_memory_bytes) end)
+    metadata = Keyword.get(opts, :metadata, [])
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    ref
+    |> Native.invocation_start(args, timeout, max_memory)
+    |> drive(deadline, metadata)
+  end
+
+  defp drive({:done, result, lines}, _deadline, metadata) do
+    emit(lines, metadata)
+    result
+  end
+
+  defp drive({:yield, invocation, lines}, deadline, metadata) do
+    emit(lines, metadata)
+
+    invocation
+    |> Native.invocation_resume()
+    |> drive(deadline, metadata)
+  end
+
+  defp drive({:wait, invocation, id, lines}, deadline, metadata) do
+    emit(lines, metadata)
+    # The runtime enforces the deadline itself, host calls included; this
+    # margin only matters if something in the runtime fails to wake us.
+    left = max(deadline - System.monotonic_time(:millisecond), 0) + 1_000
+
+    receive do
+      {:"$fl_wake", ^id} ->
+        invocation
+        |> Native.invocation_resume()
+        |> drive(deadline, metadata)
+    after
+      left ->
+        if Native.invocation_cancel(invocation) == :wake_pending do
+          receive do
+            {:"$fl_wake", ^id} -> :ok
+          end
+        end
+
+        {:error, :timeout}
+    end
+  end
+
+  defp drive({:decode, invocation, lines}, _deadline, metadata) do
+    emit(lines, metadata)
+    Native.invocation_decode(invocation)
+  end
+
+  defp emit([], _metadata), do: :ok
+
+  defp emit(lines, metadata) do
+    Enum.each(lines, fn
+      {:dropped, count} ->
+        Logger.warning("function output: #{count} lines over the log caps were dropped",
+          [fl_stream: :host] ++ metadata
+        )
+
+      {stream, text} ->
+        Logger.log(level(stream), text, [fl_stream: stream] ++ metadata)
+    end)
+  end
+
+  defp level(:console), do: :info
+  defp level(:stdout), do: :info
+  defp level(:stderr), do: :warning
+  defp level(:host), do: :warning
+
+  defp config(key), do: Application.fetch_env!(:worker, key)
+end

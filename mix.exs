@@ -1,0 +1,42 @@
+# The compiler for the Rust NIF is part of this repository (rustler's own
+# lives on hex.pm). It must exist before the Elixir compiler loads
+# Worker.Native, so it is loaded here rather than compiled from lib/.
+Code.require_file("mix/compile.worker_native.ex", __DIR__)
+
+defmodule Worker.MixProject do
+  use Mix.Project
+
+  def project do
+    [
+      app: :worker,
+      version: "0.1.0",
+      elixir: "~> 1.14",
+      start_permanent: Mix.env() == :prod,
+      compilers: [:worker_native] ++ Mix.compilers(),
+      deps: [],
+      aliases: aliases(),
+      test_coverage: [ignore_modules: [Worker.Test.Fixtures]],
+      elixirc_paths: elixirc_paths(Mix.env())
+    ]
+  end
+
+  def application do
+    [
+      extra_applications: [:logger],
+      mod: {Worker.Application, []}
+    ]
+  end
+
+  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  defp elixirc_paths(_), do: ["lib"]
+
+  defp aliases do
+    [
+      ci: [
+        "format --check-formatted",
+        "compile --warnings-as-errors --force",
+        "test --warnings-as-errors"
+      ]
+    ]
+  end
+end

@@ -1,0 +1,111 @@
+defmodule Mix.Tasks.Compile.WorkerNative do
+  @shortdoc "Builds the worker's Rust NIF with cargo"
+  @moduledoc """
+  Builds the `worker_nif` crate with cargo and installs it as
+  `priv/native/worker_nif.so`, where `Worker.Native` loads it.
+
+  It stands in for rustler's Mix compiler, which lives on hex.pm. It runs as
+  part of `mix compile` (see `:compilers` in `mix.exs`) and:
+
+    * rebuilds when any `.rs` file, `Cargo.toml` or `Cargo.lock` under the
+      project is newer than the installed library, or when `--force` is given;
+    * always builds the `release` profile: Wasmtime and Cranelift are far too
+      slow unoptimised, in every environment;
+    * streams cargo's output and fails the compile if cargo fails;
+    * deletes the old library before copying the new one, so a running VM
+      that has the old file mapped is never handed a half-written file.
+
+  Environment:
+
+    * `CARGO` - the cargo executable (default: `cargo` on `PATH`, then
+      `~/.cargo/bin/cargo`);
+    * `CARGO_TARGET_DIR` - cargo's output directory (default: `target/`).
+  """
+  use Mix.Task.Compiler
+
+  @crate "worker_nif"
+
+  @impl true
+  def run(args) do
+    {opts, _, _} = OptionParser.parse(args, switches: [force: :boolean])
+    root = File.cwd!()
+    installed = Path.join([root, "priv", "native", @crate <> ".so"])
+
+    if opts[:force] || stale?(root, installed) do
+      build!(root)
+      install!(root, installed)
+      Mix.Project.build_structure()
+      {:ok, []}
+    else
+      Mix.Project.build_structure()
+      {:noop, []}
+    end
+  end
+
+  @impl true
+  def clean do
+    File.rm(Path.join(["priv", "native", @crate <> ".so"]))
+    :ok
+  end
+
+  defp stale?(root, installed) do
+    case File.stat(installed, time: :posix) do
+      {:ok, %{mtime: built}} -> Enum.any?(sources(root), &(mtime(&1) >= built))
+      {:error, _} -> true
+    end
+  end
+
+  defp sources(root) do
+    Path.wildcard(Path.join(root, "native/**/*.rs")) ++
+      Path.wildcard(Path.join(root, "native/**/Cargo.toml")) ++
+      Enum.filter([Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")], &File.exists?/1)
+  end
+
+  defp mtime(path) do
+    case File.stat(path, time: :posix) do
+      {:ok, %{mtime: mtime}} -> mtime
+      {:error, _} -> 0
+    end
+  end
+
+  defp build!(root) do
+    cargo = cargo!()
+    Mix.shell().info("Compiling NIF crate #{@crate} (cargo build --release)")
+
+    {_, status} =
+      System.cmd(cargo, ["build", "--release", "--package", @crate],
+        cd: root,
+        into: IO.stream(:stdio, :line),
+        stderr_to_stdout: true
+      )
+
+    if status != 0 do
+      Mix.raise("cargo failed to build the #{@crate} NIF (exit status #{status}); see its output above")
+    end
+  end
+
+  defp install!(root, installed) do
+    target_dir = System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
+    ext = if match?({:unix, :darwin}, :os.type()), do: "dylib", else: "so"
+    built = Path.join([target_dir, "release", "lib#{@crate}.#{ext}"])
+
+    unless File.exists?(built) do
+      Mix.raise("cargo reported success but #{built} does not exist")
+    end
+
+    File.mkdir_p!(Path.dirname(installed))
+    File.rm(installed)
+    File.cp!(built, installed)
+  end
+
+  defp cargo! do
+    home_cargo = Path.expand("~/.cargo/bin/cargo")
+
+    cond do
+      cargo = System.get_env("CARGO") -> cargo
+      cargo = System.find_executable("cargo") -> cargo
+      File.exists?(home_cargo) -> home_cargo
+      true -> Mix.raise("cargo not found: install Rust with rustup (https://rustup.rs), or set CARGO")
+    end
+  end
+end

@@ -1,0 +1,267 @@
+//! The invocation loop's native half, driven by `Worker.Runtime.invoke/3`.
+//!
+//! An invocation runs on the calling process's own (normal) scheduler in
+//! time slices of about one epoch tick: each NIF call polls the guest once
+//! and returns. The Elixir loop then either calls again (`:yield`), waits
+//! for a `{:"$fl_wake", id}` message while the guest waits on I/O
+//! (`:wait`), or has the result (`:done`). Large responses are decoded on a
+//! dirty scheduler (`:decode`). No call holds a scheduler for long, and the
+//! guest runs on its own fiber stack, never the scheduler's.
+//!
+//! If the calling process dies, the resource is collected and dropping it
+//! tears the instance down: nothing outlives its owner.
+
+use crate::atoms;
+use crate::module::ModuleResource;
+use crate::terms;
+use rustler::{Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+use worker_runtime::logs::{Line, Stream};
+use worker_runtime::{Invocation, Limits, Outcome};
+
+/// Responses larger than this are decoded on a dirty scheduler.
+const DIRTY_DECODE_BYTES: usize = 64 << 10;
+
+enum Stage {
+    Running(Box<Invocation>),
+    /// Finished with a response too large to decode on a normal scheduler.
+    Decode(Vec<u8>),
+    Closed,
+}
+
+pub struct InvocationResource {
+    stage: Mutex<Stage>,
+    wake: Arc<WakeState>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for InvocationResource {}
+
+const POLLING: u8 = 0;
+const IDLE: u8 = 1;
+const NOTIFIED: u8 = 2;
+const CLOSED: u8 = 3;
+
+/// Turns a waker call into at most one message to the owning process, and
+/// only when that process is actually waiting (state `IDLE`).
+struct WakeState {
+    state: AtomicU8,
+    pid: LocalPid,
+    id: u64,
+}
+
+impl Wake for WakeState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current != POLLING && current != IDLE {
+                return;
+            }
+            match self
+                .state
+                .compare_exchange(current, NOTIFIED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(POLLING) => return,
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        // Went IDLE -> NOTIFIED: the process is waiting for this message.
+        let (pid, id) = (self.pid, self.id);
+        let send = move || {
+            let _ = OwnedEnv::new().send_and_clear(&pid, |env| (atoms::fl_wake(), id).encode(env));
+        };
+        if rustler::thread::is_scheduler_thread() {
+            // Sending from a scheduler thread needs a process env we do not
+            // have here; hand the message to a short-lived thread.
+            std::thread::spawn(send);
+        } else {
+            send();
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Starts an invocation and runs its first slice.
+#[rustler::nif]
+fn invocation_start<'a>(
+    env: Env<'a>,
+    module: ResourceArc<ModuleResource>,
+    arguments: Term<'a>,
+    timeout_ms: u64,
+    max_memory: u64,
+) -> Term<'a> {
+    let started = Instant::now();
+    let limits = Limits {
+        timeout: Duration::from_millis(timeout_ms),
+        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+        ..Limits::default()
+    };
+    let input = match terms::to_json(arguments, limits.max_input_bytes) {
+        Ok(input) => input,
+        Err(reason) => return done(env, error(env, (atoms::invalid_args(), reason)), &[], 0),
+    };
+    let invocation = match Invocation::new(&module.0, input, limits) {
+        Ok(invocation) => invocation,
+        Err(reason) => return done(env, error(env, (atoms::invalid_args(), reason)), &[], 0),
+    };
+    let resource = ResourceArc::new(InvocationResource {
+        stage: Mutex::new(Stage::Running(Box::new(invocation))),
+        wake: Arc::new(WakeState {
+            state: AtomicU8::new(POLLING),
+            pid: env.pid(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }),
+    });
+    let reply = step(env, &resource);
+    account(env, started);
+    reply
+}
+
+/// Runs the next slice of an invocation.
+#[rustler::nif]
+fn invocation_resume<'a>(env: Env<'a>, resource: ResourceArc<InvocationResource>) -> Term<'a> {
+    let started = Instant::now();
+    let reply = step(env, &resource);
+    account(env, started);
+    reply
+}
+
+/// Decodes a large response, on a dirty scheduler.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn invocation_decode<'a>(env: Env<'a>, resource: ResourceArc<InvocationResource>) -> Term<'a> {
+    let Ok(mut stage) = resource.stage.try_lock() else {
+        return error(env, atoms::busy());
+    };
+    match std::mem::replace(&mut *stage, Stage::Closed) {
+        Stage::Decode(bytes) => decode_response(env, &bytes),
+        _ => error(env, atoms::busy()),
+    }
+}
+
+/// Abandons an invocation (the caller gave up waiting). Returns
+/// `:wake_pending` if a wake message is on its way and must be flushed.
+#[rustler::nif]
+fn invocation_cancel(resource: ResourceArc<InvocationResource>) -> rustler::Atom {
+    let previous = resource.wake.state.swap(CLOSED, Ordering::AcqRel);
+    if let Ok(mut stage) = resource.stage.lock() {
+        *stage = Stage::Closed;
+    }
+    if previous == NOTIFIED {
+        atoms::wake_pending()
+    } else {
+        atoms::ok()
+    }
+}
+
+fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> Term<'a> {
+    let Ok(mut stage) = resource.stage.try_lock() else {
+        return done(env, error(env, atoms::busy()), &[], 0);
+    };
+    let Stage::Running(invocation) = &mut *stage else {
+        return done(env, error(env, atoms::busy()), &[], 0);
+    };
+    let wake = &resource.wake;
+    wake.state.store(POLLING, Ordering::Release);
+    let waker = Waker::from(wake.clone());
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        invocation.poll(&mut Context::from_waker(&waker))
+    }));
+    let Ok(polled) = polled else {
+        *stage = Stage::Closed;
+        wake.state.store(CLOSED, Ordering::Release);
+        return done(env, error(env, (atoms::panic(), "the runtime panicked; see the log")), &[], 0);
+    };
+    let lines = invocation.logs().drain();
+    match polled {
+        Poll::Ready(outcome) => {
+            wake.state.store(CLOSED, Ordering::Release);
+            let dropped = invocation.logs().dropped();
+            match outcome {
+                Outcome::Response(bytes) if bytes.len() > DIRTY_DECODE_BYTES => {
+                    *stage = Stage::Decode(bytes);
+                    (atoms::decode(), resource.clone(), logs(env, &lines, dropped)).encode(env)
+                }
+                outcome => {
+                    *stage = Stage::Closed;
+                    let result = result(env, outcome);
+                    done(env, result, &lines, dropped)
+                }
+            }
+        }
+        Poll::Pending => {
+            let waiting = wake
+                .state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            let log_terms = logs(env, &lines, 0);
+            if waiting {
+                (atoms::wait(), resource.clone(), wake.id, log_terms).encode(env)
+            } else {
+                (atoms::r#yield(), resource.clone(), log_terms).encode(env)
+            }
+        }
+    }
+}
+
+/// Tells the VM how much of the time slice the call used.
+fn account(env: Env, started: Instant) {
+    let percent = (started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
+    rustler::schedule::consume_timeslice(env, percent);
+}
+
+fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
+    (atoms::error(), reason).encode(env)
+}
+
+fn done<'a>(env: Env<'a>, result: Term<'a>, lines: &[Line], dropped: u64) -> Term<'a> {
+    (atoms::done(), result, logs(env, lines, dropped)).encode(env)
+}
+
+fn decode_response<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    match terms::from_json(env, bytes) {
+        Ok(term) => (atoms::ok(), term).encode(env),
+        Err(reason) => error(env, (atoms::invalid_response(), reason)),
+    }
+}
+
+fn result<'a>(env: Env<'a>, outcome: Outcome) -> Term<'a> {
+    match outcome {
+        Outcome::Response(bytes) => decode_response(env, &bytes),
+        Outcome::ExecError(message) => error(env, (atoms::exec_error(), message)),
+        Outcome::Trap(message) => error(env, (atoms::trap(), message)),
+        Outcome::Timeout => error(env, atoms::timeout()),
+        Outcome::NoResponse => error(env, atoms::no_response()),
+        Outcome::BadReturn(code) => error(env, (atoms::bad_return(), code)),
+        Outcome::Exit(code) => error(env, (atoms::exit(), code)),
+        Outcome::Instantiate(message) => error(env, (atoms::instantiate(), message)),
+    }
+}
+
+/// `[{stream, text}]`, then `{:dropped, n}` if lines were dropped.
+fn logs<'a>(env: Env<'a>, lines: &[Line], dropped: u64) -> Term<'a> {
+    let mut list: Vec<Term<'a>> = lines
+        .iter()
+        .map(|line| {
+            let stream = match line.stream {
+                Stream::Console => atoms::console(),
+                Stream::Stdout => atoms::stdout(),
+                Stream::Stderr => atoms::stderr(),
+                Stream::Host => atoms::host(),
+            };
+            (stream, line.text.as_str()).encode(env)
+        })
+        .collect();
+    if dropped > 0 {
+        list.push((atoms::dropped(), dropped).encode(env));
+    }
+    list.encode(env)
+}

@@ -1,0 +1,12 @@
+//! `Worker.Native`: the rustler NIF over `worker_runtime`.
+//!
+//! Each file mirrors an Elixir concept: `module.rs` for
+//! `Worker.Runtime.Module`, `invocation.rs` for the invocation loop in
+//! `Worker.Runtime`, `terms.rs` for JSON <-> term conversion.
+
+mod atoms;
+mod invocation;
+mod module;
+mod terms;
+
+rustler::init!("Elixir.Worker.Native");

@@ -1,0 +1,143 @@
+//! JSON <-> Erlang terms, with no tree in between.
+//!
+//! Arguments: maps (string, atom or integer keys), lists, UTF-8 binaries,
+//! integers, floats, `true`, `false`, `nil` and other atoms (as strings).
+//! Responses: maps with string keys, lists, binaries, integers, floats,
+//! booleans and `nil`.
+
+use crate::atoms;
+use rustler::types::map::MapIterator;
+use rustler::{Encoder, Env, NewBinary, Term, TermType};
+use worker_runtime::json::{self, Builder, Writer};
+
+/// Encodes `term` as JSON text of at most `max_bytes`.
+pub fn to_json(term: Term, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let mut writer = Writer::new(max_bytes);
+    write(term, &mut writer)?;
+    Ok(writer.into_bytes())
+}
+
+fn write(term: Term, w: &mut Writer) -> Result<(), String> {
+    let e = |err: json::EncodeError| err.to_string();
+    match term.get_type() {
+        TermType::Atom => match term.atom_to_string().map_err(|_| "bad atom")?.as_str() {
+            "nil" => w.null().map_err(e),
+            "true" => w.bool(true).map_err(e),
+            "false" => w.bool(false).map_err(e),
+            other => w.string(other).map_err(e),
+        },
+        TermType::Binary => w.string(utf8(term)?).map_err(e),
+        TermType::Integer => {
+            if let Ok(i) = term.decode::<i64>() {
+                w.i64(i).map_err(e)
+            } else if let Ok(u) = term.decode::<u64>() {
+                w.u64(u).map_err(e)
+            } else {
+                Err("integer does not fit in 64 bits".into())
+            }
+        }
+        TermType::Float => w.f64(term.decode::<f64>().map_err(|_| "bad float")?).map_err(e),
+        TermType::List => {
+            w.begin_array().map_err(e)?;
+            let mut rest = term;
+            while let Ok((head, tail)) = rest.list_get_cell() {
+                write(head, w)?;
+                rest = tail;
+            }
+            if !matches!(rest.list_length(), Ok(0)) {
+                return Err("improper lists cannot be encoded as JSON".into());
+            }
+            w.end_array();
+            Ok(())
+        }
+        TermType::Map => {
+            let iter = MapIterator::new(term).ok_or("bad map")?;
+            w.begin_object().map_err(e)?;
+            for (key, value) in iter {
+                match key.get_type() {
+                    TermType::Binary => w.key(utf8(key)?).map_err(e)?,
+                    TermType::Atom => {
+                        let name = key.atom_to_string().map_err(|_| "bad atom")?;
+                        if name == "__struct__" {
+                            return Err("structs cannot be encoded as JSON".into());
+                        }
+                        w.key(&name).map_err(e)?
+                    }
+                    TermType::Integer => {
+                        let text = match key.decode::<i64>() {
+                            Ok(i) => i.to_string(),
+                            Err(_) => key.decode::<u64>().map_err(|_| "map key does not fit in 64 bits")?.to_string(),
+                        };
+                        w.key(&text).map_err(e)?
+                    }
+                    other => return Err(format!("map key of type {other:?} cannot be a JSON key")),
+                }
+                write(value, w)?;
+            }
+            w.end_object();
+            Ok(())
+        }
+        other => Err(format!("a term of type {other:?} cannot be encoded as JSON")),
+    }
+}
+
+fn utf8<'a>(term: Term<'a>) -> Result<&'a str, String> {
+    let binary = term
+        .decode_as_binary()
+        .map_err(|_| "bitstrings cannot be encoded as JSON".to_string())?;
+    std::str::from_utf8(binary.as_slice()).map_err(|_| "binary is not valid UTF-8".to_string())
+}
+
+/// Decodes JSON text into terms.
+pub fn from_json<'a>(env: Env<'a>, text: &[u8]) -> Result<Term<'a>, String> {
+    json::decode(text, &mut TermBuilder { env })
+}
+
+struct TermBuilder<'a> {
+    env: Env<'a>,
+}
+
+impl<'a> Builder for TermBuilder<'a> {
+    type Value = Term<'a>;
+
+    fn null(&mut self) -> Term<'a> {
+        atoms::nil().encode(self.env)
+    }
+
+    fn bool(&mut self, value: bool) -> Term<'a> {
+        value.encode(self.env)
+    }
+
+    fn i64(&mut self, value: i64) -> Term<'a> {
+        value.encode(self.env)
+    }
+
+    fn u64(&mut self, value: u64) -> Term<'a> {
+        value.encode(self.env)
+    }
+
+    fn f64(&mut self, value: f64) -> Term<'a> {
+        value.encode(self.env)
+    }
+
+    fn string(&mut self, value: &str) -> Term<'a> {
+        let mut binary = NewBinary::new(self.env, value.len());
+        binary.as_mut_slice().copy_from_slice(value.as_bytes());
+        binary.into()
+    }
+
+    fn array(&mut self, items: Vec<Term<'a>>) -> Term<'a> {
+        items.encode(self.env)
+    }
+
+    fn object(&mut self, entries: Vec<(Term<'a>, Term<'a>)>) -> Term<'a> {
+        let (keys, values): (Vec<Term<'a>>, Vec<Term<'a>>) = entries.iter().copied().unzip();
+        match Term::map_from_term_arrays(self.env, &keys, &values) {
+            Ok(map) => map,
+            // Duplicate keys: the later one wins, as in most JSON parsers.
+            Err(_) => entries.into_iter().fold(Term::map_new(self.env), |map, (k, v)| {
+                map.map_put(k, v).unwrap_or(map)
+            }),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The one Wasmtime engine of the process, its linker and its helpers.
+//!
+//! Everything here is created once, on first use, and shared by every module
+//! and invocation: the engine (pooling allocator, epoch interruption, async
+//! fibers), the linker with the FunLess imports and WASI preview1, the epoch
+//! ticker, and a small Tokio runtime for outbound HTTP and WASI timers.
+
+use crate::host::{self, HostState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
+
+/// How often the epoch advances while invocations run. Each tick ends a
+/// time slice (see [`crate::invocation`]) and is when deadlines are checked.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Process-wide settings, read from the environment once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Instances (and memories, tables, fiber stacks) the pool holds: the
+    /// most invocations that can be in flight at once. `FL_POOL_INSTANCES`.
+    pub pool_instances: u32,
+    /// The most linear memory any function may ever get, whatever its own
+    /// limit says. `FL_MEMORY_CAP_MB`.
+    pub memory_cap: usize,
+    /// Largest module accepted by compile. `FL_MAX_MODULE_MB`.
+    pub max_module_bytes: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        fn env_u64(name: &str, default: u64) -> u64 {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(default)
+        }
+        Settings {
+            pool_instances: env_u64("FL_POOL_INSTANCES", 1000).min(100_000) as u32,
+            memory_cap: (env_u64("FL_MEMORY_CAP_MB", 512).min(4096) << 20) as usize,
+            max_module_bytes: (env_u64("FL_MAX_MODULE_MB", 64).min(1024) << 20) as usize,
+        }
+    }
+}
+
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+    pub settings: Settings,
+    pub tokio: tokio::runtime::Runtime,
+    ticker: Ticker,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// The shared runtime, created on first call. Creation fails only if the
+/// engine configuration is refused (for example a pool too large for the
+/// address space); the reason is kept and returned on every later call.
+pub fn runtime() -> Result<&'static Runtime, String> {
+    RUNTIME
+        .get_or_init(|| Runtime::new(Settings::from_env()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+impl Runtime {
+    fn new(settings: Settings) -> Result<Runtime, String> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(settings.pool_instances)
+            .total_memories(settings.pool_instances)
+            .total_tables(settings.pool_instances)
+            .total_stacks(settings.pool_instances)
+            .total_component_instances(0)
+            .max_memory_size(settings.memory_cap)
+            .max_unused_warm_slots(settings.pool_instances.min(64));
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            // Guests run on fiber stacks of this size, whatever thread polls
+            // them: the BEAM's small scheduler stacks never see wasm frames.
+            .async_stack_size(2 << 20)
+            .max_wasm_stack(512 << 10)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
+
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| format!("linker: {e:#}"))?;
+
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fl-io")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+
+        let ticker = Ticker::start(engine.clone());
+        Ok(Runtime {
+            engine,
+            linker,
+            settings,
+            tokio,
+            ticker,
+        })
+    }
+
+    /// Marks one invocation as running; the ticker runs while any is.
+    pub fn running(&self) -> Running {
+        if self.ticker.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.ticker.thread.unpark();
+        }
+        Running(self.ticker.active.clone())
+    }
+}
+
+/// Advances the engine epoch every [`TICK`] while at least one invocation
+/// runs, and sleeps otherwise so an idle worker costs nothing.
+struct Ticker {
+    active: Arc<AtomicUsize>,
+    thread: Thread,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Ticker {
+        let active = Arc::new(AtomicUsize::new(0));
+        let seen = active.clone();
+        let handle = thread::Builder::new()
+            .name("fl-epoch".into())
+            .spawn(move || {
+                loop {
+                    if seen.load(Ordering::Acquire) == 0 {
+                        thread::park();
+                        continue;
+                    }
+                    thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch ticker thread");
+        Ticker {
+            active,
+            thread: handle.thread().clone(),
+        }
+    }
+}
+
+/// Held by an invocation while it exists.
+pub struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

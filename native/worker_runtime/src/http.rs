@@ -1,0 +1,193 @@
+//! Outbound HTTP for `__http_request`, performed in Rust with reqwest.
+//!
+//! The request is bounded in time (whatever the invocation has left) and the
+//! response body in size: a lying `Content-Length` or an endless chunked body
+//! is cut off and reported as a failed request.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    /// The ABI's encoding: 0..3 for GET, POST, PUT and DELETE.
+    pub fn from_abi(code: i32) -> Option<Method> {
+        match code {
+            0 => Some(Method::Get),
+            1 => Some(Method::Post),
+            2 => Some(Method::Put),
+            3 => Some(Method::Delete),
+            _ => None,
+        }
+    }
+
+    fn as_reqwest(self) -> reqwest::Method {
+        match self {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Delete => reqwest::Method::DELETE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// Builds a request from the guest's raw arguments.
+    pub fn parse(method: i32, url: &[u8], headers: &[u8], body: Vec<u8>) -> Result<Request, String> {
+        let method = Method::from_abi(method).ok_or_else(|| format!("unknown method code {method}"))?;
+        let url = std::str::from_utf8(url)
+            .map_err(|_| "url is not UTF-8".to_string())?
+            .trim()
+            .to_string();
+        match url.split_once("://") {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {}
+            _ => return Err(format!("only http and https URLs are allowed: {url:?}")),
+        }
+        let headers = std::str::from_utf8(headers).map_err(|_| "headers are not UTF-8".to_string())?;
+        Ok(Request {
+            method,
+            url,
+            headers: parse_headers(headers)?,
+            body,
+        })
+    }
+}
+
+/// Headers are `Key:Value` pairs separated by `\n`, each split at its first
+/// `:`. Blank lines are skipped; surrounding whitespace is trimmed.
+pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split('\n')
+        .map(|line| line.trim_end_matches('\r'))
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| match line.split_once(':') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_string(), value.trim().to_string()))
+            }
+            _ => Err(format!("malformed header line {line:?}")),
+        })
+        .collect()
+}
+
+fn client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            // Another component may have installed a provider already; either
+            // way one is in place afterwards.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .user_agent(concat!("funless-worker/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .no_proxy()
+                .build()
+                .map_err(|e| format!("http client: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Performs `request`, giving up at `deadline`, reading at most `max_body`
+/// bytes of response body. Must be polled inside the runtime's Tokio context.
+pub async fn perform(request: Request, deadline: Instant, max_body: usize) -> Result<Response, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err("no time left in the invocation".into());
+    }
+    match tokio::time::timeout(left, send(request, max_body)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timed out after {} ms", left.as_millis())),
+    }
+}
+
+async fn send(request: Request, max_body: usize) -> Result<Response, String> {
+    let mut builder = client()?
+        .request(request.method.as_reqwest(), &request.url)
+        .body(request.body);
+    for (key, value) in &request.headers {
+        builder = builder.header(key.as_str(), value.as_str());
+    }
+    let mut response = builder.send().await.map_err(describe)?;
+    let status = response.status().as_u16();
+    if let Some(length) = response.content_length() {
+        if length > max_body as u64 {
+            return Err(format!("response body of {length} bytes is over the limit of {max_body}"));
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(describe)? {
+        if body.len() + chunk.len() > max_body {
+            return Err(format!("response body is over the limit of {max_body} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Response { status, body })
+}
+
+fn describe(error: reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_split_at_the_first_colon() {
+        assert_eq!(
+            parse_headers("Content-Type: application/json\nX-Url:http://a:1/b\r\n\n").unwrap(),
+            vec![
+                ("Content-Type".to_string(), "application/json".to_string()),
+                ("X-Url".to_string(), "http://a:1/b".to_string()),
+            ]
+        );
+        assert_eq!(parse_headers("").unwrap(), vec![]);
+        assert!(parse_headers("no colon here").is_err());
+        assert!(parse_headers(":value").is_err());
+    }
+
+    #[test]
+    fn methods_follow_the_abi() {
+        assert_eq!(Method::from_abi(0), Some(Method::Get));
+        assert_eq!(Method::from_abi(3), Some(Method::Delete));
+        assert_eq!(Method::from_abi(4), None);
+        assert_eq!(Method::from_abi(-1), None);
+    }
+
+    #[test]
+    fn only_http_and_https_urls() {
+        assert!(Request::parse(0, b"http://example.com/", b"", vec![]).is_ok());
+        assert!(Request::parse(1, b"HTTPS://example.com/", b"", vec![]).is_ok());
+        assert!(Request::parse(0, b"file:///etc/passwd", b"", vec![]).is_err());
+        assert!(Request::parse(0, b"example.com", b"", vec![]).is_err());
+        assert!(Request::parse(0, &[0xff, 0xfe], b"", vec![]).is_err());
+        assert!(Request::parse(9, b"http://example.com/", b"", vec![]).is_err());
+    }
+}

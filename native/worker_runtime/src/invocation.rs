@@ -1,0 +1,262 @@
+//! One invocation: a fresh store and instance, `__invoke(len)`, the outcome.
+//!
+//! An invocation is a future. The guest runs on a Wasmtime fiber with its own
+//! stack, so it can be polled from any thread, whatever that thread's stack
+//! size. Each epoch tick makes the guest yield, so one `poll` returns within
+//! about one [`TICK`](crate::engine::TICK): the embedder decides where and
+//! when to poll again. Dropping the invocation at any point frees everything.
+
+use crate::engine::{Running, runtime};
+use crate::host::{GuestFault, HostState};
+use crate::logs::{LogLimits, LogSink, Stream, WasiLog};
+use crate::module::CompiledModule;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+use wasmtime::{Extern, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// Per-invocation limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock time for the whole invocation, host calls included.
+    pub timeout: Duration,
+    /// Linear memory, in bytes.
+    pub max_memory: usize,
+    /// Input JSON text.
+    pub max_input_bytes: usize,
+    /// Text passed to `__insert_response` or `__insert_error`.
+    pub max_response_bytes: usize,
+    /// Outbound HTTP requests.
+    pub max_http_requests: u32,
+    /// Each of a request's URL, headers and body.
+    pub max_http_request_bytes: usize,
+    /// A response body.
+    pub max_http_body_bytes: usize,
+    pub log: LogLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_memory: 128 << 20,
+            max_input_bytes: 4 << 20,
+            max_response_bytes: 4 << 20,
+            max_http_requests: 20,
+            max_http_request_bytes: 4 << 20,
+            max_http_body_bytes: 8 << 20,
+            log: LogLimits::default(),
+        }
+    }
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `__invoke` returned 0; the bytes passed to `__insert_response`.
+    Response(Vec<u8>),
+    /// `__invoke` returned 1; the text passed to `__insert_error`.
+    ExecError(String),
+    /// A Wasm trap, or a host import refusing the guest's arguments.
+    Trap(String),
+    /// The deadline passed.
+    Timeout,
+    /// `__invoke` returned 0 without calling `__insert_response`.
+    NoResponse,
+    /// `__invoke` returned something other than 0 or 1.
+    BadReturn(i32),
+    /// The guest called WASI `proc_exit`.
+    Exit(i32),
+    /// Instantiation failed (for example, memory over the limit).
+    Instantiate(String),
+}
+
+/// Raised by the epoch callback when the deadline has passed.
+#[derive(Debug)]
+struct DeadlineReached;
+
+impl std::fmt::Display for DeadlineReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invocation deadline reached")
+    }
+}
+
+impl std::error::Error for DeadlineReached {}
+
+pub struct Invocation {
+    future: Pin<Box<dyn Future<Output = Outcome> + Send>>,
+    logs: Arc<LogSink>,
+    _running: Running,
+}
+
+impl Invocation {
+    /// Prepares an invocation of `module` with `input` (JSON text). Nothing
+    /// runs until the first [`poll`](Self::poll).
+    pub fn new(module: &CompiledModule, input: Vec<u8>, limits: Limits) -> Result<Invocation, String> {
+        let rt = runtime()?;
+        if input.len() > limits.max_input_bytes {
+            return Err(format!(
+                "input of {} bytes is over the limit of {} bytes",
+                input.len(),
+                limits.max_input_bytes
+            ));
+        }
+        let logs = LogSink::new(limits.log);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(WasiLog {
+                sink: logs.clone(),
+                stream: Stream::Stdout,
+            })
+            .stderr(WasiLog {
+                sink: logs.clone(),
+                stream: Stream::Stderr,
+            })
+            .build_p1();
+        let max_memory = limits.max_memory.min(rt.settings.memory_cap);
+        let deadline = Instant::now() + limits.timeout;
+        let state = HostState {
+            wasi,
+            store_limits: StoreLimitsBuilder::new()
+                .memory_size(max_memory)
+                .instances(1)
+                .memories(1)
+                .build(),
+            limits,
+            deadline,
+            input,
+            response: None,
+            error: None,
+            logs: logs.clone(),
+            http_requests: 0,
+            memory: None,
+        };
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|state| &mut state.store_limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineReached))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let future = Box::pin(run(
+            store,
+            module.pre.clone(),
+            module.invoke.clone(),
+            module.memory.clone(),
+        ));
+        Ok(Invocation {
+            future,
+            logs,
+            _running: rt.running(),
+        })
+    }
+
+    /// Runs the guest for at most about one tick. Must be called with the
+    /// runtime's Tokio context entered; [`poll`] does that.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => return Poll::Ready(Outcome::Instantiate(e)),
+        };
+        let _tokio = rt.tokio.enter();
+        let result = self.future.as_mut().poll(cx);
+        if result.is_ready() {
+            self.logs.finish();
+        }
+        result
+    }
+
+    /// What the guest printed since the last call.
+    pub fn logs(&self) -> &LogSink {
+        &self.logs
+    }
+
+    /// Runs to completion on the current thread, sleeping while the guest
+    /// waits on I/O. For tests, benchmarks and tools outside the BEAM.
+    pub fn run_blocking(mut self) -> (Outcome, Vec<crate::logs::Line>) {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut lines = Vec::new();
+        loop {
+            let polled = self.poll(&mut cx);
+            lines.extend(self.logs.drain());
+            match polled {
+                Poll::Ready(outcome) => return (outcome, lines),
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    }
+}
+
+async fn run(
+    mut store: Store<HostState>,
+    pre: wasmtime::InstancePre<HostState>,
+    invoke: wasmtime::ModuleExport,
+    memory: wasmtime::ModuleExport,
+) -> Outcome {
+    let instance = match pre.instantiate_async(&mut store).await {
+        Ok(instance) => instance,
+        Err(e) => return classify(e, true),
+    };
+    let Some(Extern::Memory(memory)) = instance.get_module_export(&mut store, &memory) else {
+        return Outcome::Instantiate("exported memory missing".into());
+    };
+    store.data_mut().memory = Some(memory);
+    let func = match instance
+        .get_module_export(&mut store, &invoke)
+        .and_then(Extern::into_func)
+        .map(|f| f.typed::<i32, i32>(&store))
+    {
+        Some(Ok(func)) => func,
+        _ => return Outcome::Instantiate("exported __invoke missing".into()),
+    };
+    let len = store.data().input.len() as i32;
+    match func.call_async(&mut store, len).await {
+        Ok(0) => match store.data_mut().response.take() {
+            Some(response) => Outcome::Response(response),
+            None => Outcome::NoResponse,
+        },
+        Ok(1) => Outcome::ExecError(match store.data_mut().error.take() {
+            Some(text) => String::from_utf8_lossy(&text).into_owned(),
+            None => "the function failed without an error message".into(),
+        }),
+        Ok(other) => Outcome::BadReturn(other),
+        Err(e) => classify(e, false),
+    }
+}
+
+fn classify(error: wasmtime::Error, instantiating: bool) -> Outcome {
+    if error.is::<DeadlineReached>() {
+        return Outcome::Timeout;
+    }
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Outcome::Exit(exit.0);
+    }
+    if let Some(fault) = error.downcast_ref::<GuestFault>() {
+        return Outcome::Trap(fault.0.clone());
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        let backtrace = error
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|bt| format!("\n{bt}"))
+            .unwrap_or_default();
+        return Outcome::Trap(format!("{trap}{backtrace}"));
+    }
+    if instantiating {
+        Outcome::Instantiate(format!("{error:#}"))
+    } else {
+        Outcome::Trap(format!("{error:#}"))
+    }
+}

@@ -1,0 +1,15 @@
+//! The FunLess function runtime on Wasmtime, with no BEAM inside: the NIF
+//! crate (`worker_nif`) wraps it for Elixir, and the `floor` binary measures
+//! it alone.
+
+pub mod engine;
+pub mod host;
+pub mod http;
+pub mod invocation;
+pub mod json;
+pub mod logs;
+pub mod memory;
+pub mod module;
+
+pub use invocation::{Invocation, Limits, Outcome};
+pub use module::{CompileError, CompiledModule, compile};
