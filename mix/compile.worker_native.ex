@@ -80,7 +80,9 @@ defmodule Mix.Tasks.Compile.WorkerNative do
       )
 
     if status != 0 do
-      Mix.raise("cargo failed to build the #{@crate} NIF (exit status #{status}); see its output above")
+      Mix.raise(
+        "cargo failed to build the #{@crate} NIF (exit status #{status}); see its output above"
+      )
     end
   end
 
@@ -102,10 +104,17 @@ defmodule Mix.Tasks.Compile.WorkerNative do
     home_cargo = Path.expand("~/.cargo/bin/cargo")
 
     cond do
-      cargo = System.get_env("CARGO") -> cargo
-      cargo = System.find_executable("cargo") -> cargo
-      File.exists?(home_cargo) -> home_cargo
-      true -> Mix.raise("cargo not found: install Rust with rustup (https://rustup.rs), or set CARGO")
+      cargo = System.get_env("CARGO") ->
+        cargo
+
+      cargo = System.find_executable("cargo") ->
+        cargo
+
+      File.exists?(home_cargo) ->
+        home_cargo
+
+      true ->
+        Mix.raise("cargo not found: install Rust with rustup (https://rustup.rs), or set CARGO")
     end
   end
 end

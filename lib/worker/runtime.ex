@@ -158,7 +158,8 @@ defmodule Worker.Runtime do
   defp emit(lines, metadata) do
     Enum.each(lines, fn
       {:dropped, count} ->
-        Logger.warning("function output: #{count} lines over the log caps were dropped",
+        Logger.warning(
+          "function output: #{count} lines over the log caps were dropped",
           [fl_stream: :host] ++ metadata
         )
 

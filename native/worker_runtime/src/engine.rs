@@ -6,6 +6,7 @@
 //! ticker, and a small Tokio runtime for outbound HTTP and WASI timers.
 
 use crate::host::{self, HostState};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
@@ -84,6 +85,7 @@ impl Runtime {
             // them: the BEAM's small scheduler stacks never see wasm frames.
             .async_stack_size(2 << 20)
             .max_wasm_stack(512 << 10)
+            .wasm_backtrace_max_frames(NonZeroUsize::new(16))
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
 

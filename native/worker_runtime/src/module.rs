@@ -53,7 +53,15 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
             bytes.len()
         )));
     }
-    let module = Module::new(&rt.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+    let binary = if bytes.starts_with(b"\0asm") {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        wat::parse_bytes(bytes).map_err(|e| {
+            invalid(format!("not a WebAssembly module (no \\0asm header), nor WAT text: {e}"))
+        })?
+    };
+    // Also refuses a memory whose minimum is over the cap (the pool's limit).
+    let module = Module::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
 
     let invoke = match module.get_export(INVOKE) {
         Some(ExternType::Func(ty)) => {
@@ -75,12 +83,6 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
                 return Err(invalid(format!("export `{MEMORY}` must be a 32-bit, unshared memory")));
             }
             let initial = ty.minimum() * ty.page_size();
-            if initial > rt.settings.memory_cap as u64 {
-                return Err(invalid(format!(
-                    "module needs {initial} bytes of memory at start, over the cap of {} bytes",
-                    rt.settings.memory_cap
-                )));
-            }
             (module.get_export_index(MEMORY).expect("export exists"), initial)
         }
         Some(_) => return Err(invalid(format!("export `{MEMORY}` must be a memory"))),

@@ -1,0 +1,153 @@
+defmodule Worker.Test.HttpServer do
+  @moduledoc """
+  A small HTTP/1.1 server on loopback for tests of `__http_request`.
+
+  Every request is reported to the process that started the server as
+  `{:http_request, %{method:, path:, headers:, body:}}`. Routes:
+
+    * `GET /text/BODY` - 200 with BODY;
+    * `ANY /echo` - 200 with a JSON object of the method, headers and body;
+    * `GET /status/N` - status N, empty body;
+    * `GET /bytes/N` - 200 with N bytes of `"x"`;
+    * `GET /unicode` - 200 with a multi-byte UTF-8 body;
+    * `GET /lying` - claims `Content-Length: 100` and sends 10 bytes;
+    * `GET /endless` - a chunked body that never ends;
+    * `GET /sleep/MS` - waits MS milliseconds, then 200 "late";
+    * `GET /redirect` - 302 to `/text/redirected`.
+  """
+
+  @doc "Starts the server; returns its base URL, e.g. `http://127.0.0.1:40123`."
+  def start! do
+    owner = self()
+
+    {:ok, listen} =
+      :gen_tcp.listen(0, [:binary, active: false, reuseaddr: true, ip: {127, 0, 0, 1}])
+
+    {:ok, port} = :inet.port(listen)
+    pid = spawn_link(fn -> accept_loop(listen, owner) end)
+    :ok = :gen_tcp.controlling_process(listen, pid)
+    "http://127.0.0.1:#{port}"
+  end
+
+  defp accept_loop(listen, owner) do
+    case :gen_tcp.accept(listen) do
+      {:ok, socket} ->
+        handler = spawn(fn -> serve(socket, owner) end)
+        :gen_tcp.controlling_process(socket, handler)
+        send(handler, :go)
+        accept_loop(listen, owner)
+
+      {:error, _} ->
+        :ok
+    end
+  end
+
+  defp serve(socket, owner) do
+    receive do
+      :go -> :ok
+    end
+
+    with {:ok, request} <- read_request(socket, "") do
+      send(owner, {:http_request, request})
+      respond(socket, request)
+    end
+
+    :gen_tcp.close(socket)
+  end
+
+  defp read_request(socket, buffer) do
+    case :binary.split(buffer, "\r\n\r\n") do
+      [head, rest] ->
+        [request_line | header_lines] = String.split(head, "\r\n")
+        [method, path, _version] = String.split(request_line, " ", parts: 3)
+
+        headers =
+          Map.new(header_lines, fn line ->
+            [k, v] = String.split(line, ":", parts: 2)
+            {String.downcase(k), String.trim(v)}
+          end)
+
+        length = String.to_integer(Map.get(headers, "content-length", "0"))
+
+        with {:ok, body} <- read_body(socket, rest, length) do
+          {:ok, %{method: method, path: path, headers: headers, body: body}}
+        end
+
+      [_] ->
+        case :gen_tcp.recv(socket, 0, 5_000) do
+          {:ok, data} -> read_request(socket, buffer <> data)
+          error -> error
+        end
+    end
+  end
+
+  defp read_body(_socket, data, length) when byte_size(data) >= length,
+    do: {:ok, binary_part(data, 0, length)}
+
+  defp read_body(socket, data, length) do
+    case :gen_tcp.recv(socket, 0, 5_000) do
+      {:ok, more} -> read_body(socket, data <> more, length)
+      error -> error
+    end
+  end
+
+  defp respond(socket, %{path: "/text/" <> body}), do: reply(socket, 200, URI.decode(body))
+
+  defp respond(socket, %{path: "/echo"} = request) do
+    headers = Enum.map_join(request.headers, ",", fn {k, v} -> ~s("#{k}":"#{v}") end)
+
+    body =
+      ~s({"method":"#{request.method}","headers":{#{headers}},"body":#{inspect(request.body)}})
+
+    reply(socket, 200, body)
+  end
+
+  defp respond(socket, %{path: "/status/" <> code}),
+    do: reply(socket, String.to_integer(code), "")
+
+  defp respond(socket, %{path: "/bytes/" <> n}),
+    do: reply(socket, 200, :binary.copy("x", String.to_integer(n)))
+
+  defp respond(socket, %{path: "/unicode"}), do: reply(socket, 200, "héllo wörld ✓")
+
+  defp respond(socket, %{path: "/lying"}) do
+    :gen_tcp.send(
+      socket,
+      "HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n0123456789"
+    )
+  end
+
+  defp respond(socket, %{path: "/endless"}) do
+    :gen_tcp.send(socket, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    chunk = :binary.copy("y", 65_536)
+    endless(socket, "10000\r\n" <> chunk <> "\r\n")
+  end
+
+  defp respond(socket, %{path: "/sleep/" <> ms}) do
+    Process.sleep(String.to_integer(ms))
+    reply(socket, 200, "late")
+  end
+
+  defp respond(socket, %{path: "/redirect"}) do
+    :gen_tcp.send(
+      socket,
+      "HTTP/1.1 302 Found\r\nlocation: /text/redirected\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+  end
+
+  defp respond(socket, _request), do: reply(socket, 404, "not found")
+
+  defp endless(socket, chunk) do
+    case :gen_tcp.send(socket, chunk) do
+      :ok -> endless(socket, chunk)
+      {:error, _} -> :ok
+    end
+  end
+
+  defp reply(socket, status, body) do
+    :gen_tcp.send(socket, [
+      "HTTP/1.1 #{status} X\r\ncontent-length: #{byte_size(body)}\r\nconnection: close\r\n\r\n",
+      body
+    ])
+  end
+end

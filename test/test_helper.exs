@@ -1,0 +1,2 @@
+Worker.Test.Fixtures.build_functions!()
+ExUnit.start()
