@@ -25,6 +25,7 @@ defmodule Worker.Native do
   def invocation_resume(_invocation), do: err()
   def invocation_decode(_invocation), do: err()
   def invocation_cancel(_invocation), do: err()
+  def runtime_stats, do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -112,6 +112,13 @@ defmodule Worker.Runtime do
     |> drive(deadline, metadata)
   end
 
+  @doc """
+  Live figures from the native runtime: `:in_flight` is the number of
+  invocations that exist right now, in any process.
+  """
+  @spec stats() :: %{in_flight: non_neg_integer()}
+  def stats, do: Native.runtime_stats()
+
   defp drive({:done, result, lines}, _deadline, metadata) do
     emit(lines, metadata)
     result

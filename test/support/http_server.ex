@@ -21,7 +21,13 @@ defmodule Worker.Test.HttpServer do
     owner = self()
 
     {:ok, listen} =
-      :gen_tcp.listen(0, [:binary, active: false, reuseaddr: true, ip: {127, 0, 0, 1}])
+      :gen_tcp.listen(0, [
+        :binary,
+        active: false,
+        reuseaddr: true,
+        backlog: 1024,
+        ip: {127, 0, 0, 1}
+      ])
 
     {:ok, port} = :inet.port(listen)
     pid = spawn_link(fn -> accept_loop(listen, owner) end)

@@ -132,8 +132,11 @@ defmodule Worker.RuntimeTest do
       end
     end
 
-    test "nesting deeper than 128 levels is refused, not recursed into", %{echo: echo} do
-      deep = Enum.reduce(1..100_000, [], fn _, acc -> [acc] end)
+    test "nesting deeper than 100 levels is refused, not recursed into", %{echo: echo} do
+      nest = fn depth -> Enum.reduce(1..depth, [], fn _, acc -> [acc] end) end
+      assert Runtime.invoke(echo, nest.(99)) == {:ok, nest.(99)}
+      assert {:error, {:invalid_args, _}} = Runtime.invoke(echo, nest.(100))
+      deep = nest.(100_000)
       assert {:error, {:invalid_args, reason}} = Runtime.invoke(echo, deep)
       assert reason =~ "nesting"
     end

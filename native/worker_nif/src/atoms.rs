@@ -24,6 +24,7 @@ rustler::atoms! {
     stderr,
     host,
     dropped,
+    in_flight,
     nil,
     fl_wake = "$fl_wake",
 }

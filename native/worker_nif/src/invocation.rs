@@ -64,10 +64,12 @@ impl Wake for WakeState {
             if current != POLLING && current != IDLE {
                 return;
             }
-            match self
-                .state
-                .compare_exchange(current, NOTIFIED, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.state.compare_exchange(
+                current,
+                NOTIFIED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(POLLING) => return,
                 Ok(_) => break,
                 Err(seen) => current = seen,
@@ -121,18 +123,14 @@ fn invocation_start<'a>(
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }),
     });
-    let reply = step(env, &resource);
-    account(env, started);
-    reply
+    account(env, started, step(env, &resource))
 }
 
 /// Runs the next slice of an invocation.
 #[rustler::nif]
 fn invocation_resume<'a>(env: Env<'a>, resource: ResourceArc<InvocationResource>) -> Term<'a> {
     let started = Instant::now();
-    let reply = step(env, &resource);
-    account(env, started);
-    reply
+    account(env, started, step(env, &resource))
 }
 
 /// Decodes a large response, on a dirty scheduler.
@@ -162,12 +160,13 @@ fn invocation_cancel(resource: ResourceArc<InvocationResource>) -> rustler::Atom
     }
 }
 
-fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> Term<'a> {
+/// Polls once. The flag says whether the guest was preempted at a tick.
+fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'a>, bool) {
     let Ok(mut stage) = resource.stage.try_lock() else {
-        return done(env, error(env, atoms::busy()), &[], 0);
+        return (done(env, error(env, atoms::busy()), &[], 0), false);
     };
     let Stage::Running(invocation) = &mut *stage else {
-        return done(env, error(env, atoms::busy()), &[], 0);
+        return (done(env, error(env, atoms::busy()), &[], 0), false);
     };
     let wake = &resource.wake;
     wake.state.store(POLLING, Ordering::Release);
@@ -178,7 +177,8 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> Term<'a
     let Ok(polled) = polled else {
         *stage = Stage::Closed;
         wake.state.store(CLOSED, Ordering::Release);
-        return done(env, error(env, (atoms::panic(), "the runtime panicked; see the log")), &[], 0);
+        let reply = error(env, (atoms::panic(), "the runtime panicked; see the log"));
+        return (done(env, reply, &[], 0), false);
     };
     let lines = invocation.logs().drain();
     match polled {
@@ -188,12 +188,17 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> Term<'a
             match outcome {
                 Outcome::Response(bytes) if bytes.len() > DIRTY_DECODE_BYTES => {
                     *stage = Stage::Decode(bytes);
-                    (atoms::decode(), resource.clone(), logs(env, &lines, dropped)).encode(env)
+                    let reply = (
+                        atoms::decode(),
+                        resource.clone(),
+                        logs(env, &lines, dropped),
+                    );
+                    (reply.encode(env), false)
                 }
                 outcome => {
                     *stage = Stage::Closed;
                     let result = result(env, outcome);
-                    done(env, result, &lines, dropped)
+                    (done(env, result, &lines, dropped), false)
                 }
             }
         }
@@ -204,18 +209,30 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> Term<'a
                 .is_ok();
             let log_terms = logs(env, &lines, 0);
             if waiting {
-                (atoms::wait(), resource.clone(), wake.id, log_terms).encode(env)
+                let reply = (atoms::wait(), resource.clone(), wake.id, log_terms);
+                (reply.encode(env), false)
             } else {
-                (atoms::r#yield(), resource.clone(), log_terms).encode(env)
+                (
+                    (atoms::r#yield(), resource.clone(), log_terms).encode(env),
+                    true,
+                )
             }
         }
     }
 }
 
-/// Tells the VM how much of the time slice the call used.
-fn account(env: Env, started: Instant) {
-    let percent = (started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
+/// Tells the VM how much of the process's time slice the call used. A guest
+/// that was preempted at a tick has used a whole slice, as a busy Erlang
+/// process would have: the VM should now let other processes run. Otherwise
+/// the call counts in proportion to its time, 1% per 10 us.
+fn account<'a>(env: Env<'a>, started: Instant, (reply, preempted): (Term<'a>, bool)) -> Term<'a> {
+    let percent = if preempted {
+        100
+    } else {
+        (started.elapsed().as_micros() / 10).clamp(1, 100) as i32
+    };
     rustler::schedule::consume_timeslice(env, percent);
+    reply
 }
 
 fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {

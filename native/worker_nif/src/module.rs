@@ -52,3 +52,11 @@ fn module_compile<'a>(env: Env<'a>, wasm: Binary) -> Term<'a> {
         }
     }
 }
+
+/// `%{in_flight: n}`: invocations alive right now, in any process.
+#[rustler::nif]
+fn runtime_stats(env: Env) -> Term {
+    let in_flight = worker_runtime::engine::runtime().map_or(0, |rt| rt.in_flight());
+    let map = Term::map_new(env);
+    map.map_put(atoms::in_flight(), in_flight).unwrap_or(map)
+}

@@ -36,7 +36,9 @@ fn write(term: Term, w: &mut Writer) -> Result<(), String> {
                 Err("integer does not fit in 64 bits".into())
             }
         }
-        TermType::Float => w.f64(term.decode::<f64>().map_err(|_| "bad float")?).map_err(e),
+        TermType::Float => w
+            .f64(term.decode::<f64>().map_err(|_| "bad float")?)
+            .map_err(e),
         TermType::List => {
             w.begin_array().map_err(e)?;
             let mut rest = term;
@@ -66,7 +68,10 @@ fn write(term: Term, w: &mut Writer) -> Result<(), String> {
                     TermType::Integer => {
                         let text = match key.decode::<i64>() {
                             Ok(i) => i.to_string(),
-                            Err(_) => key.decode::<u64>().map_err(|_| "map key does not fit in 64 bits")?.to_string(),
+                            Err(_) => key
+                                .decode::<u64>()
+                                .map_err(|_| "map key does not fit in 64 bits")?
+                                .to_string(),
                         };
                         w.key(&text).map_err(e)?
                     }
@@ -77,7 +82,9 @@ fn write(term: Term, w: &mut Writer) -> Result<(), String> {
             w.end_object();
             Ok(())
         }
-        other => Err(format!("a term of type {other:?} cannot be encoded as JSON")),
+        other => Err(format!(
+            "a term of type {other:?} cannot be encoded as JSON"
+        )),
     }
 }
 
@@ -135,9 +142,11 @@ impl<'a> Builder for TermBuilder<'a> {
         match Term::map_from_term_arrays(self.env, &keys, &values) {
             Ok(map) => map,
             // Duplicate keys: the later one wins, as in most JSON parsers.
-            Err(_) => entries.into_iter().fold(Term::map_new(self.env), |map, (k, v)| {
-                map.map_put(k, v).unwrap_or(map)
-            }),
+            Err(_) => entries
+                .into_iter()
+                .fold(Term::map_new(self.env), |map, (k, v)| {
+                    map.map_put(k, v).unwrap_or(map)
+                }),
         }
     }
 }

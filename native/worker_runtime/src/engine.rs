@@ -7,15 +7,23 @@
 
 use crate::host::{self, HostState};
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
-/// How often the epoch advances while invocations run. Each tick ends a
-/// time slice (see [`crate::invocation`]) and is when deadlines are checked.
-pub const TICK: Duration = Duration::from_millis(1);
+/// How often the epoch advances while invocations run, unless
+/// `FL_EPOCH_TICK_US` says otherwise. A guest yields at the first tick after
+/// it has run for half a tick, so this is about the longest a guest holds
+/// the thread that polls it (see [`crate::invocation`]). The BEAM switches
+/// processes every few tens of microseconds of work, so a guest should not
+/// hold a scheduler much longer either.
+pub const DEFAULT_TICK: Duration = Duration::from_micros(100);
+
+/// The ticker keeps ticking this long after the last invocation ends, so
+/// that back-to-back invocations never pay for waking it.
+const LINGER: Duration = Duration::from_millis(200);
 
 /// Process-wide settings, read from the environment once.
 #[derive(Debug, Clone)]
@@ -28,6 +36,8 @@ pub struct Settings {
     pub memory_cap: usize,
     /// Largest module accepted by compile. `FL_MAX_MODULE_MB`.
     pub max_module_bytes: usize,
+    /// Epoch tick. `FL_EPOCH_TICK_US`.
+    pub tick: Duration,
 }
 
 impl Settings {
@@ -43,6 +53,9 @@ impl Settings {
             pool_instances: env_u64("FL_POOL_INSTANCES", 1000).min(100_000) as u32,
             memory_cap: (env_u64("FL_MEMORY_CAP_MB", 512).min(4096) << 20) as usize,
             max_module_bytes: (env_u64("FL_MAX_MODULE_MB", 64).min(1024) << 20) as usize,
+            tick: Duration::from_micros(
+                env_u64("FL_EPOCH_TICK_US", DEFAULT_TICK.as_micros() as u64).clamp(10, 100_000),
+            ),
         }
     }
 }
@@ -99,7 +112,7 @@ impl Runtime {
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?;
 
-        let ticker = Ticker::start(engine.clone());
+        let ticker = Ticker::start(engine.clone(), settings.tick)?;
         Ok(Runtime {
             engine,
             linker,
@@ -109,43 +122,66 @@ impl Runtime {
         })
     }
 
+    /// Invocations that exist right now (started and not yet dropped).
+    pub fn in_flight(&self) -> usize {
+        self.ticker.active.load(Ordering::Acquire)
+    }
+
     /// Marks one invocation as running; the ticker runs while any is.
     pub fn running(&self) -> Running {
-        if self.ticker.active.fetch_add(1, Ordering::AcqRel) == 0 {
+        self.ticker.active.fetch_add(1, Ordering::SeqCst);
+        if self.ticker.parked.load(Ordering::SeqCst) {
             self.ticker.thread.unpark();
         }
         Running(self.ticker.active.clone())
     }
 }
 
-/// Advances the engine epoch every [`TICK`] while at least one invocation
-/// runs, and sleeps otherwise so an idle worker costs nothing.
+/// Advances the engine epoch every tick while invocations run, and sleeps
+/// once none has run for [`LINGER`], so an idle worker costs nothing.
 struct Ticker {
     active: Arc<AtomicUsize>,
+    parked: Arc<AtomicBool>,
     thread: Thread,
 }
 
 impl Ticker {
-    fn start(engine: Engine) -> Ticker {
+    fn start(engine: Engine, tick: Duration) -> Result<Ticker, String> {
         let active = Arc::new(AtomicUsize::new(0));
-        let seen = active.clone();
+        let parked = Arc::new(AtomicBool::new(false));
+        let (seen, parking) = (active.clone(), parked.clone());
+        let linger_ticks = (LINGER.as_micros() / tick.as_micros().max(1)) as u64;
         let handle = thread::Builder::new()
             .name("fl-epoch".into())
             .spawn(move || {
+                let mut idle_ticks = 0u64;
                 loop {
-                    if seen.load(Ordering::Acquire) == 0 {
-                        thread::park();
-                        continue;
+                    if seen.load(Ordering::SeqCst) > 0 {
+                        idle_ticks = 0;
+                    } else {
+                        idle_ticks += 1;
+                        if idle_ticks > linger_ticks {
+                            // Dekker-style handshake with `running`: either
+                            // it sees `parked` and unparks us, or we see its
+                            // increment and do not park.
+                            parking.store(true, Ordering::SeqCst);
+                            if seen.load(Ordering::SeqCst) == 0 {
+                                thread::park();
+                            }
+                            parking.store(false, Ordering::SeqCst);
+                            idle_ticks = 0;
+                        }
                     }
-                    thread::sleep(TICK);
+                    thread::sleep(tick);
                     engine.increment_epoch();
                 }
             })
-            .expect("spawn the epoch ticker thread");
-        Ticker {
+            .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
+        Ok(Ticker {
             active,
+            parked,
             thread: handle.thread().clone(),
-        }
+        })
     }
 }
 
@@ -154,6 +190,6 @@ pub struct Running(Arc<AtomicUsize>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

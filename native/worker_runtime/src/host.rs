@@ -56,7 +56,9 @@ pub struct HostState {
     pub memory: Option<Memory>,
 }
 
-fn memory_of<'a>(caller: &'a mut Caller<'_, HostState>) -> Result<(&'a mut [u8], &'a mut HostState)> {
+fn memory_of<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+) -> Result<(&'a mut [u8], &'a mut HostState)> {
     let memory = caller
         .data()
         .memory
@@ -75,7 +77,9 @@ fn read_capped(
 ) -> Result<Vec<u8>> {
     let len = addr(len);
     if len as usize > cap {
-        return Err(fault(format!("{what}: {len} bytes is over the limit of {cap} bytes")));
+        return Err(fault(format!(
+            "{what}: {len} bytes is over the limit of {cap} bytes"
+        )));
     }
     Ok(memory::read(memory, what, addr(ptr), len)
         .map_err(GuestFault::from)?
@@ -123,8 +127,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         "__console_log",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<()> {
             let (memory, state) = memory_of(&mut caller)?;
-            let text =
-                memory::read(memory, "__console_log", addr(ptr), addr(len)).map_err(GuestFault::from)?;
+            let text = memory::read(memory, "__console_log", addr(ptr), addr(len))
+                .map_err(GuestFault::from)?;
             state.logs.line(Stream::Console, text);
             Ok(())
         },
@@ -134,18 +138,18 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         IMPORT_MODULE,
         "__http_request",
         |mut caller: Caller<'_, HostState>,
-         (resp_ptr, resp_len_ptr, status_ptr, method, url_ptr, url_len, headers_ptr, headers_len, body_ptr, body_len): (
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-        )| {
+         (
+            resp_ptr,
+            resp_len_ptr,
+            status_ptr,
+            method,
+            url_ptr,
+            url_len,
+            headers_ptr,
+            headers_len,
+            body_ptr,
+            body_len,
+        ): (i32, i32, i32, i32, i32, i32, i32, i32, i32, i32)| {
             Box::new(async move {
                 let request = {
                     let (memory, state) = memory_of(&mut caller)?;
@@ -155,8 +159,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         .map_err(GuestFault::from)?;
                     let cap = state.limits.max_http_request_bytes;
                     let url = read_capped(memory, "__http_request url", url_ptr, url_len, cap)?;
-                    let headers =
-                        read_capped(memory, "__http_request headers", headers_ptr, headers_len, cap)?;
+                    let headers = read_capped(
+                        memory,
+                        "__http_request headers",
+                        headers_ptr,
+                        headers_len,
+                        cap,
+                    )?;
                     let body = read_capped(memory, "__http_request body", body_ptr, body_len, cap)?;
                     state.http_requests += 1;
                     if state.http_requests > state.limits.max_http_requests {
@@ -170,7 +179,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                 };
                 let (deadline, max_body, logs) = {
                     let state = caller.data();
-                    (state.deadline, state.limits.max_http_body_bytes, state.logs.clone())
+                    (
+                        state.deadline,
+                        state.limits.max_http_body_bytes,
+                        state.logs.clone(),
+                    )
                 };
                 let outcome = match request {
                     Ok(request) => {
@@ -184,13 +197,21 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                 let (status, body) = match outcome {
                     Ok(response) => (response.status, response.body),
                     Err(reason) => {
-                        logs.line(Stream::Host, format!("http request failed: {reason}").as_bytes());
+                        logs.line(
+                            Stream::Host,
+                            format!("http request failed: {reason}").as_bytes(),
+                        );
                         (0, Vec::new())
                     }
                 };
                 let (memory, _) = memory_of(&mut caller)?;
-                memory::write(memory, "__http_request response body", addr(resp_ptr), &body)
-                    .map_err(GuestFault::from)?;
+                memory::write(
+                    memory,
+                    "__http_request response body",
+                    addr(resp_ptr),
+                    &body,
+                )
+                .map_err(GuestFault::from)?;
                 memory::write(
                     memory,
                     "__http_request length",
@@ -198,8 +219,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                     &(body.len() as u32).to_le_bytes(),
                 )
                 .map_err(GuestFault::from)?;
-                memory::write(memory, "__http_request status", addr(status_ptr), &status.to_le_bytes())
-                    .map_err(GuestFault::from)?;
+                memory::write(
+                    memory,
+                    "__http_request status",
+                    addr(status_ptr),
+                    &status.to_le_bytes(),
+                )
+                .map_err(GuestFault::from)?;
                 Ok(())
             })
         },

@@ -53,17 +53,25 @@ pub struct Response {
 
 impl Request {
     /// Builds a request from the guest's raw arguments.
-    pub fn parse(method: i32, url: &[u8], headers: &[u8], body: Vec<u8>) -> Result<Request, String> {
-        let method = Method::from_abi(method).ok_or_else(|| format!("unknown method code {method}"))?;
+    pub fn parse(
+        method: i32,
+        url: &[u8],
+        headers: &[u8],
+        body: Vec<u8>,
+    ) -> Result<Request, String> {
+        let method =
+            Method::from_abi(method).ok_or_else(|| format!("unknown method code {method}"))?;
         let url = std::str::from_utf8(url)
             .map_err(|_| "url is not UTF-8".to_string())?
             .trim()
             .to_string();
         match url.split_once("://") {
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {}
+            Some((scheme, _))
+                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {}
             _ => return Err(format!("only http and https URLs are allowed: {url:?}")),
         }
-        let headers = std::str::from_utf8(headers).map_err(|_| "headers are not UTF-8".to_string())?;
+        let headers =
+            std::str::from_utf8(headers).map_err(|_| "headers are not UTF-8".to_string())?;
         Ok(Request {
             method,
             url,
@@ -108,7 +116,11 @@ fn client() -> Result<&'static reqwest::Client, String> {
 
 /// Performs `request`, giving up at `deadline`, reading at most `max_body`
 /// bytes of response body. Must be polled inside the runtime's Tokio context.
-pub async fn perform(request: Request, deadline: Instant, max_body: usize) -> Result<Response, String> {
+pub async fn perform(
+    request: Request,
+    deadline: Instant,
+    max_body: usize,
+) -> Result<Response, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err("no time left in the invocation".into());
@@ -130,13 +142,17 @@ async fn send(request: Request, max_body: usize) -> Result<Response, String> {
     let status = response.status().as_u16();
     if let Some(length) = response.content_length() {
         if length > max_body as u64 {
-            return Err(format!("response body of {length} bytes is over the limit of {max_body}"));
+            return Err(format!(
+                "response body of {length} bytes is over the limit of {max_body}"
+            ));
         }
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(describe)? {
         if body.len() + chunk.len() > max_body {
-            return Err(format!("response body is over the limit of {max_body} bytes"));
+            return Err(format!(
+                "response body is over the limit of {max_body} bytes"
+            ));
         }
         body.extend_from_slice(&chunk);
     }

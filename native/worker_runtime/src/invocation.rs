@@ -3,7 +3,7 @@
 //! An invocation is a future. The guest runs on a Wasmtime fiber with its own
 //! stack, so it can be polled from any thread, whatever that thread's stack
 //! size. Each epoch tick makes the guest yield, so one `poll` returns within
-//! about one [`TICK`](crate::engine::TICK): the embedder decides where and
+//! about one epoch tick ([`DEFAULT_TICK`](crate::engine::DEFAULT_TICK)): the embedder decides where and
 //! when to poll again. Dropping the invocation at any point frees everything.
 
 use crate::engine::{Running, runtime};
@@ -13,6 +13,7 @@ use crate::module::CompiledModule;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use wasmtime::{Extern, Store, StoreLimitsBuilder, UpdateDeadline};
@@ -90,13 +91,45 @@ impl std::error::Error for DeadlineReached {}
 pub struct Invocation {
     future: Pin<Box<dyn Future<Output = Outcome> + Send>>,
     logs: Arc<LogSink>,
+    slice: Arc<SliceClock>,
     _running: Running,
+}
+
+/// When the current slice (poll) began, for the epoch callback.
+struct SliceClock {
+    origin: Instant,
+    started_ns: AtomicU64,
+}
+
+impl Default for SliceClock {
+    fn default() -> Self {
+        SliceClock {
+            origin: Instant::now(),
+            started_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SliceClock {
+    fn start(&self) {
+        let ns = self.origin.elapsed().as_nanos() as u64;
+        self.started_ns.store(ns, Ordering::Relaxed);
+    }
+
+    fn elapsed(&self, now: Instant) -> Duration {
+        let now_ns = now.duration_since(self.origin).as_nanos() as u64;
+        Duration::from_nanos(now_ns.saturating_sub(self.started_ns.load(Ordering::Relaxed)))
+    }
 }
 
 impl Invocation {
     /// Prepares an invocation of `module` with `input` (JSON text). Nothing
     /// runs until the first [`poll`](Self::poll).
-    pub fn new(module: &CompiledModule, input: Vec<u8>, limits: Limits) -> Result<Invocation, String> {
+    pub fn new(
+        module: &CompiledModule,
+        input: Vec<u8>,
+        limits: Limits,
+    ) -> Result<Invocation, String> {
         let rt = runtime()?;
         if input.len() > limits.max_input_bytes {
             return Err(format!(
@@ -136,23 +169,26 @@ impl Invocation {
         };
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|state| &mut state.store_limits);
+        let slice = Arc::new(SliceClock::default());
+        let half_tick = rt.settings.tick / 2;
+        let clock = slice.clone();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 Err(wasmtime::Error::new(DeadlineReached))
+            } else if clock.elapsed(now) < half_tick {
+                // The slice began just before this tick: keep going.
+                Ok(UpdateDeadline::Continue(1))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let future = Box::pin(run(
-            store,
-            module.pre.clone(),
-            module.invoke.clone(),
-            module.memory.clone(),
-        ));
+        let future = Box::pin(run(store, module.pre.clone(), module.invoke, module.memory));
         Ok(Invocation {
             future,
             logs,
+            slice,
             _running: rt.running(),
         })
     }
@@ -165,6 +201,7 @@ impl Invocation {
             Err(e) => return Poll::Ready(Outcome::Instantiate(e)),
         };
         let _tokio = rt.tokio.enter();
+        self.slice.start();
         let result = self.future.as_mut().poll(cx);
         if result.is_ready() {
             self.logs.finish();

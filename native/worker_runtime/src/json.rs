@@ -13,7 +13,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use std::fmt;
 
 /// Deepest nesting of arrays and objects accepted in either direction.
-pub const MAX_DEPTH: usize = 128;
+pub const MAX_DEPTH: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EncodeError {
@@ -201,12 +201,9 @@ pub trait Builder {
 /// values. Errors carry serde_json's message, with line and column.
 pub fn decode<B: Builder>(text: &[u8], builder: &mut B) -> Result<B::Value, String> {
     let mut de = serde_json::Deserializer::from_slice(text);
-    let value = Seed {
-        builder,
-        depth: 0,
-    }
-    .deserialize(&mut de)
-    .map_err(|e| e.to_string())?;
+    let value = Seed { builder, depth: 0 }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
 }
@@ -339,8 +336,11 @@ mod tests {
             show(r#" {"a": [1, -2, 2.5, true, null, "x\u00e9\n"], "b": {}} "#).unwrap(),
             r#"%{"a"=>[u1 i-2 f2.5 true nil "xé\n"] "b"=>%{}}"#
         );
-        assert_eq!(show("18446744073709551615").unwrap(), "u18446744073709551615");
-        assert_eq!(show("1e400").unwrap_err().contains("number out of range"), true);
+        assert_eq!(
+            show("18446744073709551615").unwrap(),
+            "u18446744073709551615"
+        );
+        assert!(show("1e400").unwrap_err().contains("number out of range"));
     }
 
     #[test]
@@ -413,6 +413,9 @@ mod tests {
             w.begin_array().unwrap();
         }
         assert_eq!(w.begin_array(), Err(EncodeError::TooDeep));
-        assert_eq!(Writer::new(100).f64(f64::NAN), Err(EncodeError::NonFiniteFloat));
+        assert_eq!(
+            Writer::new(100).f64(f64::NAN),
+            Err(EncodeError::NonFiniteFloat)
+        );
     }
 }

@@ -75,7 +75,9 @@ impl LogSink {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records one complete line (a `__console_log` call).
@@ -119,7 +121,8 @@ impl LogSink {
             }
         }
         // Keep at most one line's worth of an unterminated tail.
-        let room = self.limits.max_line_bytes - state.partial[slot].len().min(self.limits.max_line_bytes);
+        let room =
+            self.limits.max_line_bytes - state.partial[slot].len().min(self.limits.max_line_bytes);
         let take = bytes.len().min(room);
         state.partial[slot].extend_from_slice(&bytes[..take]);
     }

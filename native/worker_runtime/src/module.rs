@@ -57,7 +57,9 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
         std::borrow::Cow::Borrowed(bytes)
     } else {
         wat::parse_bytes(bytes).map_err(|e| {
-            invalid(format!("not a WebAssembly module (no \\0asm header), nor WAT text: {e}"))
+            invalid(format!(
+                "not a WebAssembly module (no \\0asm header), nor WAT text: {e}"
+            ))
         })?
     };
     // Also refuses a memory whose minimum is over the cap (the pool's limit).
@@ -74,19 +76,32 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
             }
             module.get_export_index(INVOKE).expect("export exists")
         }
-        Some(other) => return Err(invalid(format!("export `{INVOKE}` must be a function, found {other:?}"))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "export `{INVOKE}` must be a function, found {other:?}"
+            )));
+        }
         None => return Err(invalid(format!("module does not export `{INVOKE}`"))),
     };
     let (memory, initial_memory) = match module.get_export(MEMORY) {
         Some(ExternType::Memory(ty)) => {
             if ty.is_64() || ty.is_shared() {
-                return Err(invalid(format!("export `{MEMORY}` must be a 32-bit, unshared memory")));
+                return Err(invalid(format!(
+                    "export `{MEMORY}` must be a 32-bit, unshared memory"
+                )));
             }
             let initial = ty.minimum() * ty.page_size();
-            (module.get_export_index(MEMORY).expect("export exists"), initial)
+            (
+                module.get_export_index(MEMORY).expect("export exists"),
+                initial,
+            )
         }
         Some(_) => return Err(invalid(format!("export `{MEMORY}` must be a memory"))),
-        None => return Err(invalid(format!("module does not export a memory named `{MEMORY}`"))),
+        None => {
+            return Err(invalid(format!(
+                "module does not export a memory named `{MEMORY}`"
+            )));
+        }
     };
 
     let pre = rt

@@ -41,9 +41,15 @@ fn main() {
     samples.sort_by(|a, b| a.total_cmp(b));
     let median = samples[samples.len() / 2];
     let p99 = samples[samples.len() * 99 / 100];
-    println!("compile_us={compile_us:.0} median_us={median:.2} p99_us={p99:.2} iterations={iterations}");
-    println!("last outcome: {:?}", last.map(|o| match o {
-        worker_runtime::Outcome::Response(r) => format!("response {}", String::from_utf8_lossy(&r)),
-        other => format!("{other:?}"),
-    }));
+    println!(
+        "compile_us={compile_us:.0} median_us={median:.2} p99_us={p99:.2} iterations={iterations}"
+    );
+    println!(
+        "last outcome: {:?}",
+        last.map(|o| match o {
+            worker_runtime::Outcome::Response(r) =>
+                format!("response {}", String::from_utf8_lossy(&r)),
+            other => format!("{other:?}"),
+        })
+    );
 }

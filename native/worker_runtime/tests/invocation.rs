@@ -1,0 +1,89 @@
+//! The runtime on its own, with real modules: compile, invoke, time slices.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+use worker_runtime::{Invocation, Limits, Outcome, compile};
+
+const ECHO: &str = r#"
+(module
+  (import "fl_imps" "__get_input_data" (func $get (param i32)))
+  (import "fl_imps" "__insert_response" (func $resp (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "__invoke") (param $len i32) (result i32)
+    (call $get (i32.const 1024))
+    (call $resp (i32.const 1024) (local.get $len))
+    (i32.const 0)))"#;
+
+const SPIN: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "__invoke") (param i32) (result i32)
+    (loop $l (br $l))
+    (i32.const 0)))"#;
+
+struct Noop;
+impl Wake for Noop {
+    fn wake(self: Arc<Self>) {}
+}
+
+fn limits(timeout_ms: u64) -> Limits {
+    Limits {
+        timeout: Duration::from_millis(timeout_ms),
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn echo_round_trips_input() {
+    let module = compile(ECHO.as_bytes()).unwrap();
+    let invocation = Invocation::new(&module, br#"{"a":[1,2]}"#.to_vec(), limits(1000)).unwrap();
+    let (outcome, lines) = invocation.run_blocking();
+    assert_eq!(outcome, Outcome::Response(br#"{"a":[1,2]}"#.to_vec()));
+    assert!(lines.is_empty());
+}
+
+#[test]
+fn a_spinning_guest_yields_every_slice_and_times_out() {
+    let module = compile(SPIN.as_bytes()).unwrap();
+    let mut invocation = Invocation::new(&module, b"{}".to_vec(), limits(300)).unwrap();
+    let waker = Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    let started = Instant::now();
+    let mut polls = 0u32;
+    let mut longest = Duration::ZERO;
+    let outcome = loop {
+        let slice = Instant::now();
+        let polled = invocation.poll(&mut cx);
+        longest = longest.max(slice.elapsed());
+        polls += 1;
+        if let Poll::Ready(outcome) = polled {
+            break outcome;
+        }
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(outcome, Outcome::Timeout);
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+    // 300 ms in slices of about one 100 us tick
+    assert!(polls > 100, "only {polls} polls");
+    eprintln!("polls={polls} longest slice={longest:?}");
+}
+
+#[test]
+fn dropping_an_invocation_mid_run_frees_it() {
+    let module = compile(SPIN.as_bytes()).unwrap();
+    let rt = worker_runtime::engine::runtime().unwrap();
+    let before = rt.in_flight();
+    let mut invocation = Invocation::new(&module, b"{}".to_vec(), limits(60_000)).unwrap();
+    let waker = Waker::from(Arc::new(Noop));
+    assert!(
+        invocation
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    assert!(rt.in_flight() > before);
+    drop(invocation);
+    // other tests may run concurrently; ours is gone
+    assert!(rt.in_flight() <= before + 1);
+}
