@@ -26,6 +26,8 @@ defmodule Worker.Native do
   def invocation_decode(_invocation), do: err()
   def invocation_cancel(_invocation), do: err()
   def runtime_stats, do: err()
+  def json_encode(_term), do: err()
+  def json_decode(_text), do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -23,7 +23,10 @@ fn call(input: Value) -> FlResult {
                 .collect()
         })
         .unwrap_or_default();
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let body = input["body"].as_str().unwrap_or("");
     let response = http::request(method, url, &headers, body);
     Ok(json!({ "status": response.status, "body": response.body }))

@@ -150,3 +150,25 @@ impl<'a> Builder for TermBuilder<'a> {
         }
     }
 }
+
+/// `Worker.JSON.encode/1`: `{:ok, text}` or `{:error, reason}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    match to_json(term, usize::MAX) {
+        Ok(bytes) => {
+            let mut binary = NewBinary::new(env, bytes.len());
+            binary.as_mut_slice().copy_from_slice(&bytes);
+            (atoms::ok(), Term::from(binary)).encode(env)
+        }
+        Err(reason) => (atoms::error(), reason).encode(env),
+    }
+}
+
+/// `Worker.JSON.decode/1`: `{:ok, term}` or `{:error, reason}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
+    match from_json(env, text.as_slice()) {
+        Ok(term) => (atoms::ok(), term).encode(env),
+        Err(reason) => (atoms::error(), reason).encode(env),
+    }
+}
