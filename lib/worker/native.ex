@@ -23,6 +23,7 @@ defmodule Worker.Native do
   def module_compile(_wasm), do: err()
   def invocation_start(_module, _args, _timeout_ms, _max_memory), do: err()
   def invocation_resume(_invocation), do: err()
+  def invocation_resume_dirty(_invocation), do: err()
   def invocation_decode(_invocation), do: err()
   def invocation_cancel(_invocation), do: err()
   def runtime_stats, do: err()

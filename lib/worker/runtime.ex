@@ -23,6 +23,9 @@ defmodule Worker.Runtime do
 
   require Logger
 
+  # `receive ... after` takes at most 2^32 - 1 ms; keep room for the margin.
+  @max_timeout 4_294_000_000
+
   @type invoke_error ::
           {:exec_error, String.t()}
           | {:trap, String.t()}
@@ -105,6 +108,19 @@ defmodule Worker.Runtime do
     timeout = Keyword.get_lazy(opts, :timeout, fn -> config(:invoke_timeout_ms) end)
     max_memory = Keyword.get_lazy(opts, :max_memory, fn -> config(:max_memory_bytes) end)
     metadata = Keyword.get(opts, :metadata, [])
+
+    unless is_integer(timeout) and timeout in 0..@max_timeout do
+      raise ArgumentError, ":timeout must be an integer of milliseconds up to #{@max_timeout}"
+    end
+
+    unless is_integer(max_memory) and max_memory >= 0 do
+      raise ArgumentError, ":max_memory must be a non-negative integer of bytes"
+    end
+
+    unless Keyword.keyword?(metadata) do
+      raise ArgumentError, ":metadata must be a keyword list"
+    end
+
     deadline = System.monotonic_time(:millisecond) + timeout
 
     ref
@@ -119,6 +135,8 @@ defmodule Worker.Runtime do
   @spec stats() :: %{in_flight: non_neg_integer()}
   def stats, do: Native.runtime_stats()
 
+  # The loop over the NIF's replies. Every call into the NIF returns within
+  # about one time slice.
   defp drive({:done, result, lines}, _deadline, metadata) do
     emit(lines, metadata)
     result
@@ -132,32 +150,67 @@ defmodule Worker.Runtime do
     |> drive(deadline, metadata)
   end
 
-  defp drive({:wait, invocation, id, lines}, deadline, metadata) do
+  # A slice ran long (a long host call, a huge bulk memory operation): the
+  # rest of the invocation runs on dirty schedulers.
+  defp drive({:yield_dirty, invocation, lines}, deadline, metadata) do
     emit(lines, metadata)
-    # The runtime enforces the deadline itself, host calls included; this
-    # margin only matters if something in the runtime fails to wake us.
-    left = max(deadline - System.monotonic_time(:millisecond), 0) + 1_000
 
-    receive do
-      {:"$fl_wake", ^id} ->
-        invocation
-        |> Native.invocation_resume()
-        |> drive(deadline, metadata)
-    after
-      left ->
-        if Native.invocation_cancel(invocation) == :wake_pending do
-          receive do
-            {:"$fl_wake", ^id} -> :ok
-          end
-        end
+    invocation
+    |> Native.invocation_resume_dirty()
+    |> drive_dirty(deadline, metadata)
+  end
 
-        {:error, :timeout}
+  defp drive({:wait, invocation, id, lines}, deadline, metadata) do
+    case await_wake(invocation, id, lines, deadline, metadata) do
+      :woken -> invocation |> Native.invocation_resume() |> drive(deadline, metadata)
+      timeout -> timeout
     end
   end
 
   defp drive({:decode, invocation, lines}, _deadline, metadata) do
     emit(lines, metadata)
     Native.invocation_decode(invocation)
+  end
+
+  defp drive_dirty({tag, invocation, lines}, deadline, metadata)
+       when tag in [:yield, :yield_dirty] do
+    emit(lines, metadata)
+
+    invocation
+    |> Native.invocation_resume_dirty()
+    |> drive_dirty(deadline, metadata)
+  end
+
+  defp drive_dirty({:wait, invocation, id, lines}, deadline, metadata) do
+    case await_wake(invocation, id, lines, deadline, metadata) do
+      :woken -> invocation |> Native.invocation_resume_dirty() |> drive_dirty(deadline, metadata)
+      timeout -> timeout
+    end
+  end
+
+  defp drive_dirty(reply, deadline, metadata), do: drive(reply, deadline, metadata)
+
+  # The guest waits on I/O (or a timer): block in receive until the runtime
+  # wakes us. The runtime enforces the deadline itself, host calls included;
+  # the margin here only matters if it somehow fails to wake us.
+  defp await_wake(invocation, id, lines, deadline, metadata) do
+    emit(lines, metadata)
+    left = max(deadline - System.monotonic_time(:millisecond), 0) + 1_000
+
+    receive do
+      {:"$fl_wake", ^id} -> :woken
+    after
+      left ->
+        if Native.invocation_cancel(invocation) == :wake_pending do
+          receive do
+            {:"$fl_wake", ^id} -> :ok
+          after
+            5_000 -> :ok
+          end
+        end
+
+        {:error, :timeout}
+    end
   end
 
   defp emit([], _metadata), do: :ok

@@ -239,6 +239,16 @@ defmodule Worker.RuntimeTest do
     end
   end
 
+  describe "options" do
+    test "are checked before anything runs" do
+      echo = compile!("echo")
+      assert_raise ArgumentError, fn -> Runtime.invoke(echo, %{}, timeout: -1) end
+      assert_raise ArgumentError, fn -> Runtime.invoke(echo, %{}, timeout: 2 ** 40) end
+      assert_raise ArgumentError, fn -> Runtime.invoke(echo, %{}, max_memory: "lots") end
+      assert_raise ArgumentError, fn -> Runtime.invoke(echo, %{}, metadata: :nope) end
+    end
+  end
+
   describe "limits" do
     test "a spinning guest is stopped at its timeout" do
       started = System.monotonic_time(:millisecond)
@@ -246,6 +256,20 @@ defmodule Worker.RuntimeTest do
       elapsed = System.monotonic_time(:millisecond) - started
       assert elapsed >= 100
       assert elapsed < 1_000
+    end
+
+    test "the deadline holds while the guest sleeps in WASI" do
+      started = System.monotonic_time(:millisecond)
+
+      assert Runtime.invoke(compile!({:wat, "wasi_sleep"}), %{}, timeout: 200) ==
+               {:error, :timeout}
+
+      assert System.monotonic_time(:millisecond) - started < 1_000
+    end
+
+    test "a guest whose slices run long still completes (on dirty schedulers)" do
+      assert Runtime.invoke(compile!({:wat, "bulk_fill"}), %{}, max_memory: 64 * 1024 * 1024) ==
+               {:ok, 1}
     end
 
     test "memory.grow past :max_memory fails inside the guest" do

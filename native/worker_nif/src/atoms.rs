@@ -3,6 +3,7 @@ rustler::atoms! {
     error,
     done,
     r#yield = "yield",
+    yield_dirty,
     wait,
     decode,
     wake_pending,

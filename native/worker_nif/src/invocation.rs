@@ -16,7 +16,7 @@ use crate::module::ModuleResource;
 use crate::terms;
 use rustler::{Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use worker_runtime::logs::{Line, Stream};
@@ -24,6 +24,10 @@ use worker_runtime::{Invocation, Limits, Outcome};
 
 /// Responses larger than this are decoded on a dirty scheduler.
 const DIRTY_DECODE_BYTES: usize = 64 << 10;
+
+/// A slice that ran longer than this (a long host call, or one huge bulk
+/// memory instruction) moves the rest of the invocation to dirty schedulers.
+const HEAVY_SLICE: Duration = Duration::from_millis(2);
 
 enum Stage {
     Running(Box<Invocation>),
@@ -76,18 +80,39 @@ impl Wake for WakeState {
             }
         }
         // Went IDLE -> NOTIFIED: the process is waiting for this message.
-        let (pid, id) = (self.pid, self.id);
-        let send = move || {
-            let _ = OwnedEnv::new().send_and_clear(&pid, |env| (atoms::fl_wake(), id).encode(env));
-        };
         if rustler::thread::is_scheduler_thread() {
-            // Sending from a scheduler thread needs a process env we do not
-            // have here; hand the message to a short-lived thread.
-            std::thread::spawn(send);
+            // A scheduler thread cannot send without a process env of its
+            // own; the mailer thread sends for it.
+            if let Some(mailer) = mailer() {
+                let _ = mailer.send((self.pid, self.id));
+            }
         } else {
-            send();
+            send_wake(self.pid, self.id);
         }
     }
+}
+
+fn send_wake(pid: LocalPid, id: u64) {
+    let _ = OwnedEnv::new().send_and_clear(&pid, |env| (atoms::fl_wake(), id).encode(env));
+}
+
+/// A thread that sends wake messages on behalf of scheduler threads.
+fn mailer() -> Option<&'static crossbeam_channel::Sender<(LocalPid, u64)>> {
+    static MAILER: OnceLock<Option<crossbeam_channel::Sender<(LocalPid, u64)>>> = OnceLock::new();
+    MAILER
+        .get_or_init(|| {
+            let (tx, rx) = crossbeam_channel::unbounded::<(LocalPid, u64)>();
+            std::thread::Builder::new()
+                .name("fl-mailer".into())
+                .spawn(move || {
+                    for (pid, id) in rx {
+                        send_wake(pid, id);
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -133,6 +158,16 @@ fn invocation_resume<'a>(env: Env<'a>, resource: ResourceArc<InvocationResource>
     account(env, started, step(env, &resource))
 }
 
+/// Runs the next slice on a dirty scheduler, for invocations whose slices
+/// have proved too long for a normal one.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn invocation_resume_dirty<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<InvocationResource>,
+) -> Term<'a> {
+    step(env, &resource).0
+}
+
 /// Decodes a large response, on a dirty scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn invocation_decode<'a>(env: Env<'a>, resource: ResourceArc<InvocationResource>) -> Term<'a> {
@@ -171,6 +206,7 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
     let wake = &resource.wake;
     wake.state.store(POLLING, Ordering::Release);
     let waker = Waker::from(wake.clone());
+    let slice_started = Instant::now();
     let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         invocation.poll(&mut Context::from_waker(&waker))
     }));
@@ -212,10 +248,12 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
                 let reply = (atoms::wait(), resource.clone(), wake.id, log_terms);
                 (reply.encode(env), false)
             } else {
-                (
-                    (atoms::r#yield(), resource.clone(), log_terms).encode(env),
-                    true,
-                )
+                let tag = if slice_started.elapsed() > HEAVY_SLICE {
+                    atoms::yield_dirty()
+                } else {
+                    atoms::r#yield()
+                };
+                ((tag, resource.clone(), log_terms).encode(env), true)
             }
         }
     }

@@ -148,6 +148,8 @@ impl Invocation {
                 sink: logs.clone(),
                 stream: Stream::Stderr,
             })
+            // random_get fills a host buffer before copying; keep each call small
+            .max_random_size(64 << 10)
             .build_p1();
         let max_memory = limits.max_memory.min(rt.settings.memory_cap);
         let deadline = Instant::now() + limits.timeout;
@@ -260,7 +262,14 @@ async fn run(
         _ => return Outcome::Instantiate("exported __invoke missing".into()),
     };
     let len = store.data().input.len() as i32;
-    match func.call_async(&mut store, len).await {
+    // The epoch callback enforces the deadline while wasm runs; this timer
+    // enforces it while the guest is suspended in a host call (a WASI sleep).
+    let deadline = tokio::time::Instant::from_std(store.data().deadline);
+    let call = tokio::time::timeout_at(deadline, func.call_async(&mut store, len)).await;
+    let Ok(call) = call else {
+        return Outcome::Timeout;
+    };
+    match call {
         Ok(0) => match store.data_mut().response.take() {
             Some(response) => Outcome::Response(response),
             None => Outcome::NoResponse,

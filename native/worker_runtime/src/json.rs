@@ -142,6 +142,10 @@ impl Writer {
     }
 
     pub fn string(&mut self, value: &str) -> Result<(), EncodeError> {
+        // Refuse before copying: escaping only makes the text longer.
+        if self.out.len() + value.len() + 2 > self.max_bytes {
+            return Err(EncodeError::TooLarge(self.max_bytes));
+        }
         self.separator();
         self.out.reserve(value.len() + 2);
         self.out.push(b'"');

@@ -1,0 +1,101 @@
+defmodule Mix.Tasks.Compile.WorkerNativeTest do
+  # The NIF compiler, run in a scratch project with a stand-in cargo that
+  # records its calls, so the real build is left alone.
+  use ExUnit.Case, async: false
+
+  alias Mix.Tasks.Compile.WorkerNative
+
+  @moduletag :tmp_dir
+
+  setup %{tmp_dir: dir} do
+    File.mkdir_p!(Path.join(dir, "native/worker_nif/src"))
+    File.write!(Path.join(dir, "native/worker_nif/src/lib.rs"), "// nif\n")
+    File.write!(Path.join(dir, "native/worker_nif/Cargo.toml"), "[package]\n")
+    File.write!(Path.join(dir, "Cargo.toml"), "[workspace]\n")
+
+    cargo = Path.join(dir, "fake-cargo")
+
+    File.write!(cargo, """
+    #!/bin/sh
+    echo "$@" >> "#{dir}/cargo-calls"
+    if [ -f "#{dir}/cargo-fails" ]; then echo "error[E0425]: cannot find value"; exit 101; fi
+    mkdir -p "#{dir}/target/release"
+    echo "library built at $(date +%s%N)" > "#{dir}/target/release/libworker_nif.so"
+    """)
+
+    File.chmod!(cargo, 0o755)
+    previous = System.get_env("CARGO")
+    System.put_env("CARGO", cargo)
+
+    on_exit(fn ->
+      if previous, do: System.put_env("CARGO", previous), else: System.delete_env("CARGO")
+    end)
+
+    %{dir: dir}
+  end
+
+  defp compile(dir, args \\ []) do
+    File.cd!(dir, fn ->
+      ExUnit.CaptureIO.capture_io(fn -> send(self(), {:result, WorkerNative.run(args)}) end)
+    end)
+
+    assert_received {:result, result}
+    result
+  end
+
+  defp calls(dir),
+    do: dir |> Path.join("cargo-calls") |> File.read!() |> String.split("\n", trim: true)
+
+  defp installed(dir), do: File.read!(Path.join(dir, "priv/native/worker_nif.so"))
+
+  defp age(path, seconds) do
+    File.touch!(path, System.os_time(:second) + seconds)
+  end
+
+  test "builds the release profile of the crate and installs it under priv/native", %{dir: dir} do
+    assert compile(dir) == {:ok, []}
+    assert calls(dir) == ["build --release --package worker_nif"]
+    assert installed(dir) =~ "library built"
+  end
+
+  test "does nothing while the library is newer than every source", %{dir: dir} do
+    assert compile(dir) == {:ok, []}
+    age(Path.join(dir, "priv/native/worker_nif.so"), 10)
+    assert compile(dir) == {:noop, []}
+    assert length(calls(dir)) == 1
+  end
+
+  test "rebuilds when a .rs file or a Cargo.toml changes", %{dir: dir} do
+    for source <- ["native/worker_nif/src/lib.rs", "native/worker_nif/Cargo.toml", "Cargo.toml"] do
+      assert compile(dir) in [{:ok, []}, {:noop, []}]
+      age(Path.join(dir, "priv/native/worker_nif.so"), 10)
+      before = installed(dir)
+      age(Path.join(dir, source), 20)
+      assert compile(dir) == {:ok, []}, source
+      refute installed(dir) == before
+    end
+  end
+
+  test "--force rebuilds regardless", %{dir: dir} do
+    compile(dir)
+    age(Path.join(dir, "priv/native/worker_nif.so"), 10)
+    assert compile(dir, ["--force"]) == {:ok, []}
+    assert length(calls(dir)) == 2
+  end
+
+  test "a cargo failure fails the compile loudly, with cargo's output", %{dir: dir} do
+    File.write!(Path.join(dir, "cargo-fails"), "")
+
+    output =
+      ExUnit.CaptureIO.capture_io(fn ->
+        assert_raise Mix.Error,
+                     ~r/cargo failed to build the worker_nif NIF \(exit status 101\)/,
+                     fn ->
+                       File.cd!(dir, fn -> WorkerNative.run([]) end)
+                     end
+      end)
+
+    assert output =~ "error[E0425]"
+    refute File.exists?(Path.join(dir, "priv/native/worker_nif.so"))
+  end
+end
