@@ -121,11 +121,15 @@ defmodule Worker.Runtime do
       raise ArgumentError, ":metadata must be a keyword list"
     end
 
-    deadline = System.monotonic_time(:millisecond) + timeout
+    loop = %{
+      deadline: System.monotonic_time(:millisecond) + timeout,
+      metadata: metadata,
+      resume: &Native.invocation_resume/1
+    }
 
     ref
     |> Native.invocation_start(args, timeout, max_memory)
-    |> drive(deadline, metadata)
+    |> drive(loop)
   end
 
   @doc """
@@ -137,64 +141,40 @@ defmodule Worker.Runtime do
 
   # The loop over the NIF's replies. Every call into the NIF returns within
   # about one time slice.
-  defp drive({:done, result, lines}, _deadline, metadata) do
-    emit(lines, metadata)
+  defp drive({:done, result, lines}, loop) do
+    emit(lines, loop.metadata)
     result
   end
 
-  defp drive({:yield, invocation, lines}, deadline, metadata) do
-    emit(lines, metadata)
-
-    invocation
-    |> Native.invocation_resume()
-    |> drive(deadline, metadata)
+  defp drive({:yield, invocation, lines}, loop) do
+    emit(lines, loop.metadata)
+    invocation |> loop.resume.() |> drive(loop)
   end
 
   # A slice ran long (a long host call, a huge bulk memory operation): the
   # rest of the invocation runs on dirty schedulers.
-  defp drive({:yield_dirty, invocation, lines}, deadline, metadata) do
-    emit(lines, metadata)
-
-    invocation
-    |> Native.invocation_resume_dirty()
-    |> drive_dirty(deadline, metadata)
+  defp drive({:yield_dirty, invocation, lines}, loop) do
+    drive({:yield, invocation, lines}, %{loop | resume: &Native.invocation_resume_dirty/1})
   end
 
-  defp drive({:wait, invocation, id, lines}, deadline, metadata) do
-    case await_wake(invocation, id, lines, deadline, metadata) do
-      :woken -> invocation |> Native.invocation_resume() |> drive(deadline, metadata)
+  defp drive({:wait, invocation, id, lines}, loop) do
+    emit(lines, loop.metadata)
+
+    case await_wake(invocation, id, loop.deadline) do
+      :woken -> invocation |> loop.resume.() |> drive(loop)
       timeout -> timeout
     end
   end
 
-  defp drive({:decode, invocation, lines}, _deadline, metadata) do
-    emit(lines, metadata)
+  defp drive({:decode, invocation, lines}, loop) do
+    emit(lines, loop.metadata)
     Native.invocation_decode(invocation)
   end
-
-  defp drive_dirty({tag, invocation, lines}, deadline, metadata)
-       when tag in [:yield, :yield_dirty] do
-    emit(lines, metadata)
-
-    invocation
-    |> Native.invocation_resume_dirty()
-    |> drive_dirty(deadline, metadata)
-  end
-
-  defp drive_dirty({:wait, invocation, id, lines}, deadline, metadata) do
-    case await_wake(invocation, id, lines, deadline, metadata) do
-      :woken -> invocation |> Native.invocation_resume_dirty() |> drive_dirty(deadline, metadata)
-      timeout -> timeout
-    end
-  end
-
-  defp drive_dirty(reply, deadline, metadata), do: drive(reply, deadline, metadata)
 
   # The guest waits on I/O (or a timer): block in receive until the runtime
   # wakes us. The runtime enforces the deadline itself, host calls included;
   # the margin here only matters if it somehow fails to wake us.
-  defp await_wake(invocation, id, lines, deadline, metadata) do
-    emit(lines, metadata)
+  defp await_wake(invocation, id, deadline) do
     left = max(deadline - System.monotonic_time(:millisecond), 0) + 1_000
 
     receive do
