@@ -22,7 +22,7 @@ defmodule Worker.MixProject do
 
   def application do
     [
-      extra_applications: [:logger],
+      extra_applications: [:logger, :crypto],
       mod: {Worker.Application, []}
     ]
   end

@@ -1,10 +1,10 @@
 import Config
 
-# Defaults for Worker.Runtime.invoke/3; each can be overridden per call.
-config :worker,
-  invoke_timeout_ms: 30_000,
-  max_memory_bytes: 128 * 1024 * 1024
+# Defaults live in Worker.Config; config/runtime.exs reads FL_* variables.
+
+config :logger, :console, metadata: [:fl_module, :fl_function, :fl_stream]
 
 if config_env() == :test do
   config :logger, level: :warning
+  config :worker, data_dir: Path.expand("../tmp/test_data", __DIR__)
 end

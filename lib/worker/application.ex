@@ -4,6 +4,19 @@ defmodule Worker.Application do
 
   @impl true
   def start(_type, _args) do
-    Supervisor.start_link([], strategy: :one_for_one, name: Worker.Supervisor)
+    Worker.Config.apply_defaults()
+    File.mkdir_p!(Worker.Store.dir())
+
+    children = [
+      {Task.Supervisor, name: Worker.Tasks},
+      {DynamicSupervisor, name: Worker.Handlers, strategy: :one_for_one},
+      Worker.NodeInfo,
+      Worker.Functions,
+      Worker.Admission,
+      Worker.Server,
+      Worker.Cluster
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: Worker.Supervisor)
   end
 end

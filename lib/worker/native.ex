@@ -21,6 +21,9 @@ defmodule Worker.Native do
   end
 
   def module_compile(_wasm), do: err()
+  def module_serialize(_module), do: err()
+  def module_load(_artifact, _wasm_bytes), do: err()
+  def engine_fingerprint, do: err()
   def invocation_start(_module, _args, _timeout_ms, _max_memory), do: err()
   def invocation_resume(_invocation), do: err()
   def invocation_resume_dirty(_invocation), do: err()

@@ -52,17 +52,38 @@ defmodule Worker.Runtime do
   @spec compile(binary()) ::
           {:ok, Module.t()}
           | {:error, {:invalid_module, String.t()} | {:runtime_unavailable, String.t()}}
-  def compile(wasm) when is_binary(wasm) do
-    case Native.module_compile(wasm) do
-      {:ok, ref, wasm_bytes, initial_memory} ->
-        {:ok, %Module{ref: ref, wasm_bytes: wasm_bytes, initial_memory: initial_memory}}
-
-      {:error, _} = error ->
-        error
-    end
-  end
+  def compile(wasm) when is_binary(wasm),
+    do: wasm |> Native.module_compile() |> Module.from_native()
 
   def compile(_), do: {:error, {:invalid_module, "expected the module as a binary"}}
+
+  @doc """
+  The compiled form of a module (machine code), to keep and `load/2` later
+  without compiling again. Only a runtime with the same `fingerprint/0` can
+  load it.
+  """
+  @spec serialize(Module.t()) :: {:ok, binary()} | {:error, term()}
+  def serialize(%Module{ref: ref}), do: Native.module_serialize(ref)
+
+  @doc """
+  Loads a module from `serialize/1`'s output. `wasm_bytes` is recorded as
+  the size of the original binary.
+
+  **The artifact is trusted**: it holds machine code that will run as is.
+  Wasmtime refuses artifacts from another version or configuration, but
+  only the caller can know the bytes are the ones `serialize/1` produced;
+  `Worker.Store` keeps a checksum with each one for that.
+  """
+  @spec load(binary(), non_neg_integer()) :: {:ok, Module.t()} | {:error, term()}
+  def load(artifact, wasm_bytes) when is_binary(artifact) and is_integer(wasm_bytes),
+    do: artifact |> Native.module_load(wasm_bytes) |> Module.from_native()
+
+  @doc "The engine's fingerprint: artifacts are only loadable under the same one."
+  @spec fingerprint() :: String.t()
+  def fingerprint do
+    {:ok, text} = Native.engine_fingerprint()
+    text
+  end
 
   @doc """
   Invokes a compiled function with `args`, which become the JSON text the

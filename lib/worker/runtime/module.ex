@@ -7,14 +7,33 @@ defmodule Worker.Runtime.Module do
   alive as long as some process holds the struct.
   """
 
-  @enforce_keys [:ref, :wasm_bytes, :initial_memory]
-  defstruct [:ref, :wasm_bytes, :initial_memory]
+  @enforce_keys [:ref, :wasm_bytes, :native_bytes, :initial_memory]
+  defstruct [:ref, :wasm_bytes, :native_bytes, :initial_memory]
 
+  @typedoc """
+  * `wasm_bytes` - size of the Wasm binary;
+  * `native_bytes` - size of the compiled code in memory;
+  * `initial_memory` - bytes of linear memory an instance starts with.
+  """
   @type t :: %__MODULE__{
           ref: reference(),
           wasm_bytes: non_neg_integer(),
+          native_bytes: non_neg_integer(),
           initial_memory: non_neg_integer()
         }
+
+  @doc false
+  def from_native({:ok, ref, {wasm_bytes, native_bytes, initial_memory}}) do
+    {:ok,
+     %__MODULE__{
+       ref: ref,
+       wasm_bytes: wasm_bytes,
+       native_bytes: native_bytes,
+       initial_memory: initial_memory
+     }}
+  end
+
+  def from_native({:error, _} = error), do: error
 
   defimpl Inspect do
     import Inspect.Algebra

@@ -1,7 +1,7 @@
 //! `Worker.Runtime.Module`: compiling a function into a shared resource.
 
 use crate::atoms;
-use rustler::{Binary, Encoder, Env, ResourceArc, Term};
+use rustler::{Binary, Encoder, Env, NewBinary, ResourceArc, Term};
 use worker_runtime::{CompileError, CompiledModule};
 
 /// A compiled, linked function. Any process may invoke it concurrently; it
@@ -16,7 +16,8 @@ impl rustler::Resource for ModuleResource {}
 /// stack, so the work happens on a thread of its own.
 const COMPILE_STACK: usize = 32 << 20;
 
-/// `{:ok, module, wasm_bytes, initial_memory}` or `{:error, reason}`.
+/// `{:ok, module, {wasm_bytes, native_bytes, initial_memory}}` or
+/// `{:error, reason}`.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn module_compile<'a>(env: Env<'a>, wasm: Binary) -> Term<'a> {
     let bytes = wasm.as_slice();
@@ -32,17 +33,46 @@ fn module_compile<'a>(env: Env<'a>, wasm: Binary) -> Term<'a> {
                     .unwrap_or_else(|_| Err(CompileError::Invalid("the compiler panicked".into())))
             })
     });
+    module_reply(env, result)
+}
+
+/// `{:ok, artifact}`: the module's compiled form, for `module_load/2`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn module_serialize<'a>(env: Env<'a>, module: ResourceArc<ModuleResource>) -> Term<'a> {
+    match worker_runtime::serialize(&module.0) {
+        Ok(bytes) => {
+            let mut binary = NewBinary::new(env, bytes.len());
+            binary.as_mut_slice().copy_from_slice(&bytes);
+            (atoms::ok(), Term::from(binary)).encode(env)
+        }
+        Err(e) => (atoms::error(), (atoms::runtime_unavailable(), e.to_string())).encode(env),
+    }
+}
+
+/// Loads an artifact from `module_serialize/1`, as `module_compile/1` replies.
+/// The Elixir side verifies the artifact's checksum before calling this.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn module_load<'a>(env: Env<'a>, artifact: Binary, wasm_bytes: usize) -> Term<'a> {
+    // SAFETY: the artifact was written by module_serialize in a runtime with
+    // the same engine fingerprint, and its checksum has been verified.
+    let result = unsafe { worker_runtime::deserialize(artifact.as_slice(), wasm_bytes) };
+    module_reply(env, result)
+}
+
+/// The engine's fingerprint, which keys artifacts on disk.
+#[rustler::nif]
+fn engine_fingerprint(env: Env) -> Term {
+    match worker_runtime::engine_fingerprint() {
+        Ok(text) => (atoms::ok(), text).encode(env),
+        Err(e) => (atoms::error(), (atoms::runtime_unavailable(), e.to_string())).encode(env),
+    }
+}
+
+fn module_reply(env: Env, result: Result<CompiledModule, CompileError>) -> Term {
     match result {
         Ok(module) => {
-            let wasm_bytes = module.wasm_bytes;
-            let initial_memory = module.initial_memory;
-            (
-                atoms::ok(),
-                ResourceArc::new(ModuleResource(module)),
-                wasm_bytes,
-                initial_memory,
-            )
-                .encode(env)
+            let sizes = (module.wasm_bytes, module.native_bytes, module.initial_memory);
+            (atoms::ok(), ResourceArc::new(ModuleResource(module)), sizes).encode(env)
         }
         Err(CompileError::Invalid(reason)) => {
             (atoms::error(), (atoms::invalid_module(), reason)).encode(env)

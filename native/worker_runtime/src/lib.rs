@@ -12,4 +12,4 @@ pub mod memory;
 pub mod module;
 
 pub use invocation::{Invocation, Limits, Outcome};
-pub use module::{CompileError, CompiledModule, compile};
+pub use module::{CompileError, CompiledModule, compile, deserialize, engine_fingerprint, serialize};

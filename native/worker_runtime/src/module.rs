@@ -15,6 +15,8 @@ pub struct CompiledModule {
     pub(crate) memory: ModuleExport,
     /// Size of the Wasm binary it was compiled from.
     pub wasm_bytes: usize,
+    /// Size of its compiled code in memory.
+    pub native_bytes: usize,
     /// Bytes of linear memory the module asks for at instantiation.
     pub initial_memory: u64,
 }
@@ -64,7 +66,47 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
     };
     // Also refuses a memory whose minimum is over the cap (the pool's limit).
     let module = Module::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
+    link(module, bytes.len())
+}
 
+/// The compiled form of a module, to keep on disk (see [`deserialize`]).
+pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, CompileError> {
+    module
+        .pre
+        .module()
+        .serialize()
+        .map_err(|e| CompileError::Runtime(format!("{e:#}")))
+}
+
+/// Loads a module from [`serialize`]'s output, without compiling.
+///
+/// # Safety
+///
+/// `bytes` must come from [`serialize`] in a process with the same engine
+/// configuration; Wasmtime checks the version and configuration, but runs
+/// the machine code it contains as is. The caller must verify the bytes'
+/// integrity (the worker stores a checksum with each artifact).
+pub unsafe fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledModule, CompileError> {
+    let rt = runtime().map_err(CompileError::Runtime)?;
+    // SAFETY: as documented above, upheld by the caller.
+    let module = unsafe { Module::deserialize(&rt.engine, bytes) }
+        .map_err(|e| invalid(format!("{e:#}")))?;
+    link(module, wasm_bytes)
+}
+
+/// A fingerprint of the engine's compiler and configuration: artifacts made
+/// under another fingerprint cannot be loaded.
+pub fn engine_fingerprint() -> Result<String, CompileError> {
+    use std::hash::{Hash, Hasher};
+    let rt = runtime().map_err(CompileError::Runtime)?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    rt.engine.precompile_compatibility_hash().hash(&mut hasher);
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
+/// Checks the ABI's exports and links the imports once.
+fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, CompileError> {
+    let rt = runtime().map_err(CompileError::Runtime)?;
     let invoke = match module.get_export(INVOKE) {
         Some(ExternType::Func(ty)) => {
             let params: Vec<ValType> = ty.params().collect();
@@ -108,11 +150,13 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
         .linker
         .instantiate_pre(&module)
         .map_err(|e| invalid(format!("{e:#}")))?;
+    let image = module.image_range();
     Ok(CompiledModule {
+        native_bytes: image.end as usize - image.start as usize,
         pre,
         invoke,
         memory,
-        wasm_bytes: bytes.len(),
+        wasm_bytes,
         initial_memory,
     })
 }

@@ -1,0 +1,91 @@
+defmodule Worker.Config do
+  @moduledoc """
+  The worker's settings: application environment first (set from `FL_*`
+  environment variables by `config/runtime.exs`), then these defaults.
+
+  | key | variable | default |
+  |---|---|---|
+  | `:data_dir` | `FL_DATA_DIR` | `./fl_data` |
+  | `:max_concurrency` | `FL_MAX_CONCURRENCY` | 4 x schedulers |
+  | `:queue_limit` | `FL_QUEUE_LIMIT` | 1 000 |
+  | `:cache_max_entries` | `FL_CACHE_MAX_ENTRIES` | 256 |
+  | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB |
+  | `:max_capacity_mb` | `FL_MAX_CAPACITY_MB` | 512 |
+  | `:handler_timeout_ms` | `FL_HANDLER_TIMEOUT_MS` | 30 000 |
+  | `:worker_name` | `FL_WORKER_NAME` | the node name |
+  | `:worker_tag` | `FL_WORKER_TAG` | the long name |
+  | `:core_nodes` | `FL_CORE_NODES` | none |
+  | `:core_dns` | `FL_CORE_DNS` | none |
+  | `:core_basename` | `FL_CORE_BASENAME` | `core` |
+  | `:core_dns_interval_ms` | `FL_CORE_DNS_INTERVAL_MS` | 10 000 |
+  """
+
+  @doc "Fills in every setting not already in the application environment."
+  def apply_defaults do
+    for {key, value} <- defaults(), Application.get_env(:worker, key) == nil do
+      Application.put_env(:worker, key, value)
+    end
+
+    :ok
+  end
+
+  defp defaults do
+    [
+      data_dir: Path.expand("fl_data"),
+      max_concurrency: 4 * System.schedulers_online(),
+      queue_limit: 1_000,
+      cache_max_entries: 256,
+      cache_max_bytes: 512 * 1024 * 1024,
+      max_capacity_mb: 512,
+      handler_timeout_ms: 30_000,
+      core_nodes: [],
+      core_basename: "core",
+      core_dns_interval_ms: 10_000,
+      invoke_timeout_ms: 30_000,
+      max_memory_bytes: 128 * 1024 * 1024
+    ]
+  end
+
+  @doc """
+  Reads the `FL_*` variables into keyword config, for `config/runtime.exs`.
+  Unset variables are left out, so the defaults above apply.
+  """
+  @spec from_env(%{String.t() => String.t()}) :: keyword()
+  def from_env(env \\ System.get_env()) do
+    [
+      data_dir: env["FL_DATA_DIR"],
+      max_concurrency: int(env["FL_MAX_CONCURRENCY"]),
+      queue_limit: int(env["FL_QUEUE_LIMIT"]),
+      cache_max_entries: int(env["FL_CACHE_MAX_ENTRIES"]),
+      cache_max_bytes: mb(env["FL_CACHE_MAX_MB"]),
+      max_capacity_mb: int(env["FL_MAX_CAPACITY_MB"]),
+      handler_timeout_ms: int(env["FL_HANDLER_TIMEOUT_MS"]),
+      worker_name: env["FL_WORKER_NAME"],
+      worker_tag: env["FL_WORKER_TAG"],
+      core_nodes: nodes(env["FL_CORE_NODES"]),
+      core_dns: env["FL_CORE_DNS"],
+      core_basename: env["FL_CORE_BASENAME"],
+      core_dns_interval_ms: int(env["FL_CORE_DNS_INTERVAL_MS"]),
+      invoke_timeout_ms: int(env["FL_INVOKE_TIMEOUT_MS"]),
+      max_memory_bytes: mb(env["FL_MAX_MEMORY_MB"])
+    ]
+    |> Enum.reject(fn {_, v} -> v in [nil, ""] end)
+  end
+
+  defp int(nil), do: nil
+
+  defp int(text) do
+    case Integer.parse(String.trim(text)) do
+      {n, ""} when n >= 0 -> n
+      _ -> raise ArgumentError, "expected a non-negative integer, got #{inspect(text)}"
+    end
+  end
+
+  defp mb(text), do: if(n = int(text), do: n * 1024 * 1024)
+
+  defp nodes(nil), do: nil
+
+  defp nodes(text) do
+    text |> String.split(",", trim: true) |> Enum.map(&String.to_atom(String.trim(&1)))
+  end
+end

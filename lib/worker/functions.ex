@@ -1,0 +1,297 @@
+defmodule Worker.Functions do
+  @moduledoc """
+  Compiled functions, by `{module, name, hash}`: an in-memory cache in front
+  of `Worker.Store`.
+
+  * **Hits** are a lookup in an ETS table, in the caller's process.
+  * **Misses** go through this server, which runs one loader per key at a
+    time (single flight): a hundred simultaneous first invocations of one
+    function compile it once, and all hundred get the result. A loader reads
+    the compiled artifact from disk (no compile), or else the code, which
+    it compiles and whose artifact it writes for next time.
+  * The cache is bounded by entries (`FL_CACHE_MAX_ENTRIES`) and by compiled
+    bytes (`FL_CACHE_MAX_MB`), and evicts the least recently used.
+  """
+  use GenServer
+
+  alias Worker.{Runtime, Store}
+
+  require Logger
+
+  @table __MODULE__
+  @lru Worker.Functions.LRU
+
+  @type key :: Store.key()
+
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+
+  @doc """
+  The compiled module for `key`. With `code`, the code is first written to
+  disk (if it is not there already) and compiled if needed; without, it is
+  loaded from the cache, the artifact or the stored code, or
+  `{:error, :code_not_found}`.
+  """
+  @spec fetch(key(), binary() | nil) :: {:ok, Runtime.Module.t()} | {:error, term()}
+  def fetch(key, code \\ nil) do
+    case lookup(key) do
+      {:ok, module} when is_nil(code) -> {:ok, module}
+      _ -> GenServer.call(__MODULE__, {:load, key, code}, :infinity)
+    end
+  end
+
+  @doc """
+  Stores a function: writes its code, compiles it (refusing invalid
+  modules) and caches it.
+  """
+  @spec store(key(), binary()) :: :ok | {:error, term()}
+  def store(key, code) do
+    case GenServer.call(__MODULE__, {:load, key, code}, :infinity) do
+      {:ok, _module} -> :ok
+      error -> error
+    end
+  end
+
+  @doc "Forgets a function: cache, code and artifact."
+  @spec delete(key()) :: :ok
+  def delete(key), do: GenServer.call(__MODULE__, {:delete, key}, :infinity)
+
+  @doc """
+  Cache figures: entries, compiled bytes, hits, misses, evictions, and how
+  misses were served: compiles, artifact loads.
+  """
+  @spec info() :: map()
+  def info, do: GenServer.call(__MODULE__, :info)
+
+  defp lookup(key) do
+    case :ets.lookup(@table, key) do
+      [{^key, module, _bytes, tick}] ->
+        touch(key, tick)
+        :counters.add(counters(), 1, 1)
+        {:ok, module}
+
+      [] ->
+        :miss
+    end
+  end
+
+  # Marks an entry as just used. Concurrent hits may leave stale LRU rows
+  # behind; eviction skips rows whose tick no longer matches the entry.
+  defp touch(key, old_tick) do
+    tick = :erlang.unique_integer([:monotonic])
+
+    if :ets.update_element(@table, key, {4, tick}) do
+      :ets.insert(@lru, {tick, key})
+      :ets.delete(@lru, old_tick)
+    end
+  end
+
+  defp counters, do: :persistent_term.get({__MODULE__, :counters})
+
+  ## Server
+
+  @impl true
+  def init(_opts) do
+    :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
+    :ets.new(@lru, [:ordered_set, :public, :named_table])
+    # hits, misses, evictions, compiles, artifact loads
+    :persistent_term.put({__MODULE__, :counters}, :counters.new(5, [:write_concurrency]))
+
+    {:ok,
+     %{
+       loading: %{},
+       bytes: 0,
+       max_entries: Application.fetch_env!(:worker, :cache_max_entries),
+       max_bytes: Application.fetch_env!(:worker, :cache_max_bytes)
+     }}
+  end
+
+  @impl true
+  def handle_call({:load, key, code}, from, state) do
+    case state.loading do
+      # Joins the load under way, unless this call brings code and that
+      # load has none (it may end in :code_not_found): then it runs next.
+      %{^key => %{code: running} = load} when is_nil(code) or not is_nil(running) ->
+        {:noreply, put_in(state.loading[key], %{load | waiters: [from | load.waiters]})}
+
+      %{^key => load} ->
+        {:noreply, put_in(state.loading[key], %{load | next: [{from, code} | load.next]})}
+
+      %{} ->
+        {:noreply, start_load(state, key, code, [from])}
+    end
+  end
+
+  def handle_call({:delete, key}, _from, state) do
+    state = evict(state, key)
+
+    case Store.get_code(key) do
+      {:ok, code} -> Store.delete_artifact(code)
+      :error -> :ok
+    end
+
+    Store.delete_code(key)
+    {:reply, :ok, state}
+  end
+
+  def handle_call(:info, _from, state) do
+    c = counters()
+
+    {:reply,
+     %{
+       entries: :ets.info(@table, :size),
+       bytes: state.bytes,
+       hits: :counters.get(c, 1),
+       misses: :counters.get(c, 2),
+       evictions: :counters.get(c, 3),
+       compiles: :counters.get(c, 4),
+       artifact_loads: :counters.get(c, 5)
+     }, state}
+  end
+
+  @impl true
+  def handle_info({ref, result}, state) when is_reference(ref) do
+    Process.demonitor(ref, [:flush])
+    finish(state, ref, result)
+  end
+
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
+    finish(state, ref, {:error, {:load_crashed, inspect(reason)}})
+  end
+
+  defp start_load(state, key, code, waiters) do
+    :counters.add(counters(), 2, 1)
+    task = Task.Supervisor.async_nolink(Worker.Tasks, fn -> load(key, code) end)
+    put_in(state.loading[key], %{ref: task.ref, code: code, waiters: waiters, next: []})
+  end
+
+  defp finish(state, ref, result) do
+    case Enum.find(state.loading, fn {_key, load} -> load.ref == ref end) do
+      nil ->
+        {:noreply, state}
+
+      {key, load} ->
+        state = %{state | loading: Map.delete(state.loading, key)}
+
+        state =
+          case result do
+            {:ok, module} -> insert(state, key, module)
+            _ -> state
+          end
+
+        Enum.each(load.waiters, &GenServer.reply(&1, result))
+
+        case load.next do
+          [] ->
+            {:noreply, state}
+
+          [{_, code} | _] = next ->
+            {:noreply, start_load(state, key, code, Enum.map(next, &elem(&1, 0)))}
+        end
+    end
+  end
+
+  # Runs in a task: artifact, else code (compiled, artifact written).
+  defp load(key, nil) do
+    case Store.get_code(key) do
+      {:ok, code} -> load_code(code)
+      :error -> {:error, :code_not_found}
+    end
+  end
+
+  defp load(key, code) do
+    with {:ok, module} <- load_code(code),
+         :ok <- ensure_code_stored(key, code) do
+      {:ok, module}
+    end
+  end
+
+  defp ensure_code_stored(key, code) do
+    case Store.get_code(key) do
+      {:ok, ^code} -> :ok
+      _ -> Store.put_code(key, code)
+    end
+  end
+
+  defp load_code(code) do
+    with :error <- load_artifact(code),
+         {:ok, module} <- Runtime.compile(code) do
+      :counters.add(counters(), 4, 1)
+      save_artifact(code, module)
+      {:ok, module}
+    end
+  end
+
+  defp load_artifact(code) do
+    with {:ok, artifact} <- Store.get_artifact(code),
+         {:ok, module} <- Runtime.load(artifact, byte_size(code)) do
+      :counters.add(counters(), 5, 1)
+      {:ok, module}
+    else
+      {:error, reason} ->
+        Logger.warning(
+          "Worker.Functions: stored artifact refused (#{inspect(reason)}); recompiling"
+        )
+
+        Store.delete_artifact(code)
+        :error
+
+      :error ->
+        :error
+    end
+  end
+
+  defp save_artifact(code, module) do
+    with {:ok, artifact} <- Runtime.serialize(module),
+         :ok <- Store.put_artifact(code, artifact) do
+      :ok
+    else
+      error -> Logger.warning("Worker.Functions: cannot save artifact: #{inspect(error)}")
+    end
+  end
+
+  defp insert(state, key, module) do
+    state = evict(state, key)
+    tick = :erlang.unique_integer([:monotonic])
+    bytes = module.native_bytes
+    :ets.insert(@table, {key, module, bytes, tick})
+    :ets.insert(@lru, {tick, key})
+    shrink(%{state | bytes: state.bytes + bytes})
+  end
+
+  defp evict(state, key) do
+    case :ets.take(@table, key) do
+      [{^key, _module, bytes, tick}] ->
+        :ets.delete(@lru, tick)
+        %{state | bytes: state.bytes - bytes}
+
+      [] ->
+        state
+    end
+  end
+
+  # Evicts least recently used entries until both bounds hold.
+  defp shrink(state) do
+    over? = :ets.info(@table, :size) > state.max_entries or state.bytes > state.max_bytes
+
+    case over? && :ets.first(@lru) do
+      false ->
+        state
+
+      :"$end_of_table" ->
+        state
+
+      tick ->
+        [{^tick, key}] = :ets.lookup(@lru, tick)
+        :ets.delete(@lru, tick)
+
+        case :ets.lookup(@table, key) do
+          [{^key, _module, _bytes, ^tick}] ->
+            :counters.add(counters(), 3, 1)
+            shrink(evict(state, key))
+
+          _stale ->
+            shrink(state)
+        end
+    end
+  end
+end

@@ -1,0 +1,159 @@
+defmodule Worker.Server do
+  @moduledoc """
+  The process registered as `:worker`, which answers the FunLess Core.
+
+  | request | reply |
+  |---|---|
+  | `{:invoke, function, args}` | `{:ok, result}`, `{:error, {:exec_error, msg}}`, `{:error, reason}`, or `{:error, :code_not_found, handler_pid}` |
+  | `{:invoke, function_with_code}` | as above (args `%{}`); to a handler, with the original args |
+  | `{:store_function, function_with_code}` | `:ok` or `{:error, reason}` |
+  | `{:update_function, prev_hash, function_with_code}` | `:ok` or `{:error, reason}` |
+  | `{:delete_function, name, module, hash}` | `:ok` |
+  | `:get_info` | `{:ok, long_name, tag}` |
+  | `{:set_long_name, name}`, `{:set_tag, tag}` | `{:ok, long_name, tag}` |
+
+  Every request that may wait (invocations, compiles, disk writes) runs in
+  a task of its own that replies directly; this process only dispatches, so
+  it never waits on one. Malformed requests get `{:error, reason}`.
+  """
+  use GenServer
+
+  alias Worker.{Admission, Functions, NodeInfo, Request, Runtime}
+
+  require Logger
+
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: :worker)
+
+  @impl true
+  def init(_opts), do: {:ok, nil}
+
+  @impl true
+  def handle_call(:get_info, _from, state) do
+    {name, tag} = NodeInfo.get()
+    {:reply, {:ok, name, tag}, state}
+  end
+
+  def handle_call({:set_long_name, name}, from, state) when is_binary(name),
+    do: async(from, fn -> set_info(name, nil) end, state)
+
+  def handle_call({:set_tag, tag}, from, state) when is_binary(tag),
+    do: async(from, fn -> set_info(nil, tag) end, state)
+
+  def handle_call({:invoke, function, args}, from, state),
+    do: async(from, fn -> invoke(function, args) end, state)
+
+  def handle_call({:invoke, function}, from, state),
+    do: async(from, fn -> invoke_with_code(function, %{}) end, state)
+
+  def handle_call({:store_function, function}, from, state),
+    do: async(from, fn -> store(function) end, state)
+
+  def handle_call({:update_function, prev_hash, function}, from, state),
+    do: async(from, fn -> update(prev_hash, function) end, state)
+
+  def handle_call({:delete_function, name, module, hash}, from, state)
+      when is_binary(name) and is_binary(module) and is_binary(hash),
+      do: async(from, fn -> Functions.delete({module, name, hash}) end, state)
+
+  def handle_call(request, _from, state) do
+    Logger.warning("Worker.Server: unknown request #{inspect(request, limit: 20)}")
+    {:reply, {:error, {:bad_request, "unknown request"}}, state}
+  end
+
+  @impl true
+  def handle_info(message, state) do
+    Logger.warning("Worker.Server: ignoring message #{inspect(message, limit: 20)}")
+    {:noreply, state}
+  end
+
+  defp async(from, fun, state) do
+    Task.Supervisor.start_child(Worker.Tasks, fn -> GenServer.reply(from, safely(fun)) end)
+    {:noreply, state}
+  end
+
+  # A crash while serving one request answers that request, nothing more.
+  defp safely(fun) do
+    fun.()
+  rescue
+    e ->
+      Logger.error(
+        "Worker.Server: request failed: " <> Exception.format(:error, e, __STACKTRACE__)
+      )
+
+      {:error, {:internal, Exception.message(e)}}
+  end
+
+  @doc false
+  # Runs an invocation: the code comes from this worker's cache or store,
+  # else a handler waits for the Core to send it.
+  def invoke(function, args) do
+    with {:ok, request} <- Request.function(function) do
+      Admission.run(fn ->
+        case Functions.fetch(request.key, request.code) do
+          {:ok, module} ->
+            run(request, module, args)
+
+          {:error, :code_not_found} ->
+            {:ok, handler} = Worker.CodeHandler.start(args)
+            {:error, :code_not_found, handler}
+
+          {:error, _} = error ->
+            error
+        end
+      end)
+    end
+  end
+
+  @doc false
+  def invoke_with_code(function, args) do
+    with {:ok, request} <- Request.function(function, true) do
+      Admission.run(fn ->
+        with {:ok, module} <- Functions.fetch(request.key, request.code) do
+          run(request, module, args)
+        end
+      end)
+    end
+  end
+
+  defp run(%{key: {module_name, name, _}} = request, module, args) do
+    opts = [metadata: [fl_module: module_name, fl_function: name]]
+    opts = if mb = request.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
+
+    case Runtime.invoke(module, args, opts) do
+      {:ok, _} = ok -> ok
+      {:error, {:exec_error, _}} = error -> error
+      {:error, reason} = error -> log_failure(request, reason, error)
+    end
+  end
+
+  defp capacity_bytes(mb),
+    do: min(mb, Application.fetch_env!(:worker, :max_capacity_mb)) * 1024 * 1024
+
+  defp log_failure(%{key: {module, name, _}}, reason, error) do
+    Logger.warning("invocation failed: #{inspect(reason)}", fl_module: module, fl_function: name)
+    error
+  end
+
+  defp store(function) do
+    with {:ok, request} <- Request.function(function, true) do
+      Functions.store(request.key, request.code)
+    end
+  end
+
+  defp update(prev_hash, function) do
+    with {:ok, request} <- Request.function(function, true),
+         true <- is_binary(prev_hash) || {:error, {:bad_request, "prev_hash must be a binary"}},
+         :ok <- Functions.store(request.key, request.code) do
+      {module, name, hash} = request.key
+      if prev_hash != hash, do: Functions.delete({module, name, prev_hash})
+      :ok
+    end
+  end
+
+  defp set_info(name, tag) do
+    case NodeInfo.set(name, tag) do
+      {name, tag} -> {:ok, name, tag}
+      error -> error
+    end
+  end
+end

@@ -1,0 +1,156 @@
+defmodule Worker.Store do
+  @moduledoc """
+  What the worker keeps on disk, under its data directory (`FL_DATA_DIR`):
+
+    * `functions/` - the code of every function it was given, one file per
+      `{module, name, hash}`;
+    * `artifacts/FINGERPRINT/` - compiled modules (`Worker.Runtime.serialize/1`)
+      keyed by the SHA-256 of their code, under the engine fingerprint that
+      can load them;
+    * `node_info` - the node's long name and tag.
+
+  Every file is written atomically (temporary file, fsync, rename) and
+  carries a SHA-256 of its contents, checked on every read: a torn, corrupt
+  or foreign file reads as missing and is deleted, never used.
+  """
+
+  @magic "FLW1"
+
+  @type key :: {module :: String.t(), name :: String.t(), hash :: binary()}
+
+  @doc "The data directory."
+  @spec dir() :: Path.t()
+  def dir, do: Application.fetch_env!(:worker, :data_dir)
+
+  @doc "Writes a function's code."
+  @spec put_code(key(), binary()) :: :ok | {:error, term()}
+  def put_code(key, code), do: write(code_path(key), :erlang.term_to_binary({key, code}))
+
+  @doc "Reads a function's code, or `:error` if it is not stored (or unreadable)."
+  @spec get_code(key()) :: {:ok, binary()} | :error
+  def get_code(key) do
+    with {:ok, payload} <- read(code_path(key)),
+         {^key, code} when is_binary(code) <- safe_decode(payload) do
+      {:ok, code}
+    else
+      _ -> :error
+    end
+  end
+
+  @doc "Deletes a function's code; deleting what is not there is fine."
+  @spec delete_code(key()) :: :ok
+  def delete_code(key) do
+    _ = File.rm(code_path(key))
+    :ok
+  end
+
+  @doc "Writes the compiled artifact of `code`."
+  @spec put_artifact(binary(), binary()) :: :ok | {:error, term()}
+  def put_artifact(code, artifact), do: write(artifact_path(code), artifact)
+
+  @doc "Reads the compiled artifact of `code`, if a loadable one is stored."
+  @spec get_artifact(binary()) :: {:ok, binary()} | :error
+  def get_artifact(code), do: read(artifact_path(code))
+
+  @doc "Deletes the compiled artifact of `code`."
+  @spec delete_artifact(binary()) :: :ok
+  def delete_artifact(code) do
+    _ = File.rm(artifact_path(code))
+    :ok
+  end
+
+  @doc "Writes a term under `name` in the data directory."
+  @spec put_term(String.t(), term()) :: :ok | {:error, term()}
+  def put_term(name, term), do: write(Path.join(dir(), name), :erlang.term_to_binary(term))
+
+  @doc "Reads a term written by `put_term/2`."
+  @spec get_term(String.t()) :: {:ok, term()} | :error
+  def get_term(name) do
+    with {:ok, payload} <- read(Path.join(dir(), name)),
+         {:ok, term} <- safe_decode_ok(payload) do
+      {:ok, term}
+    else
+      _ -> :error
+    end
+  end
+
+  @doc "Path of a function's code file."
+  @spec code_path(key()) :: Path.t()
+  def code_path({module, name, hash} = key)
+      when is_binary(module) and is_binary(name) and is_binary(hash) do
+    Path.join([dir(), "functions", hex(:crypto.hash(:sha256, :erlang.term_to_binary(key)))])
+  end
+
+  @doc "Path of the artifact for `code` under this engine's fingerprint."
+  @spec artifact_path(binary()) :: Path.t()
+  def artifact_path(code) do
+    Path.join([dir(), "artifacts", Worker.Runtime.fingerprint(), hex(:crypto.hash(:sha256, code))])
+  end
+
+  defp write(path, payload) do
+    File.mkdir_p!(Path.dirname(path))
+    tmp = "#{path}.tmp.#{System.unique_integer([:positive])}"
+    data = [@magic, :crypto.hash(:sha256, payload), payload]
+
+    result =
+      with :ok <- write_synced(tmp, data) do
+        :file.rename(tmp, path)
+      end
+
+    if result != :ok, do: File.rm(tmp)
+    result
+  end
+
+  defp write_synced(path, data) do
+    case :file.open(path, [:write, :raw, :binary]) do
+      {:ok, fd} ->
+        try do
+          with :ok <- :file.write(fd, data), do: :file.sync(fd)
+        after
+          :file.close(fd)
+        end
+
+      error ->
+        error
+    end
+  end
+
+  defp read(path) do
+    case File.read(path) do
+      {:ok, <<@magic, digest::binary-size(32), payload::binary>>} ->
+        if :crypto.hash(:sha256, payload) == digest do
+          {:ok, payload}
+        else
+          discard(path)
+        end
+
+      {:ok, _} ->
+        discard(path)
+
+      {:error, _} ->
+        :error
+    end
+  end
+
+  defp discard(path) do
+    require Logger
+    Logger.warning("Worker.Store: #{path} is corrupt or foreign; discarding it")
+    _ = File.rm(path)
+    :error
+  end
+
+  defp safe_decode(payload) do
+    :erlang.binary_to_term(payload, [:safe])
+  rescue
+    ArgumentError -> :error
+  end
+
+  defp safe_decode_ok(payload) do
+    case safe_decode(payload) do
+      :error -> :error
+      term -> {:ok, term}
+    end
+  end
+
+  defp hex(bytes), do: Base.encode16(bytes, case: :lower)
+end

@@ -1,0 +1,65 @@
+defmodule Worker.Test.Cluster do
+  @moduledoc """
+  Real worker nodes for tests: `:peer` nodes on loopback running the
+  `:worker` application, each on a data directory of the test's choosing.
+  """
+
+  @doc "Makes this test VM a distributed node (the stand-in Core)."
+  def ensure_distributed! do
+    unless Node.alive?() do
+      {_, 0} = System.cmd("epmd", ["-daemon"])
+      {:ok, _} = :net_kernel.start([:"core_test@127.0.0.1", :longnames])
+    end
+
+    :ok
+  end
+
+  @doc """
+  Starts a worker node; `env` is put in the `:worker` application
+  environment before the application starts. Returns `{peer, node}`.
+  """
+  def start_worker!(data_dir, env \\ []) do
+    ensure_distributed!()
+    name = :"worker_#{System.unique_integer([:positive])}"
+    paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+
+    {:ok, peer, node} =
+      :peer.start(%{name: name, host: ~c"127.0.0.1", longnames: true, args: paths})
+
+    boot!(node, data_dir, env)
+    {peer, node}
+  end
+
+  @doc "Starts the `:worker` application on `node`."
+  def boot!(node, data_dir, env) do
+    :ok = :erpc.call(node, Application, :load, [:worker])
+
+    for {key, value} <- [data_dir: data_dir] ++ env do
+      :ok = :erpc.call(node, Application, :put_env, [:worker, key, value])
+    end
+
+    :ok = :erpc.call(node, Application, :put_env, [:logger, :level, :error])
+    {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:worker])
+    :ok
+  end
+
+  @doc "Kills a worker node's OS process with SIGKILL and waits until it is gone."
+  def kill!(node) do
+    os_pid = :erpc.call(node, :os, :getpid, [])
+    Node.monitor(node, true)
+    {_, 0} = System.cmd("kill", ["-9", List.to_string(os_pid)])
+
+    receive do
+      {:nodedown, ^node} -> :ok
+    after
+      10_000 -> raise "#{node} did not go down"
+    end
+  end
+
+  @doc "Stops a worker node, ignoring one that is already gone."
+  def stop(peer) do
+    :peer.stop(peer)
+  catch
+    _, _ -> :ok
+  end
+end
