@@ -14,6 +14,7 @@ defmodule Worker.MixProject do
       start_permanent: Mix.env() == :prod,
       compilers: [:worker_native] ++ Mix.compilers(),
       deps: [],
+      releases: [worker: [include_executables_for: [:unix]]],
       aliases: aliases(),
       test_coverage: [ignore_modules: [Worker.Test.Fixtures]],
       elixirc_paths: elixirc_paths(Mix.env())

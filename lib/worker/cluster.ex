@@ -4,7 +4,7 @@ defmodule Worker.Cluster do
 
   * `FL_CORE_NODES` - comma-separated nodes to connect to, e.g.
     `core@10.0.0.5,core@10.0.0.6`;
-  * `FL_CORE_DNS` - a DNS name whose A records are the Core hosts (a
+  * `FL_CORE_DNS` - a DNS name whose A records (through the system resolver) are the Core hosts (a
     Kubernetes headless service, say), looked up every
     `FL_CORE_DNS_INTERVAL_MS`; each address becomes the node
     `FL_CORE_BASENAME@ADDRESS` (basename default `core`).
@@ -69,11 +69,10 @@ defmodule Worker.Cluster do
 
   def handle_info(:resolve, state) do
     found =
-      state.dns
-      |> String.to_charlist()
-      |> :inet_res.lookup(:in, :a)
-      |> Enum.map(fn ip -> :"#{state.basename}@#{:inet.ntoa(ip)}" end)
-      |> MapSet.new()
+      case :inet.getaddrs(String.to_charlist(state.dns), :inet) do
+        {:ok, ips} -> MapSet.new(ips, fn ip -> :"#{state.basename}@#{:inet.ntoa(ip)}" end)
+        {:error, reason} -> log_dns_failure(state.dns, reason)
+      end
 
     new = MapSet.difference(found, state.targets)
     Enum.each(new, &send(self(), {:connect, &1}))
@@ -94,5 +93,10 @@ defmodule Worker.Cluster do
     end
 
     {:noreply, state}
+  end
+
+  defp log_dns_failure(name, reason) do
+    Logger.warning("Worker.Cluster: cannot resolve #{name}: #{inspect(reason)}")
+    MapSet.new()
   end
 end

@@ -18,15 +18,32 @@ defmodule Worker.Test.Cluster do
   Starts a worker node; `env` is put in the `:worker` application
   environment before the application starts. Returns `{peer, node}`.
   """
-  def start_worker!(data_dir, env \\ []) do
-    ensure_distributed!()
-    name = :"worker_#{System.unique_integer([:positive])}"
-    paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
-
-    {:ok, peer, node} =
-      :peer.start(%{name: name, host: ~c"127.0.0.1", longnames: true, args: paths})
+  def start_worker!(data_dir, env \\ [], opts \\ []) do
+    {peer, node} =
+      start_node!(Keyword.put_new(opts, :name, :"worker_#{System.unique_integer([:positive])}"))
 
     boot!(node, data_dir, env)
+    {peer, node}
+  end
+
+  @doc """
+  Starts a bare node with this VM's code path. Options: `:name`, and
+  `:isolated` (no `connect_all`: the node meets only the nodes it connects
+  to itself, and this one).
+  """
+  def start_node!(opts) do
+    ensure_distributed!()
+    paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+    isolation = if opts[:isolated], do: [~c"-connect_all", ~c"false"], else: []
+
+    {:ok, peer, node} =
+      :peer.start(%{
+        name: opts[:name],
+        host: ~c"127.0.0.1",
+        longnames: true,
+        args: isolation ++ paths
+      })
+
     {peer, node}
   end
 

@@ -1,0 +1,61 @@
+defmodule Worker.ClusterTest do
+  # Joining the Core with OTP alone: listed nodes, DNS, and reconnection.
+  use ExUnit.Case, async: false
+
+  alias Worker.Test.Cluster
+
+  @moduletag :tmp_dir
+
+  defp connected?(node, other), do: other in :erpc.call(node, Node, :list, [])
+
+  defp eventually(fun, tries \\ 200) do
+    cond do
+      fun.() ->
+        true
+
+      tries == 0 ->
+        false
+
+      true ->
+        Process.sleep(25)
+        eventually(fun, tries - 1)
+    end
+  end
+
+  test "connects to FL_CORE_NODES, and reconnects after losing one", %{tmp_dir: dir} do
+    {core_peer, core} =
+      Cluster.start_node!(name: :"core_#{System.unique_integer([:positive])}", isolated: true)
+
+    on_exit(fn -> Cluster.stop(core_peer) end)
+
+    {peer, worker} =
+      Cluster.start_worker!(dir, [core_nodes: [core, :"nobody@127.0.0.1"]], isolated: true)
+
+    on_exit(fn -> Cluster.stop(peer) end)
+
+    assert eventually(fn -> connected?(worker, core) end)
+    assert %{^core => true} = :erpc.call(worker, Worker.Cluster, :status, [])
+
+    # the Core drops the connection; the worker comes back on its own
+    true = :erpc.call(core, Node, :disconnect, [worker])
+    refute connected?(worker, core)
+    assert eventually(fn -> connected?(worker, core) end)
+  end
+
+  test "finds Core nodes through DNS: FL_CORE_DNS and FL_CORE_BASENAME", %{tmp_dir: dir} do
+    basename = "core#{System.unique_integer([:positive])}"
+    {core_peer, core} = Cluster.start_node!(name: String.to_atom(basename), isolated: true)
+    on_exit(fn -> Cluster.stop(core_peer) end)
+    assert core == :"#{basename}@127.0.0.1"
+
+    {peer, worker} =
+      Cluster.start_worker!(
+        dir,
+        [core_dns: "localhost", core_basename: basename, core_dns_interval_ms: 100],
+        isolated: true
+      )
+
+    on_exit(fn -> Cluster.stop(peer) end)
+    assert eventually(fn -> connected?(worker, core) end)
+  end
+end
