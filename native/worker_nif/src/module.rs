@@ -45,7 +45,11 @@ fn module_serialize<'a>(env: Env<'a>, module: ResourceArc<ModuleResource>) -> Te
             binary.as_mut_slice().copy_from_slice(&bytes);
             (atoms::ok(), Term::from(binary)).encode(env)
         }
-        Err(e) => (atoms::error(), (atoms::runtime_unavailable(), e.to_string())).encode(env),
+        Err(e) => (
+            atoms::error(),
+            (atoms::runtime_unavailable(), e.to_string()),
+        )
+            .encode(env),
     }
 }
 
@@ -64,14 +68,22 @@ fn module_load<'a>(env: Env<'a>, artifact: Binary, wasm_bytes: usize) -> Term<'a
 fn engine_fingerprint(env: Env) -> Term {
     match worker_runtime::engine_fingerprint() {
         Ok(text) => (atoms::ok(), text).encode(env),
-        Err(e) => (atoms::error(), (atoms::runtime_unavailable(), e.to_string())).encode(env),
+        Err(e) => (
+            atoms::error(),
+            (atoms::runtime_unavailable(), e.to_string()),
+        )
+            .encode(env),
     }
 }
 
 fn module_reply(env: Env, result: Result<CompiledModule, CompileError>) -> Term {
     match result {
         Ok(module) => {
-            let sizes = (module.wasm_bytes, module.native_bytes, module.initial_memory);
+            let sizes = (
+                module.wasm_bytes,
+                module.native_bytes,
+                module.initial_memory,
+            );
             (atoms::ok(), ResourceArc::new(ModuleResource(module)), sizes).encode(env)
         }
         Err(CompileError::Invalid(reason)) => {

@@ -12,4 +12,6 @@ pub mod memory;
 pub mod module;
 
 pub use invocation::{Invocation, Limits, Outcome};
-pub use module::{CompileError, CompiledModule, compile, deserialize, engine_fingerprint, serialize};
+pub use module::{
+    CompileError, CompiledModule, compile, deserialize, engine_fingerprint, serialize,
+};

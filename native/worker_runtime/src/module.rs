@@ -89,8 +89,8 @@ pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, CompileError> {
 pub unsafe fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledModule, CompileError> {
     let rt = runtime().map_err(CompileError::Runtime)?;
     // SAFETY: as documented above, upheld by the caller.
-    let module = unsafe { Module::deserialize(&rt.engine, bytes) }
-        .map_err(|e| invalid(format!("{e:#}")))?;
+    let module =
+        unsafe { Module::deserialize(&rt.engine, bytes) }.map_err(|e| invalid(format!("{e:#}")))?;
     link(module, wasm_bytes)
 }
 

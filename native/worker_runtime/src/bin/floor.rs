@@ -1,22 +1,26 @@
 //! The floor: what an invocation costs in this runtime with no BEAM around
-//! it, with the same engine configuration the NIF uses.
+//! it, with the same engine configuration the NIF uses (the same code: this
+//! binary links `worker_runtime`).
 //!
-//!     cargo run --release -p worker_runtime --bin floor -- FUNCTION.wasm [JSON] [ITERATIONS]
+//!     cargo run --release -p worker_runtime --bin floor -- FUNCTION.wasm [JSON] [ITERATIONS] [THREADS]
 //!
-//! Prints the median and p99 time per invocation in microseconds, and the
-//! outcome of the last invocation.
+//! Each thread runs ITERATIONS invocations back to back (after a warm-up of
+//! a tenth as many). Prints one line of `key=value` figures: median and p99
+//! microseconds per invocation, invocations per second over all threads,
+//! and the compile time.
 
 use std::time::Instant;
-use worker_runtime::{Invocation, Limits, compile};
+use worker_runtime::{Invocation, Limits, Outcome, compile};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(path) = args.next() else {
-        eprintln!("usage: floor FUNCTION.wasm [JSON] [ITERATIONS]");
+        eprintln!("usage: floor FUNCTION.wasm [JSON] [ITERATIONS] [THREADS]");
         std::process::exit(2);
     };
     let input = args.next().unwrap_or_else(|| "{}".into());
     let iterations: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let threads: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
     let wasm = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
 
     let started = Instant::now();
@@ -24,32 +28,45 @@ fn main() {
     let compile_us = started.elapsed().as_secs_f64() * 1e6;
 
     let limits = Limits::default();
-    let mut samples = Vec::with_capacity(iterations);
-    let mut last = None;
-    for i in 0..iterations + iterations / 10 {
-        let started = Instant::now();
-        let invocation = Invocation::new(&module, input.clone().into_bytes(), limits.clone())
-            .expect("invocation");
-        let (outcome, _) = invocation.run_blocking();
-        let took = started.elapsed().as_secs_f64() * 1e6;
-        // The first tenth warms the pool and caches.
-        if i >= iterations / 10 {
-            samples.push(took);
+    let run = |n: usize| -> (Vec<f64>, Outcome) {
+        let mut samples = Vec::with_capacity(n);
+        let mut last = Outcome::NoResponse;
+        for _ in 0..n {
+            let started = Instant::now();
+            let invocation = Invocation::new(&module, input.clone().into_bytes(), limits.clone())
+                .expect("invocation");
+            last = invocation.run_blocking().0;
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
         }
-        last = Some(outcome);
-    }
+        (samples, last)
+    };
+
+    run(iterations / 10);
+    let started = Instant::now();
+    let results: Vec<(Vec<f64>, Outcome)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| run(iterations)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut samples: Vec<f64> = results
+        .iter()
+        .flat_map(|(s, _)| s.iter().copied())
+        .collect();
     samples.sort_by(|a, b| a.total_cmp(b));
     let median = samples[samples.len() / 2];
     let p99 = samples[samples.len() * 99 / 100];
+    let ops = (iterations * threads) as f64 / elapsed;
+    let outcome = match &results[0].1 {
+        Outcome::Response(r) => format!("response:{}", String::from_utf8_lossy(r).replace(' ', "")),
+        other => format!("{other:?}").replace(' ', ""),
+    };
     println!(
-        "compile_us={compile_us:.0} median_us={median:.2} p99_us={p99:.2} iterations={iterations}"
-    );
-    println!(
-        "last outcome: {:?}",
-        last.map(|o| match o {
-            worker_runtime::Outcome::Response(r) =>
-                format!("response {}", String::from_utf8_lossy(&r)),
-            other => format!("{other:?}"),
-        })
+        "median_us={median:.2} p99_us={p99:.2} ops_per_s={ops:.0} compile_us={compile_us:.0} threads={threads} outcome={outcome}"
     );
 }

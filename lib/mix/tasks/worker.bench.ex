@@ -1,0 +1,338 @@
+defmodule Mix.Tasks.Worker.Bench do
+  @shortdoc "Measures invocation cost against Wasmtime's own floor"
+  @moduledoc """
+  Measures the worker and prints one table (markdown), in a few minutes:
+
+    * **floor** - the `floor` binary of `native/worker_runtime`: the same
+      runtime and engine configuration with no BEAM around it;
+    * **runtime** - `Worker.Runtime.invoke/3`, warm, from one process;
+    * **server** - the Core's `{:invoke, ...}` message to the `:worker`
+      process, from a local process;
+    * **funless method** - the FunLess worker's method, reproduced: the
+      module deserialized for every call, and the host calls as messages to
+      an Elixir process (an Agent holding input and response, as the FunLess
+      worker does), around the same guest run;
+    * throughput at 1, 2, 8 and 64 callers, cold starts, and memory.
+
+  Each latency is µs per invocation (median and p99) and its ratio to the
+  floor measured in the same run. Functions: `hello` and `echo` from
+  `functions/`, and a no-op WAT module.
+
+      mix worker.bench [--quick] [--out BENCHMARKS-table.md]
+
+  `--quick` runs a tenth of the iterations, for a smoke test.
+  """
+  use Mix.Task
+
+  alias Worker.Runtime
+
+  @functions Path.expand("../../../functions", __DIR__)
+  @wasm_dir Path.join(@functions, "target/wasm32-wasip1/release")
+  @noop Path.expand("../../../test/fixtures/noop.wat", __DIR__)
+
+  @impl true
+  def run(argv) do
+    {opts, _, _} = OptionParser.parse(argv, strict: [quick: :boolean, out: :string])
+    scale = if opts[:quick], do: 0.1, else: 1.0
+    data = Path.join(System.tmp_dir!(), "fl-bench-#{System.unique_integer([:positive])}")
+    Application.put_env(:worker, :data_dir, data)
+    build_functions!()
+    build_floor!()
+    Mix.Task.run("app.start")
+    Logger.configure(level: :error)
+
+    iterations = round(20_000 * scale)
+    seconds = max(round(2 * scale), 1)
+
+    cases = [
+      {"hello", File.read!(Path.join(@wasm_dir, "hello.wasm")), %{"name" => "FunLess"},
+       ~s({"name":"FunLess"})},
+      {"echo", File.read!(Path.join(@wasm_dir, "echo.wasm")), %{"a" => [1, 2, 3], "b" => "text"},
+       ~s({"a":[1,2,3],"b":"text"})},
+      {"noop", File.read!(@noop), %{}, "{}"}
+    ]
+
+    info("latency: #{iterations} invocations per path")
+
+    latency_rows =
+      Enum.flat_map(cases, fn {name, wasm, args, json} ->
+        floor = floor!(name, json, iterations, 1)
+        {:ok, module} = Runtime.compile(wasm)
+        fun = store!(name, wasm)
+        runtime = latency(iterations, fn -> {:ok, _} = Runtime.invoke(module, args) end)
+        server = latency(iterations, fn -> {:ok, _} = server_invoke(fun, args) end)
+
+        [
+          row("floor (Rust, no BEAM)", name, floor.median, floor.p99, floor.median),
+          row("Worker.Runtime.invoke/3", name, runtime.median, runtime.p99, floor.median),
+          row(":worker {:invoke, ...}", name, server.median, server.p99, floor.median)
+        ]
+      end)
+
+    {"hello", hello_wasm, hello_args, hello_json} = hd(cases)
+    {:ok, hello} = Runtime.compile(hello_wasm)
+    hello_fun = store!("hello", hello_wasm)
+    {:ok, artifact} = Runtime.serialize(hello)
+
+    funless =
+      latency(div(iterations, 4), fn ->
+        {:ok, _} = funless_method(artifact, hello_wasm, hello_args)
+      end)
+
+    floor_hello = floor!("hello", hello_json, iterations, 1)
+
+    latency_rows =
+      latency_rows ++
+        [
+          row(
+            "FunLess method (emulated)",
+            "hello",
+            funless.median,
+            funless.p99,
+            floor_hello.median
+          )
+        ]
+
+    info("throughput: #{seconds} s per point")
+    floor_1 = floor_hello.ops
+    floor_2 = floor!("hello", hello_json, iterations, 2).ops
+
+    throughput =
+      for callers <- [1, 2, 8, 64] do
+        {callers, rate(callers, seconds, fn -> {:ok, _} = Runtime.invoke(hello, hello_args) end),
+         rate(callers, seconds, fn -> {:ok, _} = server_invoke(hello_fun, hello_args) end)}
+      end
+
+    funless_rates =
+      for callers <- [1, 2] do
+        {callers,
+         rate(callers, seconds, fn ->
+           {:ok, _} = funless_method(artifact, hello_wasm, hello_args)
+         end)}
+      end
+
+    info("cold starts")
+
+    from_artifact =
+      median_ms(20, fn ->
+        {:ok, art} = Worker.Store.get_artifact(hello_wasm)
+        {:ok, module} = Runtime.load(art, byte_size(hello_wasm))
+        {:ok, _} = Runtime.invoke(module, hello_args)
+      end)
+
+    from_scratch =
+      median_ms(10, fn ->
+        {:ok, module} = Runtime.compile(hello_wasm)
+        {:ok, _} = Runtime.invoke(module, hello_args)
+      end)
+
+    info("memory")
+    {per_module, per_invocation} = memory(artifact, hello_wasm)
+
+    table =
+      report(
+        latency_rows,
+        throughput,
+        {floor_1, floor_2},
+        funless_rates,
+        {from_artifact, from_scratch},
+        {
+          per_module,
+          per_invocation
+        }
+      )
+
+    IO.puts(table)
+    if out = opts[:out], do: File.write!(out, table)
+    File.rm_rf(data)
+  end
+
+  ## Paths
+
+  defp store!(name, wasm) do
+    fun = %{name: name, module: "bench", hash: :crypto.hash(:sha3_256, wasm), code: wasm}
+    :ok = GenServer.call(:worker, {:store_function, fun}, 60_000)
+    Map.delete(fun, :code)
+  end
+
+  defp server_invoke(fun, args), do: GenServer.call(:worker, {:invoke, fun, args}, 60_000)
+
+  # The FunLess worker (Wasmex) deserializes the module on every call and
+  # serves each host call in an Elixir process: here an Agent holds the
+  # input and takes the response, as its runner does, around our guest run.
+  defp funless_method(artifact, wasm, args) do
+    {:ok, agent} = Agent.start_link(fn -> %{input: args, response: nil} end)
+    {:ok, module} = Runtime.load(artifact, byte_size(wasm))
+    input = Agent.get(agent, & &1.input)
+    {:ok, response} = Runtime.invoke(module, input)
+    :ok = Agent.update(agent, &%{&1 | response: response})
+    result = Agent.get(agent, & &1.response)
+    Agent.stop(agent)
+    {:ok, result}
+  end
+
+  ## Measuring
+
+  defp latency(n, fun) do
+    for _ <- 1..div(n, 10), do: fun.()
+
+    samples =
+      for _ <- 1..n do
+        started = System.monotonic_time()
+        fun.()
+        System.monotonic_time() - started
+      end
+      |> Enum.sort()
+
+    us = fn native -> System.convert_time_unit(native, :native, :nanosecond) / 1000 end
+    %{median: us.(Enum.at(samples, div(n, 2))), p99: us.(Enum.at(samples, div(n * 99, 100)))}
+  end
+
+  defp rate(callers, seconds, fun) do
+    until = System.monotonic_time(:millisecond) + seconds * 1000
+    parent = self()
+
+    for _ <- 1..callers do
+      spawn_link(fn -> send(parent, {:count, loop(fun, until, 0)}) end)
+    end
+
+    total = Enum.reduce(1..callers, 0, fn _, acc -> receive(do: ({:count, n} -> acc + n)) end)
+    total / seconds
+  end
+
+  defp loop(fun, until, n) do
+    if rem(n, 64) == 0 and System.monotonic_time(:millisecond) >= until do
+      n
+    else
+      fun.()
+      loop(fun, until, n + 1)
+    end
+  end
+
+  defp median_ms(n, fun) do
+    samples = for _ <- 1..n, do: elem(:timer.tc(fun), 0)
+    Enum.at(Enum.sort(samples), div(n, 2)) / 1000
+  end
+
+  defp memory(artifact, wasm) do
+    :erlang.garbage_collect()
+    before = rss()
+    modules = for _ <- 1..100, do: elem(Runtime.load(artifact, byte_size(wasm)), 1)
+    per_module = (rss() - before) / 100
+    # keep them alive until measured
+    _ = length(modules)
+
+    {:ok, sleeper} =
+      Runtime.compile(File.read!(Path.expand("../../../test/fixtures/wasi_sleep.wat", __DIR__)))
+
+    before = rss()
+
+    tasks =
+      for _ <- 1..200, do: Task.async(fn -> Runtime.invoke(sleeper, %{}, timeout: 1_500) end)
+
+    Process.sleep(700)
+    per_invocation = (rss() - before) / 200
+    Task.await_many(tasks, 10_000)
+    {per_module, per_invocation}
+  end
+
+  defp rss do
+    [_size, resident | _] = File.read!("/proc/self/statm") |> String.split()
+    String.to_integer(resident) * 4096
+  end
+
+  ## Floor
+
+  defp floor!(name, json, iterations, threads) do
+    path = if name == "noop", do: @noop, else: Path.join(@wasm_dir, name <> ".wasm")
+    bin = Path.expand("../../../target/release/floor", __DIR__)
+
+    {out, 0} =
+      System.cmd(bin, [path, json, Integer.to_string(iterations), Integer.to_string(threads)])
+
+    fields =
+      out
+      |> String.split()
+      |> Map.new(fn kv -> List.to_tuple(String.split(kv, "=", parts: 2)) end)
+
+    %{
+      median: String.to_float(fields["median_us"]),
+      p99: String.to_float(fields["p99_us"]),
+      ops: String.to_integer(fields["ops_per_s"])
+    }
+  end
+
+  defp build_floor! do
+    {_, 0} =
+      System.cmd(
+        "cargo",
+        ["build", "--release", "--quiet", "-p", "worker_runtime", "--bin", "floor"],
+        cd: Path.expand("../../..", __DIR__),
+        into: IO.stream(:stdio, :line),
+        stderr_to_stdout: true
+      )
+  end
+
+  defp build_functions! do
+    {_, 0} =
+      System.cmd("cargo", ["build", "--release", "--quiet", "--target", "wasm32-wasip1"],
+        cd: @functions,
+        into: IO.stream(:stdio, :line),
+        stderr_to_stdout: true
+      )
+  end
+
+  ## Report
+
+  defp row(path, function, median, p99, floor), do: {path, function, median, p99, median / floor}
+
+  defp report(
+         latency,
+         throughput,
+         {floor_1, floor_2},
+         funless_rates,
+         {artifact_ms, scratch_ms},
+         {per_module, per_inv}
+       ) do
+    {_, runtime_1, server_1} = List.keyfind(throughput, 1, 0)
+    {_, runtime_2, server_2} = List.keyfind(throughput, 2, 0)
+    {_, funless_2} = List.keyfind(funless_rates, 2, 0)
+
+    """
+    ### Latency (µs per invocation, warm)
+
+    | path | function | median | p99 | × floor |
+    |---|---|---:|---:|---:|
+    #{Enum.map_join(latency, "\n", fn {p, f, m, p99, r} -> "| #{p} | #{f} | #{fmt(m)} | #{fmt(p99)} | #{fmt(r)} |" end)}
+
+    ### Throughput (hello, invocations/s)
+
+    | callers | Worker.Runtime.invoke/3 | :worker {:invoke, ...} |
+    |---:|---:|---:|
+    #{Enum.map_join(throughput, "\n", fn {c, r, s} -> "| #{c} | #{round(r)} | #{round(s)} |" end)}
+
+    - scaling, 2 callers / 1: runtime #{fmt(runtime_2 / runtime_1)}×, server #{fmt(server_2 / server_1)}× (floor, 2 threads / 1: #{fmt(floor_2 / floor_1)}×)
+    - FunLess method (emulated): #{Enum.map_join(funless_rates, ", ", fn {c, r} -> "#{round(r)}/s with #{c} caller#{if c > 1, do: "s"}" end)}
+    - :worker path vs FunLess method, 2 callers: #{fmt(server_2 / funless_2)}×
+
+    ### Cold start (hello, to the first result)
+
+    | from | ms |
+    |---|---:|
+    | precompiled artifact on disk (read, verify, load, invoke) | #{fmt(artifact_ms)} |
+    | Wasm, compiled from scratch | #{fmt(scratch_ms)} |
+
+    ### Memory
+
+    | what | resident bytes |
+    |---|---:|
+    | per cached module (hello, loaded from an artifact) | #{round(per_module)} |
+    | per in-flight invocation (200 concurrent, suspended in a WASI sleep) | #{round(per_inv)} |
+    """
+  end
+
+  defp fmt(x) when is_float(x), do: :erlang.float_to_binary(x, decimals: 2)
+  defp fmt(x), do: to_string(x)
+
+  defp info(text), do: Mix.shell().info("==> " <> text)
+end
