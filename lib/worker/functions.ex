@@ -20,6 +20,7 @@ defmodule Worker.Functions do
 
   @table __MODULE__
   @lru Worker.Functions.LRU
+  @touch_ms 250
 
   @type key :: Store.key()
 
@@ -74,16 +75,22 @@ defmodule Worker.Functions do
     end
   end
 
-  # Marks an entry as just used. Concurrent hits may leave stale LRU rows
-  # behind; eviction skips rows whose tick no longer matches the entry.
-  defp touch(key, old_tick) do
-    tick = :erlang.unique_integer([:monotonic])
+  # Marks an entry as just used, at most once per @touch_ms: the order of
+  # recency is kept to that precision, and a hot function costs one ETS
+  # read per hit. Concurrent touches may leave stale LRU rows behind;
+  # eviction skips rows whose tick no longer matches the entry.
+  defp touch(key, {used_ms, _} = old_tick) do
+    if System.monotonic_time(:millisecond) - used_ms >= @touch_ms do
+      tick = tick()
 
-    if :ets.update_element(@table, key, {4, tick}) do
-      :ets.insert(@lru, {tick, key})
-      :ets.delete(@lru, old_tick)
+      if :ets.update_element(@table, key, {4, tick}) do
+        :ets.insert(@lru, {tick, key})
+        :ets.delete(@lru, old_tick)
+      end
     end
   end
+
+  defp tick, do: {System.monotonic_time(:millisecond), :erlang.unique_integer([:monotonic])}
 
   defp counters, do: :persistent_term.get({__MODULE__, :counters})
 
@@ -251,7 +258,7 @@ defmodule Worker.Functions do
 
   defp insert(state, key, module) do
     state = evict(state, key)
-    tick = :erlang.unique_integer([:monotonic])
+    tick = tick()
     bytes = module.native_bytes
     :ets.insert(@table, {key, module, bytes, tick})
     :ets.insert(@lru, {tick, key})

@@ -155,9 +155,10 @@ defmodule Worker.Runtime do
 
   @doc """
   Live figures from the native runtime: `:in_flight` is the number of
-  invocations that exist right now, in any process.
+  invocations that exist right now, in any process; `:max_slice_us` the
+  longest time slice a guest held a scheduler for since the last call.
   """
-  @spec stats() :: %{in_flight: non_neg_integer()}
+  @spec stats() :: %{in_flight: non_neg_integer(), max_slice_us: non_neg_integer()}
   def stats, do: Native.runtime_stats()
 
   # The loop over the NIF's replies. Every call into the NIF returns within

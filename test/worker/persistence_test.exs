@@ -99,7 +99,9 @@ defmodule Worker.PersistenceTest do
 
     assert call(node, {:store_function, a}) == :ok
     assert call(node, {:store_function, b}) == :ok
-    # a is used again, so b is now the least recently used
+    # a is used again (recency is kept to a quarter second), so b is now
+    # the least recently used
+    Process.sleep(300)
     assert {:ok, _} = call(node, {:invoke, %{a | code: nil}, %{}})
     assert call(node, {:store_function, c}) == :ok
 

@@ -26,6 +26,7 @@ rustler::atoms! {
     host,
     dropped,
     in_flight,
+    max_slice_us,
     nil,
     fl_wake = "$fl_wake",
 }

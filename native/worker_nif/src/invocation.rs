@@ -117,6 +117,13 @@ fn mailer() -> Option<&'static crossbeam_channel::Sender<(LocalPid, u64)>> {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The longest slice since the last `take_max_slice_us`.
+static MAX_SLICE_US: AtomicU64 = AtomicU64::new(0);
+
+pub fn take_max_slice_us() -> u64 {
+    MAX_SLICE_US.swap(0, Ordering::Relaxed)
+}
+
 /// Starts an invocation and runs its first slice.
 #[rustler::nif]
 fn invocation_start<'a>(
@@ -210,6 +217,10 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
     let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         invocation.poll(&mut Context::from_waker(&waker))
     }));
+    MAX_SLICE_US.fetch_max(
+        slice_started.elapsed().as_micros() as u64,
+        Ordering::Relaxed,
+    );
     let Ok(polled) = polled else {
         *stage = Stage::Closed;
         wake.state.store(CLOSED, Ordering::Release);

@@ -95,10 +95,14 @@ fn module_reply(env: Env, result: Result<CompiledModule, CompileError>) -> Term 
     }
 }
 
-/// `%{in_flight: n}`: invocations alive right now, in any process.
+/// `%{in_flight: n, max_slice_us: us}`: invocations alive right now, in any
+/// process, and the longest time slice since the last call.
 #[rustler::nif]
 fn runtime_stats(env: Env) -> Term {
     let in_flight = worker_runtime::engine::runtime().map_or(0, |rt| rt.in_flight());
+    let max_slice = crate::invocation::take_max_slice_us();
     let map = Term::map_new(env);
-    map.map_put(atoms::in_flight(), in_flight).unwrap_or(map)
+    map.map_put(atoms::in_flight(), in_flight)
+        .and_then(|m| m.map_put(atoms::max_slice_us(), max_slice))
+        .unwrap_or(map)
 }

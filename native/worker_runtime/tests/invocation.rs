@@ -87,3 +87,37 @@ fn dropping_an_invocation_mid_run_frees_it() {
     // other tests may run concurrently; ours is gone
     assert!(rt.in_flight() <= before + 1);
 }
+
+#[test]
+#[ignore = "diagnostic: prints the longest slices with every core busy"]
+fn slices_with_every_core_busy() {
+    let module = compile(SPIN.as_bytes()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let waker = Waker::from(Arc::new(Noop));
+                let mut cx = Context::from_waker(&waker);
+                let mut invs: Vec<_> = (0..4)
+                    .map(|_| Invocation::new(&module, b"{}".to_vec(), limits(1500)).unwrap())
+                    .collect();
+                let mut worst = Duration::ZERO;
+                let mut over = 0;
+                'outer: loop {
+                    for inv in invs.iter_mut() {
+                        let t = Instant::now();
+                        let r = inv.poll(&mut cx);
+                        let d = t.elapsed();
+                        worst = worst.max(d);
+                        if d > Duration::from_millis(2) {
+                            over += 1;
+                        }
+                        if r.is_ready() {
+                            break 'outer;
+                        }
+                    }
+                }
+                eprintln!("worst slice {worst:?}, {over} over 2 ms");
+            });
+        }
+    });
+}
