@@ -18,6 +18,9 @@ defmodule Worker.Config do
   | `:core_dns` | `FL_CORE_DNS` | none |
   | `:core_basename` | `FL_CORE_BASENAME` | `core` |
   | `:core_dns_interval_ms` | `FL_CORE_DNS_INTERVAL_MS` | 10 000 |
+  | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 |
+  | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB |
+  | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none |
   """
 
   @doc "Fills in every setting not already in the application environment."
@@ -42,7 +45,8 @@ defmodule Worker.Config do
       core_basename: "core",
       core_dns_interval_ms: 10_000,
       invoke_timeout_ms: 30_000,
-      max_memory_bytes: 128 * 1024 * 1024
+      max_memory_bytes: 128 * 1024 * 1024,
+      http_allow: []
     ]
   end
 
@@ -67,7 +71,8 @@ defmodule Worker.Config do
       core_basename: env["FL_CORE_BASENAME"],
       core_dns_interval_ms: int(env["FL_CORE_DNS_INTERVAL_MS"]),
       invoke_timeout_ms: int(env["FL_INVOKE_TIMEOUT_MS"]),
-      max_memory_bytes: mb(env["FL_MAX_MEMORY_MB"])
+      max_memory_bytes: mb(env["FL_MAX_MEMORY_MB"]),
+      http_allow: list(env["FL_HTTP_ALLOW"])
     ]
     |> Enum.reject(fn {_, v} -> v in [nil, ""] end)
   end
@@ -82,6 +87,9 @@ defmodule Worker.Config do
   end
 
   defp mb(text), do: if(n = int(text), do: n * 1024 * 1024)
+
+  defp list(nil), do: nil
+  defp list(text), do: text |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
 
   defp nodes(nil), do: nil
 

@@ -101,6 +101,13 @@ defmodule Worker.Runtime do
     * `:max_memory` - bytes of linear memory (default
       `config :worker, :max_memory_bytes`, 128 MiB), never more than the
       worker-wide cap `FL_MEMORY_CAP_MB`;
+    * `:http_allow` - hosts (`"host"` or `"host:port"`, IPv6 in brackets)
+      the function may reach even though their addresses are not public
+      (default `config :worker, :http_allow`, from `FL_HTTP_ALLOW`). Public
+      addresses are always allowed; loopback, private, link-local,
+      unique-local, multicast and unspecified ones only when allow-listed.
+      Names are checked on their resolved addresses, and so is every
+      redirect;
     * `:metadata` - keyword list added to the Logger metadata of the lines
       the function logs, for example `[fl_module: "m", fl_function: "f"]`.
 
@@ -129,6 +136,7 @@ defmodule Worker.Runtime do
     timeout = Keyword.get_lazy(opts, :timeout, fn -> config(:invoke_timeout_ms) end)
     max_memory = Keyword.get_lazy(opts, :max_memory, fn -> config(:max_memory_bytes) end)
     metadata = Keyword.get(opts, :metadata, [])
+    http_allow = Keyword.get_lazy(opts, :http_allow, fn -> config(:http_allow) end)
 
     unless is_integer(timeout) and timeout in 0..@max_timeout do
       raise ArgumentError, ":timeout must be an integer of milliseconds up to #{@max_timeout}"
@@ -136,6 +144,10 @@ defmodule Worker.Runtime do
 
     unless is_integer(max_memory) and max_memory >= 0 do
       raise ArgumentError, ":max_memory must be a non-negative integer of bytes"
+    end
+
+    unless is_list(http_allow) and Enum.all?(http_allow, &is_binary/1) do
+      raise ArgumentError, ":http_allow must be a list of \"host\" or \"host:port\" strings"
     end
 
     unless Keyword.keyword?(metadata) do
@@ -149,7 +161,7 @@ defmodule Worker.Runtime do
     }
 
     ref
-    |> Native.invocation_start(args, timeout, max_memory)
+    |> Native.invocation_start(args, timeout, max_memory, http_allow)
     |> drive(loop)
   end
 

@@ -13,7 +13,8 @@ defmodule Worker.Test.HttpServer do
     * `GET /lying` - claims `Content-Length: 100` and sends 10 bytes;
     * `GET /endless` - a chunked body that never ends;
     * `GET /sleep/MS` - waits MS milliseconds, then 200 "late";
-    * `GET /redirect` - 302 to `/text/redirected`.
+    * `GET /redirect` - 302 to `/text/redirected`;
+    * `GET /goto/URL` - 302 to URL (percent-encoded).
   """
 
   @doc "Starts the server; returns its base URL, e.g. `http://127.0.0.1:40123`."
@@ -138,6 +139,13 @@ defmodule Worker.Test.HttpServer do
     :gen_tcp.send(
       socket,
       "HTTP/1.1 302 Found\r\nlocation: /text/redirected\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+  end
+
+  defp respond(socket, %{path: "/goto/" <> target}) do
+    :gen_tcp.send(
+      socket,
+      "HTTP/1.1 302 Found\r\nlocation: #{URI.decode(target)}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     )
   end
 

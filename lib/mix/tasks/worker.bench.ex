@@ -29,6 +29,7 @@ defmodule Mix.Tasks.Worker.Bench do
   @functions Path.expand("../../../functions", __DIR__)
   @wasm_dir Path.join(@functions, "target/wasm32-wasip1/release")
   @noop Path.expand("../../../test/fixtures/noop.wat", __DIR__)
+  @in_flight 500
 
   @impl true
   def run(argv) do
@@ -215,7 +216,7 @@ defmodule Mix.Tasks.Worker.Bench do
   end
 
   defp memory(artifact, wasm) do
-    :erlang.garbage_collect()
+    collect_all()
     before = rss()
     modules = for _ <- 1..100, do: elem(Runtime.load(artifact, byte_size(wasm)), 1)
     per_module = (rss() - before) / 100
@@ -225,16 +226,27 @@ defmodule Mix.Tasks.Worker.Bench do
     {:ok, sleeper} =
       Runtime.compile(File.read!(Path.expand("../../../test/fixtures/wasi_sleep.wat", __DIR__)))
 
+    # a first wave on fresh pool slots, then a second on the slots it warmed
+    collect_all()
     before = rss()
-
-    tasks =
-      for _ <- 1..200, do: Task.async(fn -> Runtime.invoke(sleeper, %{}, timeout: 1_500) end)
-
-    Process.sleep(700)
-    per_invocation = (rss() - before) / 200
-    Task.await_many(tasks, 10_000)
-    {per_module, per_invocation}
+    fresh = (in_flight(sleeper, @in_flight) - before) / @in_flight
+    collect_all()
+    before = rss()
+    warm = (in_flight(sleeper, @in_flight) - before) / @in_flight
+    {per_module, {fresh, warm}}
   end
+
+  # Starts n invocations that suspend in a WASI sleep; returns the RSS while
+  # they are all in flight.
+  defp in_flight(module, n) do
+    tasks = for _ <- 1..n, do: Task.async(fn -> Runtime.invoke(module, %{}, timeout: 1_000) end)
+    Process.sleep(500)
+    resident = rss()
+    Task.await_many(tasks, 10_000)
+    resident
+  end
+
+  defp collect_all, do: Enum.each(Process.list(), &:erlang.garbage_collect/1)
 
   defp rss do
     [_size, resident | _] = File.read!("/proc/self/statm") |> String.split()
@@ -327,7 +339,8 @@ defmodule Mix.Tasks.Worker.Bench do
     | what | resident bytes |
     |---|---:|
     | per cached module (hello, loaded from an artifact) | #{round(per_module)} |
-    | per in-flight invocation (200 concurrent, suspended in a WASI sleep) | #{round(per_inv)} |
+    | per in-flight invocation, fresh pool slots (500 concurrent, suspended in a WASI sleep) | #{round(elem(per_inv, 0))} |
+    | per in-flight invocation, reusing warm slots | #{round(elem(per_inv, 1))} |
     """
   end
 

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use worker_runtime::logs::{Line, Stream};
+use worker_runtime::policy::Policy;
 use worker_runtime::{Invocation, Limits, Outcome};
 
 /// Responses larger than this are decoded on a dirty scheduler.
@@ -132,11 +133,17 @@ fn invocation_start<'a>(
     arguments: Term<'a>,
     timeout_ms: u64,
     max_memory: u64,
+    http_allow: Vec<String>,
 ) -> Term<'a> {
     let started = Instant::now();
+    let http_allow = match allow_list(http_allow) {
+        Ok(policy) => policy,
+        Err(reason) => return done(env, error(env, (atoms::invalid_args(), reason)), &[], 0),
+    };
     let limits = Limits {
         timeout: Duration::from_millis(timeout_ms),
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+        http_allow,
         ..Limits::default()
     };
     let input = match terms::to_json(arguments, limits.max_input_bytes) {
@@ -156,6 +163,17 @@ fn invocation_start<'a>(
         }),
     });
     account(env, started, step(env, &resource))
+}
+
+/// The HTTP allow-list; the common empty one is shared, not allocated.
+fn allow_list(entries: Vec<String>) -> Result<Arc<Policy>, String> {
+    static EMPTY: OnceLock<Arc<Policy>> = OnceLock::new();
+    if entries.is_empty() {
+        return Ok(EMPTY.get_or_init(Default::default).clone());
+    }
+    Policy::parse(&entries)
+        .map(Arc::new)
+        .map_err(|e| format!("http_allow: {e}"))
 }
 
 /// Runs the next slice of an invocation.

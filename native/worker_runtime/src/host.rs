@@ -177,18 +177,19 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         http::Request::parse(method, &url, &headers, body)
                     }
                 };
-                let (deadline, max_body, logs) = {
+                let (deadline, max_body, logs, policy) = {
                     let state = caller.data();
                     (
                         state.deadline,
                         state.limits.max_http_body_bytes,
                         state.logs.clone(),
+                        state.limits.http_allow.clone(),
                     )
                 };
                 let outcome = match request {
                     Ok(request) => {
                         let url = request.url.clone();
-                        http::perform(request, deadline, max_body)
+                        http::perform(request, &policy, deadline, max_body)
                             .await
                             .map_err(|reason| format!("{url}: {reason}"))
                     }

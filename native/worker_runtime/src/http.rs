@@ -4,7 +4,10 @@
 //! response body in size: a lying `Content-Length` or an endless chunked body
 //! is cut off and reported as a failed request.
 
-use std::sync::OnceLock;
+use crate::policy::{Policy, PolicyResolver};
+use reqwest::Url;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,47 +99,84 @@ pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            // Another component may have installed a provider already; either
-            // way one is in place afterwards.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
-                .user_agent(concat!("funless-worker/", env!("CARGO_PKG_VERSION")))
-                .redirect(reqwest::redirect::Policy::limited(5))
-                .no_proxy()
-                .pool_max_idle_per_host(4)
-                .pool_idle_timeout(std::time::Duration::from_secs(15))
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()
-                .map_err(|e| format!("http client: {e}"))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+/// Clients by policy: the policy lives in the client's resolver and redirect
+/// rule. Allow-lists are few (configuration, not data), so clients are kept
+/// and reused, with their connection pools, up to a bound.
+fn client(policy: &Arc<Policy>) -> Result<reqwest::Client, String> {
+    static CLIENTS: OnceLock<Mutex<HashMap<Arc<Policy>, reqwest::Client>>> = OnceLock::new();
+    const MAX_CLIENTS: usize = 64;
+    let clients = CLIENTS.get_or_init(Default::default);
+    if let Some(client) = clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(policy)
+    {
+        return Ok(client.clone());
+    }
+    let client = build_client(policy.clone())?;
+    let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+    if clients.len() < MAX_CLIENTS {
+        clients.insert(policy.clone(), client.clone());
+    }
+    Ok(client)
 }
+
+fn build_client(policy: Arc<Policy>) -> Result<reqwest::Client, String> {
+    // Another component may have installed a provider already; either way
+    // one is in place afterwards.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let redirects = policy.clone();
+    reqwest::Client::builder()
+        .user_agent(concat!("funless-worker/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(PolicyResolver(policy))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else if let Err(refused) = redirects.check_url(attempt.url()) {
+                attempt.error(format!("redirect refused: {refused}"))
+            } else {
+                attempt.follow()
+            }
+        }))
+        .no_proxy()
+        .pool_max_idle_per_host(4)
+        .pool_idle_timeout(std::time::Duration::from_secs(15))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+const MAX_REDIRECTS: usize = 5;
 
 /// Performs `request`, giving up at `deadline`, reading at most `max_body`
 /// bytes of response body. Must be polled inside the runtime's Tokio context.
 pub async fn perform(
     request: Request,
+    policy: &Arc<Policy>,
     deadline: Instant,
     max_body: usize,
 ) -> Result<Response, String> {
+    let url = Url::parse(&request.url).map_err(|e| format!("bad url: {e}"))?;
+    policy.check_url(&url)?;
+    let client = client(policy)?;
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err("no time left in the invocation".into());
     }
-    match tokio::time::timeout(left, send(request, max_body)).await {
+    match tokio::time::timeout(left, send(&client, url, request, max_body)).await {
         Ok(result) => result,
         Err(_) => Err(format!("timed out after {} ms", left.as_millis())),
     }
 }
 
-async fn send(request: Request, max_body: usize) -> Result<Response, String> {
-    let mut builder = client()?
-        .request(request.method.as_reqwest(), &request.url)
+async fn send(
+    client: &reqwest::Client,
+    url: Url,
+    request: Request,
+    max_body: usize,
+) -> Result<Response, String> {
+    let mut builder = client
+        .request(request.method.as_reqwest(), url)
         .body(request.body);
     for (key, value) in &request.headers {
         builder = builder.header(key.as_str(), value.as_str());

@@ -10,6 +10,7 @@ use crate::engine::{Running, runtime};
 use crate::host::{GuestFault, HostState};
 use crate::logs::{LogLimits, LogSink, Stream, WasiLog};
 use crate::module::CompiledModule;
+use crate::policy::Policy;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct Limits {
     pub max_http_request_bytes: usize,
     /// A response body.
     pub max_http_body_bytes: usize,
+    /// Hosts allowed even though their addresses are not public.
+    pub http_allow: Arc<Policy>,
     pub log: LogLimits,
 }
 
@@ -50,6 +53,7 @@ impl Default for Limits {
             max_http_requests: 20,
             max_http_request_bytes: 4 << 20,
             max_http_body_bytes: 8 << 20,
+            http_allow: Arc::default(),
             log: LogLimits::default(),
         }
     }

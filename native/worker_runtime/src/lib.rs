@@ -10,6 +10,7 @@ pub mod json;
 pub mod logs;
 pub mod memory;
 pub mod module;
+pub mod policy;
 
 pub use invocation::{Invocation, Limits, Outcome};
 pub use module::{

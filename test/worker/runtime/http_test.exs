@@ -9,26 +9,35 @@ defmodule Worker.Runtime.HttpTest do
   alias Worker.Test.HttpServer
 
   setup do
-    %{base: HttpServer.start!(), http: compile!("http")}
+    base = HttpServer.start!()
+    # the server is on loopback, which functions may only reach when allowed
+    %{
+      base: base,
+      http: compile!("http"),
+      allow: [URI.parse(base).host <> ":#{URI.parse(base).port}"]
+    }
   end
 
-  test "GET returns the status and body", %{base: base, http: http} do
-    assert Runtime.invoke(http, %{url: base <> "/text/hi%20there"}) ==
+  defp invoke(module, args, allow, opts \\ []),
+    do: Runtime.invoke(module, args, [http_allow: allow] ++ opts)
+
+  test "GET returns the status and body", %{base: base, http: http, allow: allow} do
+    assert invoke(http, %{url: base <> "/text/hi%20there"}, allow) ==
              {:ok, %{"status" => 200, "body" => "hi there"}}
 
     assert_received {:http_request, %{method: "GET", path: "/text/hi%20there"}}
   end
 
-  test "each method is sent as the ABI's code says", %{base: base, http: http} do
+  test "each method is sent as the ABI's code says", %{base: base, http: http, allow: allow} do
     for method <- ~w(GET POST PUT DELETE) do
       assert {:ok, %{"status" => 200}} =
-               Runtime.invoke(http, %{url: base <> "/echo", method: method})
+               invoke(http, %{url: base <> "/echo", method: method}, allow)
 
       assert_received {:http_request, %{method: ^method}}
     end
   end
 
-  test "headers and body reach the server", %{base: base, http: http} do
+  test "headers and body reach the server", %{base: base, http: http, allow: allow} do
     args = %{
       url: base <> "/echo",
       method: "POST",
@@ -36,7 +45,7 @@ defmodule Worker.Runtime.HttpTest do
       body: ~s({"k":1})
     }
 
-    assert {:ok, %{"status" => 200, "body" => body}} = Runtime.invoke(http, args)
+    assert {:ok, %{"status" => 200, "body" => body}} = invoke(http, args, allow)
     assert_received {:http_request, request}
     # split at the first colon only
     assert request.headers["x-trace"] == "abc:def"
@@ -45,32 +54,40 @@ defmodule Worker.Runtime.HttpTest do
     assert body =~ ~s("method":"POST")
   end
 
-  test "the status is passed through, not treated as a failure", %{base: base, http: http} do
-    assert Runtime.invoke(http, %{url: base <> "/status/404"}) ==
+  test "the status is passed through, not treated as a failure", %{
+    base: base,
+    http: http,
+    allow: allow
+  } do
+    assert invoke(http, %{url: base <> "/status/404"}, allow) ==
              {:ok, %{"status" => 404, "body" => ""}}
   end
 
   test "the length written is in bytes, so multi-byte bodies arrive whole", %{
     base: base,
-    http: http
+    http: http,
+    allow: allow
   } do
-    assert Runtime.invoke(http, %{url: base <> "/unicode"}) ==
+    assert invoke(http, %{url: base <> "/unicode"}, allow) ==
              {:ok, %{"status" => 200, "body" => "héllo wörld ✓"}}
   end
 
-  test "redirects are followed", %{base: base, http: http} do
-    assert Runtime.invoke(http, %{url: base <> "/redirect"}) ==
+  test "redirects are followed", %{base: base, http: http, allow: allow} do
+    assert invoke(http, %{url: base <> "/redirect"}, allow) ==
              {:ok, %{"status" => 200, "body" => "redirected"}}
   end
 
-  test "a failed request gives status 0 and an empty body, and is logged", %{http: http} do
+  test "a failed request gives status 0 and an empty body, and is logged", %{
+    http: http,
+    allow: allow
+  } do
     {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
     {:ok, port} = :inet.port(socket)
     :gen_tcp.close(socket)
 
     log =
       capture_log(fn ->
-        assert Runtime.invoke(http, %{url: "http://127.0.0.1:#{port}/nobody-home"}) ==
+        assert invoke(http, %{url: "http://127.0.0.1:#{port}/nobody-home"}, allow) ==
                  {:ok, %{"status" => 0, "body" => ""}}
       end)
 
@@ -78,54 +95,69 @@ defmodule Worker.Runtime.HttpTest do
     assert log =~ "/nobody-home"
   end
 
-  test "schemes other than http and https are refused", %{http: http} do
-    assert Runtime.invoke(http, %{url: "file:///etc/passwd"}) ==
+  test "schemes other than http and https are refused", %{http: http, allow: allow} do
+    assert invoke(http, %{url: "file:///etc/passwd"}, allow) ==
              {:ok, %{"status" => 0, "body" => ""}}
   end
 
-  test "a response body over the cap is cut off as a failure", %{base: base, http: http} do
+  test "a response body over the cap is cut off as a failure", %{
+    base: base,
+    http: http,
+    allow: allow
+  } do
     assert {:ok, %{"status" => 200, "body" => body}} =
-             Runtime.invoke(http, %{url: base <> "/bytes/500000"})
+             invoke(http, %{url: base <> "/bytes/500000"}, allow)
 
     assert byte_size(body) == 500_000
     # 8 MiB cap; the body is also larger than the guest's 1 MiB buffer
-    assert Runtime.invoke(http, %{url: base <> "/bytes/9000000"}) ==
+    assert invoke(http, %{url: base <> "/bytes/9000000"}, allow) ==
              {:ok, %{"status" => 0, "body" => ""}}
   end
 
-  test "an endless chunked body is cut off", %{base: base, http: http} do
-    assert Runtime.invoke(http, %{url: base <> "/endless"}) ==
+  test "an endless chunked body is cut off", %{base: base, http: http, allow: allow} do
+    assert invoke(http, %{url: base <> "/endless"}, allow) ==
              {:ok, %{"status" => 0, "body" => ""}}
   end
 
-  test "a lying Content-Length fails cleanly", %{base: base, http: http} do
-    assert Runtime.invoke(http, %{url: base <> "/lying"}) == {:ok, %{"status" => 0, "body" => ""}}
+  test "a lying Content-Length fails cleanly", %{base: base, http: http, allow: allow} do
+    assert invoke(http, %{url: base <> "/lying"}, allow) == {:ok, %{"status" => 0, "body" => ""}}
   end
 
-  test "a slow server cannot hold the invocation past its timeout", %{base: base, http: http} do
+  test "a slow server cannot hold the invocation past its timeout", %{
+    base: base,
+    http: http,
+    allow: allow
+  } do
     started = System.monotonic_time(:millisecond)
-    result = Runtime.invoke(http, %{url: base <> "/sleep/5000"}, timeout: 300)
+    result = invoke(http, %{url: base <> "/sleep/5000"}, allow, timeout: 300)
     elapsed = System.monotonic_time(:millisecond) - started
     # the request gets the time left; then the guest resumes past its deadline
     assert result in [{:error, :timeout}, {:ok, %{"status" => 0, "body" => ""}}]
     assert elapsed < 2_000
   end
 
-  test "the host writes the body where fl-wasm-rs points, even a dangling pointer", %{base: base} do
+  test "the host writes the body where fl-wasm-rs points, even a dangling pointer", %{
+    base: base,
+    allow: allow
+  } do
     module = compile!({:wat, "http_fl_wasm_rs"})
-    assert Runtime.invoke(module, base <> "/text/dangling") == {:ok, "dangling"}
+    assert invoke(module, base <> "/text/dangling", allow) == {:ok, "dangling"}
   end
 
-  test "a body that does not fit in guest memory is a trap", %{base: base} do
+  test "a body that does not fit in guest memory is a trap", %{base: base, allow: allow} do
     module = compile!({:wat, "http_out_of_bounds"})
-    assert {:error, {:trap, message}} = Runtime.invoke(module, base <> "/bytes/100")
+    assert {:error, {:trap, message}} = invoke(module, base <> "/bytes/100", allow)
     assert message =~ "response body"
   end
 
-  test "a waiting invocation holds no scheduler: many wait at once", %{base: base, http: http} do
+  test "a waiting invocation holds no scheduler: many wait at once", %{
+    base: base,
+    http: http,
+    allow: allow
+  } do
     tasks =
       for _ <- 1..50 do
-        Task.async(fn -> Runtime.invoke(http, %{url: base <> "/sleep/300"}) end)
+        Task.async(fn -> invoke(http, %{url: base <> "/sleep/300"}, allow) end)
       end
 
     started = System.monotonic_time(:millisecond)

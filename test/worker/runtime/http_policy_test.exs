@@ -1,0 +1,96 @@
+defmodule Worker.Runtime.HttpPolicyTest do
+  # Where functions may send requests: public addresses only, unless the
+  # caller allow-lists a host; checked on resolved addresses and redirects.
+  use ExUnit.Case, async: true
+  @moduletag :capture_log
+
+  import ExUnit.CaptureLog
+  import Worker.Test.Fixtures
+  alias Worker.Runtime
+  alias Worker.Test.HttpServer
+
+  @refused {:ok, %{"status" => 0, "body" => ""}}
+
+  setup do
+    base = HttpServer.start!()
+    %{port: URI.parse(base).port, http: compile!("http")}
+  end
+
+  # Each spelling of a loopback or otherwise non-public address is refused
+  # before any connection: the server on loopback never hears of it.
+  for {label, url} <- [
+        {"localhost, a name that resolves to loopback", "http://localhost:PORT/text/x"},
+        {"127.0.0.1", "http://127.0.0.1:PORT/text/x"},
+        {"127.1", "http://127.1:PORT/text/x"},
+        {"2130706433 (127.0.0.1 as one number)", "http://2130706433:PORT/text/x"},
+        {"0x7f000001 (hex)", "http://0x7f000001:PORT/text/x"},
+        {"[::1]", "http://[::1]:PORT/text/x"},
+        {"[::ffff:127.0.0.1] (IPv4-mapped)", "http://[::ffff:127.0.0.1]:PORT/text/x"},
+        {"0.0.0.0", "http://0.0.0.0:PORT/text/x"},
+        {"169.254.169.254 (cloud metadata)", "http://169.254.169.254/latest/meta-data/"},
+        {"10.0.0.1 (private)", "http://10.0.0.1:PORT/text/x"},
+        {"192.168.1.1 (private)", "http://192.168.1.1:PORT/text/x"},
+        {"[fd00::1] (unique local)", "http://[fd00::1]:PORT/text/x"}
+      ] do
+    test "refuses #{label}", %{port: port, http: http} do
+      url = String.replace(unquote(url), "PORT", Integer.to_string(port))
+
+      log =
+        capture_log(fn ->
+          assert Runtime.invoke(http, %{url: url}, timeout: 5_000) == @refused
+        end)
+
+      assert log =~ "not public" or log =~ "no public address"
+      refute_received {:http_request, _}
+    end
+  end
+
+  test "an allow-listed host is reachable; by host and port too", %{port: port, http: http} do
+    url = "http://127.0.0.1:#{port}/text/allowed"
+    ok = {:ok, %{"status" => 200, "body" => "allowed"}}
+    assert Runtime.invoke(http, %{url: url}, http_allow: ["127.0.0.1"]) == ok
+    assert Runtime.invoke(http, %{url: url}, http_allow: ["127.0.0.1:#{port}"]) == ok
+    assert Runtime.invoke(http, %{url: url}, http_allow: ["127.0.0.1:#{port + 1}"]) == @refused
+    # a name on the list may resolve to a private address
+    assert Runtime.invoke(http, %{url: "http://localhost:#{port}/text/allowed"},
+             http_allow: ["localhost"]
+           ) ==
+             ok
+  end
+
+  test "every redirect target is checked like the first URL", %{port: port, http: http} do
+    other = HttpServer.start!()
+    target = URI.encode_www_form(other <> "/text/should-not-arrive")
+    url = "http://127.0.0.1:#{port}/goto/#{target}"
+
+    log =
+      capture_log(fn ->
+        assert Runtime.invoke(http, %{url: url}, http_allow: ["127.0.0.1:#{port}"]) == @refused
+      end)
+
+    assert log =~ "redirect refused"
+    assert_received {:http_request, %{path: "/goto/" <> _}}
+    refute_received {:http_request, %{path: "/text/should-not-arrive"}}
+
+    # allowed, the same redirect is followed
+    other_port = URI.parse(other).port
+
+    assert Runtime.invoke(http, %{url: url},
+             http_allow: ["127.0.0.1:#{port}", "127.0.0.1:#{other_port}"]
+           ) ==
+             {:ok, %{"status" => 200, "body" => "should-not-arrive"}}
+  end
+
+  test "bad allow-list entries are refused before the function runs", %{http: http} do
+    assert {:error, {:invalid_args, reason}} =
+             Runtime.invoke(http, %{}, http_allow: ["host:port"])
+
+    assert reason =~ "http_allow"
+    assert_raise ArgumentError, fn -> Runtime.invoke(http, %{}, http_allow: "127.0.0.1") end
+  end
+
+  test "the default allow-list comes from the :http_allow setting (FL_HTTP_ALLOW)" do
+    assert Worker.Config.from_env(%{"FL_HTTP_ALLOW" => "127.0.0.1:8080, [::1]"})[:http_allow] ==
+             ["127.0.0.1:8080", "[::1]"]
+  end
+end
