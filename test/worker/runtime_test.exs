@@ -50,6 +50,25 @@ defmodule Worker.RuntimeTest do
       assert reason =~ "minimum byte size of 2147483648"
     end
 
+    test "a module over the size cap (FL_MAX_MODULE_MB, 64 MiB) is refused before parsing" do
+      assert {:error, {:invalid_module, reason}} =
+               Runtime.compile(:binary.copy(<<0>>, 65 * 1024 * 1024))
+
+      assert reason =~ "over the limit of 67108864 bytes"
+    end
+
+    test "a hostile module cannot exhaust the compiling thread's stack" do
+      # 100,000 nested blocks: deep recursion for a naive validator or compiler
+      n = 100_000
+      body = String.duplicate("(block ", n) <> String.duplicate(")", n)
+
+      wat =
+        ~s|(module (memory (export "memory") 1) (func (export "__invoke") (param i32) (result i32) #{body} (i32.const 0)))|
+
+      assert {:ok, module} = Runtime.compile(wat)
+      assert Runtime.invoke(module, %{}) == {:error, :no_response}
+    end
+
     test "a module can be shared: used from a process other than its compiler" do
       module = Task.async(fn -> compile!("hello") end) |> Task.await()
       assert {:ok, %{"payload" => "Hello shared!"}} = Runtime.invoke(module, %{name: "shared"})
