@@ -4,4 +4,8 @@ import Config
 # the defaults. Set variables override config.exs.
 if config_env() != :test do
   config :worker, Worker.Config.from_env()
+
+  if level = System.get_env("FL_LOG_LEVEL") do
+    config :logger, level: String.to_existing_atom(level)
+  end
 end

@@ -35,7 +35,8 @@ defmodule Worker.ReleaseTest do
       {"RELEASE_COOKIE", Atom.to_string(Node.get_cookie())},
       {"FL_DATA_DIR", Path.join(dir, "data")},
       {"FL_WORKER_TAG", "from-env"},
-      {"FL_MAX_CONCURRENCY", "3"}
+      {"FL_MAX_CONCURRENCY", "3"},
+      {"FL_METRICS_PORT", "0"}
     ]
 
     bin = Path.join([release, "bin", "worker"])

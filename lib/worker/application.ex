@@ -6,8 +6,11 @@ defmodule Worker.Application do
   def start(_type, _args) do
     Worker.Config.apply_defaults()
     File.mkdir_p!(Worker.Store.dir())
+    Worker.Metrics.init()
 
     children = [
+      # first, so that /readyz answers 503 until :worker is registered
+      Worker.Metrics.Endpoint,
       {Task.Supervisor, name: Worker.Tasks},
       {DynamicSupervisor, name: Worker.Handlers, strategy: :one_for_one},
       Worker.NodeInfo,

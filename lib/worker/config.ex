@@ -21,6 +21,7 @@ defmodule Worker.Config do
   | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 |
   | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB |
   | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none |
+  | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 |
   """
 
   @doc "Fills in every setting not already in the application environment."
@@ -46,7 +47,8 @@ defmodule Worker.Config do
       core_dns_interval_ms: 10_000,
       invoke_timeout_ms: 30_000,
       max_memory_bytes: 128 * 1024 * 1024,
-      http_allow: []
+      http_allow: [],
+      metrics_port: 4021
     ]
   end
 
@@ -72,7 +74,8 @@ defmodule Worker.Config do
       core_dns_interval_ms: int(env["FL_CORE_DNS_INTERVAL_MS"]),
       invoke_timeout_ms: int(env["FL_INVOKE_TIMEOUT_MS"]),
       max_memory_bytes: mb(env["FL_MAX_MEMORY_MB"]),
-      http_allow: list(env["FL_HTTP_ALLOW"])
+      http_allow: list(env["FL_HTTP_ALLOW"]),
+      metrics_port: int(env["FL_METRICS_PORT"])
     ]
     |> Enum.reject(fn {_, v} -> v in [nil, ""] end)
   end

@@ -14,7 +14,7 @@ defmodule Worker.Functions do
   """
   use GenServer
 
-  alias Worker.{Runtime, Store}
+  alias Worker.{Metrics, Runtime, Store}
 
   require Logger
 
@@ -68,6 +68,7 @@ defmodule Worker.Functions do
       [{^key, module, _bytes, tick}] ->
         touch(key, tick)
         :counters.add(counters(), 1, 1)
+        Metrics.cache(id(key), :hit)
         {:ok, module}
 
       [] ->
@@ -93,6 +94,8 @@ defmodule Worker.Functions do
   defp tick, do: {System.monotonic_time(:millisecond), :erlang.unique_integer([:monotonic])}
 
   defp counters, do: :persistent_term.get({__MODULE__, :counters})
+
+  defp id({module, name, _hash}), do: {module, name}
 
   ## Server
 
@@ -167,6 +170,7 @@ defmodule Worker.Functions do
 
   defp start_load(state, key, code, waiters) do
     :counters.add(counters(), 2, 1)
+    Metrics.cache(id(key), :miss)
     task = Task.Supervisor.async_nolink(Worker.Tasks, fn -> load(key, code) end)
     put_in(state.loading[key], %{ref: task.ref, code: code, waiters: waiters, next: []})
   end
@@ -200,13 +204,13 @@ defmodule Worker.Functions do
   # Runs in a task: artifact, else code (compiled, artifact written).
   defp load(key, nil) do
     case Store.get_code(key) do
-      {:ok, code} -> load_code(code)
+      {:ok, code} -> load_code(key, code)
       :error -> {:error, :code_not_found}
     end
   end
 
   defp load(key, code) do
-    with {:ok, module} <- load_code(code),
+    with {:ok, module} <- load_code(key, code),
          :ok <- ensure_code_stored(key, code) do
       {:ok, module}
     end
@@ -219,10 +223,13 @@ defmodule Worker.Functions do
     end
   end
 
-  defp load_code(code) do
+  defp load_code(key, code) do
+    started = System.monotonic_time()
+
     with :error <- load_artifact(code),
          {:ok, module} <- Runtime.compile(code) do
       :counters.add(counters(), 4, 1)
+      Metrics.compile(id(key), System.monotonic_time() - started)
       save_artifact(code, module)
       {:ok, module}
     end
@@ -294,6 +301,7 @@ defmodule Worker.Functions do
         case :ets.lookup(@table, key) do
           [{^key, _module, _bytes, ^tick}] ->
             :counters.add(counters(), 3, 1)
+            Metrics.cache(id(key), :eviction)
             shrink(evict(state, key))
 
           _stale ->

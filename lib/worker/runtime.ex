@@ -109,7 +109,10 @@ defmodule Worker.Runtime do
       Names are checked on their resolved addresses, and so is every
       redirect;
     * `:metadata` - keyword list added to the Logger metadata of the lines
-      the function logs, for example `[fl_module: "m", fl_function: "f"]`.
+      the function logs, for example `[fl_module: "m", fl_function: "f"]`;
+    * `:on_stats` - a function called once, at the end, with
+      `%{dropped_lines:, http_ok:, http_failed:, http_refused:}` when the
+      invocation dropped log lines or made outbound requests.
 
   Results:
 
@@ -136,6 +139,7 @@ defmodule Worker.Runtime do
     timeout = Keyword.get_lazy(opts, :timeout, fn -> config(:invoke_timeout_ms) end)
     max_memory = Keyword.get_lazy(opts, :max_memory, fn -> config(:max_memory_bytes) end)
     metadata = Keyword.get(opts, :metadata, [])
+    on_stats = Keyword.get(opts, :on_stats)
     http_allow = Keyword.get_lazy(opts, :http_allow, fn -> config(:http_allow) end)
 
     unless is_integer(timeout) and timeout in 0..@max_timeout do
@@ -150,6 +154,10 @@ defmodule Worker.Runtime do
       raise ArgumentError, ":http_allow must be a list of \"host\" or \"host:port\" strings"
     end
 
+    unless is_nil(on_stats) or is_function(on_stats, 1) do
+      raise ArgumentError, ":on_stats must be a function of one argument"
+    end
+
     unless Keyword.keyword?(metadata) do
       raise ArgumentError, ":metadata must be a keyword list"
     end
@@ -157,6 +165,7 @@ defmodule Worker.Runtime do
     loop = %{
       deadline: System.monotonic_time(:millisecond) + timeout,
       metadata: metadata,
+      on_stats: on_stats,
       resume: &Native.invocation_resume/1
     }
 
@@ -176,12 +185,12 @@ defmodule Worker.Runtime do
   # The loop over the NIF's replies. Every call into the NIF returns within
   # about one time slice.
   defp drive({:done, result, lines}, loop) do
-    emit(lines, loop.metadata)
+    emit(lines, loop)
     result
   end
 
   defp drive({:yield, invocation, lines}, loop) do
-    emit(lines, loop.metadata)
+    emit(lines, loop)
     invocation |> loop.resume.() |> drive(loop)
   end
 
@@ -192,7 +201,7 @@ defmodule Worker.Runtime do
   end
 
   defp drive({:wait, invocation, id, lines}, loop) do
-    emit(lines, loop.metadata)
+    emit(lines, loop)
 
     case await_wake(invocation, id, loop.deadline) do
       :woken -> invocation |> loop.resume.() |> drive(loop)
@@ -201,7 +210,7 @@ defmodule Worker.Runtime do
   end
 
   defp drive({:decode, invocation, lines}, loop) do
-    emit(lines, loop.metadata)
+    emit(lines, loop)
     Native.invocation_decode(invocation)
   end
 
@@ -227,18 +236,29 @@ defmodule Worker.Runtime do
     end
   end
 
-  defp emit([], _metadata), do: :ok
+  defp emit([], _loop), do: :ok
 
-  defp emit(lines, metadata) do
+  defp emit(lines, loop) do
     Enum.each(lines, fn
-      {:dropped, count} ->
-        Logger.warning(
-          "function output: #{count} lines over the log caps were dropped",
-          [fl_stream: :host] ++ metadata
-        )
+      {:stats, dropped, http_ok, http_failed, http_refused} ->
+        if dropped > 0 do
+          Logger.warning(
+            "function output: #{dropped} lines over the log caps were dropped",
+            [fl_stream: :host] ++ loop.metadata
+          )
+        end
+
+        if loop.on_stats do
+          loop.on_stats.(%{
+            dropped_lines: dropped,
+            http_ok: http_ok,
+            http_failed: http_failed,
+            http_refused: http_refused
+          })
+        end
 
       {stream, text} ->
-        Logger.log(level(stream), text, [fl_stream: stream] ++ metadata)
+        Logger.log(level(stream), text, [fl_stream: stream] ++ loop.metadata)
     end)
   end
 

@@ -18,7 +18,7 @@ defmodule Worker.Server do
   """
   use GenServer
 
-  alias Worker.{Admission, Functions, NodeInfo, Request, Runtime}
+  alias Worker.{Admission, Functions, Metrics, NodeInfo, Request, Runtime}
 
   require Logger
 
@@ -118,23 +118,50 @@ defmodule Worker.Server do
   end
 
   defp run(%{key: {module_name, name, _}} = request, module, args) do
-    opts = [metadata: [fl_module: module_name, fl_function: name]]
+    id = {module_name, name}
+    invocation = System.unique_integer([:positive])
+    metadata = [fl_module: module_name, fl_function: name, fl_invocation: invocation]
+
+    opts = [metadata: metadata, on_stats: &Metrics.invocation_stats(id, &1)]
     opts = if mb = request.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
 
-    case Runtime.invoke(module, args, opts) do
-      {:ok, _} = ok -> ok
-      {:error, {:exec_error, _}} = error -> error
-      {:error, reason} = error -> log_failure(request, reason, error)
-    end
+    Metrics.in_flight(id, 1)
+    started = System.monotonic_time()
+
+    result =
+      try do
+        Runtime.invoke(module, args, opts)
+      after
+        Metrics.in_flight(id, -1)
+      end
+
+    duration = System.monotonic_time() - started
+    Metrics.invocation(id, result, duration)
+    log_outcome(result, duration, metadata)
   end
+
+  defp log_outcome(result, duration, metadata) do
+    outcome = Metrics.outcome(result)
+    metadata = [fl_outcome: outcome] ++ metadata
+
+    case result do
+      {:ok, _} ->
+        Logger.debug(fn -> "invocation ok in #{us(duration)} us" end, metadata)
+
+      {:error, {:exec_error, message}} ->
+        Logger.info("invocation failed in the function: #{message}", metadata)
+
+      {:error, reason} ->
+        Logger.warning("invocation failed: #{inspect(reason)}", metadata)
+    end
+
+    result
+  end
+
+  defp us(duration), do: System.convert_time_unit(duration, :native, :microsecond)
 
   defp capacity_bytes(mb),
     do: min(mb, Application.fetch_env!(:worker, :max_capacity_mb)) * 1024 * 1024
-
-  defp log_failure(%{key: {module, name, _}}, reason, error) do
-    Logger.warning("invocation failed: #{inspect(reason)}", fl_module: module, fl_function: name)
-    error
-  end
 
   defp store(function) do
     with {:ok, request} <- Request.function(function, true) do

@@ -51,7 +51,7 @@ defmodule Worker.Test.Cluster do
   def boot!(node, data_dir, env) do
     :ok = :erpc.call(node, Application, :load, [:worker])
 
-    for {key, value} <- [data_dir: data_dir] ++ env do
+    for {key, value} <- [data_dir: data_dir, metrics_port: 0] ++ env do
       :ok = :erpc.call(node, Application, :put_env, [:worker, key, value])
     end
 

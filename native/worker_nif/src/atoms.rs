@@ -24,7 +24,7 @@ rustler::atoms! {
     stdout,
     stderr,
     host,
-    dropped,
+    stats,
     in_flight,
     max_slice_us,
     nil,

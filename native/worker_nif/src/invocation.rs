@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
-use worker_runtime::logs::{Line, Stream};
+use worker_runtime::logs::{Line, Stats, Stream};
 use worker_runtime::policy::Policy;
 use worker_runtime::{Invocation, Limits, Outcome};
 
@@ -138,7 +138,14 @@ fn invocation_start<'a>(
     let started = Instant::now();
     let http_allow = match allow_list(http_allow) {
         Ok(policy) => policy,
-        Err(reason) => return done(env, error(env, (atoms::invalid_args(), reason)), &[], 0),
+        Err(reason) => {
+            return done(
+                env,
+                error(env, (atoms::invalid_args(), reason)),
+                &[],
+                Stats::default(),
+            );
+        }
     };
     let limits = Limits {
         timeout: Duration::from_millis(timeout_ms),
@@ -148,11 +155,25 @@ fn invocation_start<'a>(
     };
     let input = match terms::to_json(arguments, limits.max_input_bytes) {
         Ok(input) => input,
-        Err(reason) => return done(env, error(env, (atoms::invalid_args(), reason)), &[], 0),
+        Err(reason) => {
+            return done(
+                env,
+                error(env, (atoms::invalid_args(), reason)),
+                &[],
+                Stats::default(),
+            );
+        }
     };
     let invocation = match Invocation::new(&module.0, input, limits) {
         Ok(invocation) => invocation,
-        Err(reason) => return done(env, error(env, (atoms::invalid_args(), reason)), &[], 0),
+        Err(reason) => {
+            return done(
+                env,
+                error(env, (atoms::invalid_args(), reason)),
+                &[],
+                Stats::default(),
+            );
+        }
     };
     let resource = ResourceArc::new(InvocationResource {
         stage: Mutex::new(Stage::Running(Box::new(invocation))),
@@ -223,10 +244,16 @@ fn invocation_cancel(resource: ResourceArc<InvocationResource>) -> rustler::Atom
 /// Polls once. The flag says whether the guest was preempted at a tick.
 fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'a>, bool) {
     let Ok(mut stage) = resource.stage.try_lock() else {
-        return (done(env, error(env, atoms::busy()), &[], 0), false);
+        return (
+            done(env, error(env, atoms::busy()), &[], Stats::default()),
+            false,
+        );
     };
     let Stage::Running(invocation) = &mut *stage else {
-        return (done(env, error(env, atoms::busy()), &[], 0), false);
+        return (
+            done(env, error(env, atoms::busy()), &[], Stats::default()),
+            false,
+        );
     };
     let wake = &resource.wake;
     wake.state.store(POLLING, Ordering::Release);
@@ -243,27 +270,23 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
         *stage = Stage::Closed;
         wake.state.store(CLOSED, Ordering::Release);
         let reply = error(env, (atoms::panic(), "the runtime panicked; see the log"));
-        return (done(env, reply, &[], 0), false);
+        return (done(env, reply, &[], Stats::default()), false);
     };
     let lines = invocation.logs().drain();
     match polled {
         Poll::Ready(outcome) => {
             wake.state.store(CLOSED, Ordering::Release);
-            let dropped = invocation.logs().dropped();
+            let stats = invocation.logs().stats();
             match outcome {
                 Outcome::Response(bytes) if bytes.len() > DIRTY_DECODE_BYTES => {
                     *stage = Stage::Decode(bytes);
-                    let reply = (
-                        atoms::decode(),
-                        resource.clone(),
-                        logs(env, &lines, dropped),
-                    );
+                    let reply = (atoms::decode(), resource.clone(), logs(env, &lines, stats));
                     (reply.encode(env), false)
                 }
                 outcome => {
                     *stage = Stage::Closed;
                     let result = result(env, outcome);
-                    (done(env, result, &lines, dropped), false)
+                    (done(env, result, &lines, stats), false)
                 }
             }
         }
@@ -272,7 +295,7 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
                 .state
                 .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
-            let log_terms = logs(env, &lines, 0);
+            let log_terms = logs(env, &lines, Stats::default());
             if waiting {
                 let reply = (atoms::wait(), resource.clone(), wake.id, log_terms);
                 (reply.encode(env), false)
@@ -306,8 +329,8 @@ fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
     (atoms::error(), reason).encode(env)
 }
 
-fn done<'a>(env: Env<'a>, result: Term<'a>, lines: &[Line], dropped: u64) -> Term<'a> {
-    (atoms::done(), result, logs(env, lines, dropped)).encode(env)
+fn done<'a>(env: Env<'a>, result: Term<'a>, lines: &[Line], stats: Stats) -> Term<'a> {
+    (atoms::done(), result, logs(env, lines, stats)).encode(env)
 }
 
 fn decode_response<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
@@ -330,8 +353,10 @@ fn result<'a>(env: Env<'a>, outcome: Outcome) -> Term<'a> {
     }
 }
 
-/// `[{stream, text}]`, then `{:dropped, n}` if lines were dropped.
-fn logs<'a>(env: Env<'a>, lines: &[Line], dropped: u64) -> Term<'a> {
+/// `[{stream, text}]`, then, at the end of an invocation that dropped log
+/// lines or made HTTP requests,
+/// `{:stats, dropped_lines, http_ok, http_failed, http_refused}`.
+fn logs<'a>(env: Env<'a>, lines: &[Line], stats: Stats) -> Term<'a> {
     let mut list: Vec<Term<'a>> = lines
         .iter()
         .map(|line| {
@@ -344,8 +369,21 @@ fn logs<'a>(env: Env<'a>, lines: &[Line], dropped: u64) -> Term<'a> {
             (stream, line.text.as_str()).encode(env)
         })
         .collect();
-    if dropped > 0 {
-        list.push((atoms::dropped(), dropped).encode(env));
+    if stats != Stats::default() {
+        let Stats {
+            dropped_lines,
+            http_ok,
+            http_failed,
+            http_refused,
+        } = stats;
+        let entry = (
+            atoms::stats(),
+            dropped_lines,
+            http_ok,
+            http_failed,
+            http_refused,
+        );
+        list.push(entry.encode(env));
     }
     list.encode(env)
 }

@@ -169,12 +169,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                     let body = read_capped(memory, "__http_request body", body_ptr, body_len, cap)?;
                     state.http_requests += 1;
                     if state.http_requests > state.limits.max_http_requests {
-                        Err(format!(
+                        Err(http::Failure::Refused(format!(
                             "more than {} requests in one invocation",
                             state.limits.max_http_requests
-                        ))
+                        )))
                     } else {
                         http::Request::parse(method, &url, &headers, body)
+                            .map_err(http::Failure::Failed)
                     }
                 };
                 let (deadline, max_body, logs, policy) = {
@@ -191,13 +192,17 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         let url = request.url.clone();
                         http::perform(request, &policy, deadline, max_body)
                             .await
-                            .map_err(|reason| format!("{url}: {reason}"))
+                            .map_err(|failure| (format!("{url}: {failure}"), failure))
                     }
-                    Err(reason) => Err(reason),
+                    Err(failure) => Err((failure.to_string(), failure)),
                 };
                 let (status, body) = match outcome {
-                    Ok(response) => (response.status, response.body),
-                    Err(reason) => {
+                    Ok(response) => {
+                        logs.http(Ok(()));
+                        (response.status, response.body)
+                    }
+                    Err((reason, failure)) => {
+                        logs.http(Err(matches!(failure, http::Failure::Refused(_))));
                         logs.line(
                             Stream::Host,
                             format!("http request failed: {reason}").as_bytes(),

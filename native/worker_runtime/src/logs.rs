@@ -48,12 +48,22 @@ impl Default for LogLimits {
     }
 }
 
+/// What an invocation did, beyond its result, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Lines dropped because a cap was reached.
+    pub dropped_lines: u64,
+    pub http_ok: u32,
+    pub http_failed: u32,
+    pub http_refused: u32,
+}
+
 #[derive(Default)]
 struct State {
     ready: Vec<Line>,
     kept_lines: usize,
     kept_bytes: usize,
-    dropped: u64,
+    stats: Stats,
     /// Unterminated output per WASI stream (stdout, stderr).
     partial: [Vec<u8>; 2],
 }
@@ -91,7 +101,7 @@ impl LogSink {
         if state.kept_lines >= self.limits.max_lines
             || state.kept_bytes + text.len() > self.limits.max_bytes
         {
-            state.dropped += 1;
+            state.stats.dropped_lines += 1;
             return;
         }
         state.kept_lines += 1;
@@ -149,7 +159,21 @@ impl LogSink {
 
     /// Lines dropped so far because a cap was reached.
     pub fn dropped(&self) -> u64 {
-        self.lock().dropped
+        self.lock().stats.dropped_lines
+    }
+
+    /// Counts an outbound request: `Ok(())`, or `Err(refused?)`.
+    pub fn http(&self, outcome: Result<(), bool>) {
+        let mut state = self.lock();
+        match outcome {
+            Ok(()) => state.stats.http_ok += 1,
+            Err(true) => state.stats.http_refused += 1,
+            Err(false) => state.stats.http_failed += 1,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats
     }
 }
 

@@ -12,6 +12,18 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+/// A request (or a redirect, or a resolved address) the policy refused.
+#[derive(Debug)]
+pub struct Refusal(pub String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Policy {
     allow: Vec<Allowed>,
@@ -142,11 +154,11 @@ impl Resolve for PolicyResolver {
                 .collect();
             if usable.is_empty() {
                 let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
-                return Err(format!(
+                return Err(Box::new(Refusal(format!(
                     "{host} resolves to no public address ({}) and is not on the allow-list",
                     shown.join(", ")
-                )
-                .into());
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(usable.into_iter()) as Addrs)
         })
