@@ -135,6 +135,22 @@ defmodule Worker.MetricsTest do
              502.0
   end
 
+  test "every metric the Grafana dashboard queries is on the page", %{node: node, base: base} do
+    hello = function("hello", wasm!("hello"))
+    assert call(node, {:store_function, hello}) == :ok
+    assert {:ok, _} = invoke(node, hello, %{})
+    families = metrics!(base).types |> Map.keys() |> MapSet.new()
+
+    {:ok, dashboard} = Worker.JSON.decode(File.read!("grafana/worker-dashboard.json"))
+    exprs = for panel <- dashboard["panels"], target <- panel["targets"], do: target["expr"]
+    assert length(exprs) > 10
+
+    for expr <- exprs, [name] <- Regex.scan(~r/worker_[a-z0-9_]+/, expr) do
+      family = Regex.replace(~r/_bucket$/, name, "")
+      assert family in families, "#{name} in #{expr}"
+    end
+  end
+
   test "label values with quotes, backslashes and newlines do not break the page",
        %{node: node, base: base} do
     nasty = function(~s(say "hi"\\\nbye), wasm!("echo"), "mod\"ule")
