@@ -136,43 +136,11 @@ fn invocation_start<'a>(
     http_allow: Vec<String>,
 ) -> Term<'a> {
     let started = Instant::now();
-    let http_allow = match allow_list(http_allow) {
-        Ok(policy) => policy,
-        Err(reason) => {
-            return done(
-                env,
-                error(env, (atoms::invalid_args(), reason)),
-                &[],
-                Stats::default(),
-            );
-        }
-    };
-    let limits = Limits {
-        timeout: Duration::from_millis(timeout_ms),
-        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
-        http_allow,
-        ..Limits::default()
-    };
-    let input = match terms::to_json(arguments, limits.max_input_bytes) {
-        Ok(input) => input,
-        Err(reason) => {
-            return done(
-                env,
-                error(env, (atoms::invalid_args(), reason)),
-                &[],
-                Stats::default(),
-            );
-        }
-    };
-    let invocation = match Invocation::new(&module.0, input, limits) {
+    let invocation = match prepare(&module, arguments, timeout_ms, max_memory, http_allow) {
         Ok(invocation) => invocation,
         Err(reason) => {
-            return done(
-                env,
-                error(env, (atoms::invalid_args(), reason)),
-                &[],
-                Stats::default(),
-            );
+            let reply = error(env, (atoms::invalid_args(), reason));
+            return done(env, reply, &[], Stats::default());
         }
     };
     let resource = ResourceArc::new(InvocationResource {
@@ -184,6 +152,25 @@ fn invocation_start<'a>(
         }),
     });
     account(env, started, step(env, &resource))
+}
+
+/// Limits, input JSON and the invocation itself; an error is a reason for
+/// `{:invalid_args, reason}`.
+fn prepare(
+    module: &ModuleResource,
+    arguments: Term,
+    timeout_ms: u64,
+    max_memory: u64,
+    http_allow: Vec<String>,
+) -> Result<Invocation, String> {
+    let limits = Limits {
+        timeout: Duration::from_millis(timeout_ms),
+        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+        http_allow: allow_list(http_allow)?,
+        ..Limits::default()
+    };
+    let input = terms::to_json(arguments, limits.max_input_bytes)?;
+    Invocation::new(&module.0, input, limits)
 }
 
 /// The HTTP allow-list; the common empty one is shared, not allocated.
