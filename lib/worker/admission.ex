@@ -63,7 +63,16 @@ defmodule Worker.Admission do
   def init(_opts) do
     max = Application.fetch_env!(:worker, :max_concurrency)
     queue_limit = Application.fetch_env!(:worker, :queue_limit)
-    atomics = :atomics.new(3, signed: true)
+
+    # The slot counter outlives a restart of this server: slots held by
+    # running invocations are released into the same counter they came from.
+    atomics =
+      case :persistent_term.get(__MODULE__, nil) do
+        {atomics, _, _} -> atomics
+        nil -> :atomics.new(3, signed: true)
+      end
+
+    :atomics.put(atomics, @waiting, 0)
     :persistent_term.put(__MODULE__, {atomics, max, queue_limit})
     {:ok, %{queue: :queue.new(), atomics: atomics, max: max, queue_limit: queue_limit}}
   end
@@ -88,6 +97,7 @@ defmodule Worker.Admission do
 
   @impl true
   def handle_cast(:grant, state), do: {:noreply, grant(state)}
+  def handle_cast(_message, state), do: {:noreply, state}
 
   @impl true
   def handle_info({:DOWN, ref, :process, _, _}, state) do
@@ -96,12 +106,20 @@ defmodule Worker.Admission do
     {:noreply, grant(%{state | queue: queue})}
   end
 
+  def handle_info(_message, state), do: {:noreply, state}
+
   defp grant(state) do
     with {{:value, {from, ref}}, rest} <- :queue.out(state.queue),
          true <- take_slot(state) do
-      Process.demonitor(ref, [:flush])
       :atomics.sub(state.atomics, @waiting, 1)
-      GenServer.reply(from, :ok)
+
+      # A waiter that died (its :DOWN not yet handled) gets no slot.
+      if Process.demonitor(ref, [:flush, :info]) do
+        GenServer.reply(from, :ok)
+      else
+        :atomics.sub(state.atomics, @slots, 1)
+      end
+
       grant(%{state | queue: rest})
     else
       _ -> state

@@ -12,7 +12,7 @@ defmodule Worker.Application do
       # first, so that /readyz answers 503 until :worker is registered
       Worker.Metrics.Endpoint,
       {Task.Supervisor, name: Worker.Tasks},
-      {DynamicSupervisor, name: Worker.Handlers, strategy: :one_for_one},
+      {DynamicSupervisor, name: Worker.Handlers, strategy: :one_for_one, max_children: 10_000},
       Worker.NodeInfo,
       Worker.Functions,
       Worker.Admission,

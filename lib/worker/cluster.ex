@@ -28,8 +28,11 @@ defmodule Worker.Cluster do
 
   @impl true
   def init(_opts) do
+    static = MapSet.new(Application.get_env(:worker, :core_nodes, []))
+
     state = %{
-      targets: MapSet.new(Application.get_env(:worker, :core_nodes, [])),
+      static: static,
+      targets: static,
       backoff: %{},
       dns: Application.get_env(:worker, :core_dns),
       basename: Application.get_env(:worker, :core_basename, "core"),
@@ -53,6 +56,9 @@ defmodule Worker.Cluster do
   @impl true
   def handle_info({:connect, node}, state) do
     cond do
+      node not in state.targets ->
+        {:noreply, %{state | backoff: Map.delete(state.backoff, node)}}
+
       node in Node.list() ->
         {:noreply, state}
 
@@ -74,10 +80,12 @@ defmodule Worker.Cluster do
         {:error, reason} -> log_dns_failure(state.dns, reason)
       end
 
+    # The latest answer replaces the previous one: hosts gone from DNS are
+    # no longer retried.
     new = MapSet.difference(found, state.targets)
     Enum.each(new, &send(self(), {:connect, &1}))
     Process.send_after(self(), :resolve, state.dns_interval)
-    {:noreply, %{state | targets: MapSet.union(state.targets, found)}}
+    {:noreply, %{state | targets: MapSet.union(state.static, found)}}
   end
 
   def handle_info({:nodeup, node}, state) do

@@ -26,7 +26,8 @@ defmodule Worker.CodeHandler do
 
   @impl true
   def handle_call({:invoke, function}, _from, args) do
-    {:stop, :normal, Worker.Server.invoke_with_code(function, args), args}
+    result = Worker.Server.safely(fn -> Worker.Server.invoke_with_code(function, args) end)
+    {:stop, :normal, result, args}
   end
 
   def handle_call(_other, _from, args) do

@@ -52,7 +52,7 @@ defmodule Worker.Functions do
     end
   end
 
-  @doc "Forgets a function: cache, code and artifact."
+  @doc "Forgets a function: cache and code (after any load of it under way)."
   @spec delete(key()) :: :ok
   def delete(key), do: GenServer.call(__MODULE__, {:delete, key}, :infinity)
 
@@ -101,6 +101,7 @@ defmodule Worker.Functions do
 
   @impl true
   def init(_opts) do
+    Store.prune_artifacts()
     :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
     :ets.new(@lru, [:ordered_set, :public, :named_table])
     # hits, misses, evictions, compiles, artifact loads
@@ -115,32 +116,34 @@ defmodule Worker.Functions do
      }}
   end
 
+  # While a key is loading, later requests for it wait their turn in the
+  # load's queue, in order: a delete never races a load (which would write
+  # the code back, or cache it again), and a store never takes the result of
+  # a load of other code.
   @impl true
   def handle_call({:load, key, code}, from, state) do
     case state.loading do
-      # Joins the load under way, unless this call brings code and that
-      # load has none (it may end in :code_not_found): then it runs next.
-      %{^key => %{code: running} = load} when is_nil(code) or not is_nil(running) ->
+      %{^key => %{code: running} = load} when is_nil(code) or code == running ->
         {:noreply, put_in(state.loading[key], %{load | waiters: [from | load.waiters]})}
 
       %{^key => load} ->
-        {:noreply, put_in(state.loading[key], %{load | next: [{from, code} | load.next]})}
+        {:noreply,
+         put_in(state.loading[key], %{load | queue: :queue.in({:load, from, code}, load.queue)})}
 
       %{} ->
-        {:noreply, start_load(state, key, code, [from])}
+        {:noreply, start_load(state, key, code, [from], :queue.new())}
     end
   end
 
-  def handle_call({:delete, key}, _from, state) do
-    state = evict(state, key)
+  def handle_call({:delete, key}, from, state) do
+    case state.loading do
+      %{^key => load} ->
+        {:noreply,
+         put_in(state.loading[key], %{load | queue: :queue.in({:delete, from}, load.queue)})}
 
-    case Store.get_code(key) do
-      {:ok, code} -> Store.delete_artifact(code)
-      :error -> :ok
+      %{} ->
+        {:reply, :ok, delete_now(state, key)}
     end
-
-    Store.delete_code(key)
-    {:reply, :ok, state}
   end
 
   def handle_call(:info, _from, state) do
@@ -168,11 +171,16 @@ defmodule Worker.Functions do
     finish(state, ref, {:error, {:load_crashed, inspect(reason)}})
   end
 
-  defp start_load(state, key, code, waiters) do
+  def handle_info(message, state) do
+    Logger.warning("Worker.Functions: ignoring message #{inspect(message, limit: 20)}")
+    {:noreply, state}
+  end
+
+  defp start_load(state, key, code, waiters, queue) do
     :counters.add(counters(), 2, 1)
-    Metrics.cache(id(key), :miss)
     task = Task.Supervisor.async_nolink(Worker.Tasks, fn -> load(key, code) end)
-    put_in(state.loading[key], %{ref: task.ref, code: code, waiters: waiters, next: []})
+    load = %{ref: task.ref, code: code, waiters: waiters, queue: queue}
+    put_in(state.loading[key], load)
   end
 
   defp finish(state, ref, result) do
@@ -185,20 +193,49 @@ defmodule Worker.Functions do
 
         state =
           case result do
-            {:ok, module} -> insert(state, key, module)
-            _ -> state
+            {:ok, module} ->
+              Metrics.cache(id(key), :miss)
+              insert(state, key, module)
+
+            _ ->
+              state
           end
 
         Enum.each(load.waiters, &GenServer.reply(&1, result))
+        {:noreply, drain(state, key, load.queue)}
+    end
+  end
 
-        case load.next do
-          [] ->
-            {:noreply, state}
+  # Runs what waited behind a load, in order, until one needs a load itself.
+  defp drain(state, key, queue) do
+    case :queue.out(queue) do
+      {:empty, _} ->
+        state
 
-          [{_, code} | _] = next ->
-            {:noreply, start_load(state, key, code, Enum.map(next, &elem(&1, 0)))}
+      {{:value, {:delete, from}}, rest} ->
+        state = delete_now(state, key)
+        GenServer.reply(from, :ok)
+        drain(state, key, rest)
+
+      {{:value, {:load, from, code}}, rest} ->
+        case lookup(key) do
+          {:ok, module} when is_nil(code) ->
+            GenServer.reply(from, {:ok, module})
+            drain(state, key, rest)
+
+          _ ->
+            start_load(state, key, code, [from], rest)
         end
     end
+  end
+
+  # Forgets the function: cache and code. Its artifact is kept: artifacts
+  # are keyed by code, which another function may share; unreferenced ones
+  # are pruned at start (see Store.prune_artifacts/0).
+  defp delete_now(state, key) do
+    state = evict(state, key)
+    Store.delete_code(key)
+    state
   end
 
   # Runs in a task: artifact, else code (compiled, artifact written).

@@ -235,10 +235,13 @@ defmodule Worker.Metrics do
     ]
   end
 
+  # A figure that cannot be had (os_mon not running, an error tuple) is the
+  # default: one missing figure never takes the page down.
   defp safe(fun, default) do
-    fun.()
-  rescue
-    _ -> default
+    case fun.() do
+      value when is_number(value) or is_map(value) or is_list(value) -> value
+      _ -> default
+    end
   catch
     _, _ -> default
   end

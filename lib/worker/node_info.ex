@@ -13,12 +13,17 @@ defmodule Worker.NodeInfo do
   @file_name "node_info"
 
   def start_link(_opts) do
-    Agent.start_link(&initial/0, name: __MODULE__)
+    Agent.start_link(fn -> publish(initial()) end, name: __MODULE__)
   end
 
-  @doc "`{long_name, tag}`."
+  @doc "`{long_name, tag}`: a read that never waits on a write."
   @spec get() :: {String.t(), String.t()}
-  def get, do: Agent.get(__MODULE__, & &1)
+  def get, do: :persistent_term.get(__MODULE__)
+
+  defp publish(info) do
+    :persistent_term.put(__MODULE__, info)
+    info
+  end
 
   @doc "Sets the long name, the tag, or both (`nil` keeps a value); persists them."
   @spec set(String.t() | nil, String.t() | nil) :: {String.t(), String.t()} | {:error, term()}
@@ -27,7 +32,7 @@ defmodule Worker.NodeInfo do
       new = {long_name || old_name, tag || old_tag}
 
       case Store.put_term(@file_name, new) do
-        :ok -> {new, new}
+        :ok -> {new, publish(new)}
         error -> {error, old}
       end
     end)

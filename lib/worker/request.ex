@@ -7,6 +7,8 @@ defmodule Worker.Request do
   maps, and only the keys are read.
   """
 
+  @max_name 1024
+
   @type t :: %{
           key: Worker.Store.key(),
           code: binary() | nil,
@@ -21,16 +23,30 @@ defmodule Worker.Request do
     code = Map.get(fun, :code)
 
     cond do
-      not is_binary(name) or name == "" -> bad("name must be a non-empty binary")
-      not is_binary(module) -> bad("module must be a binary")
-      not is_binary(hash) or hash == "" -> bad("hash must be a non-empty binary")
-      not (is_nil(code) or is_binary(code)) -> bad("code must be a binary")
-      code_required and is_nil(code) -> bad("code is missing")
-      true -> {:ok, %{key: {module, name, hash}, code: code, capacity_mb: capacity(fun)}}
+      not text?(name) or name == "" ->
+        bad("name must be non-empty UTF-8 text of at most #{@max_name} bytes")
+
+      not text?(module) ->
+        bad("module must be UTF-8 text of at most #{@max_name} bytes")
+
+      not is_binary(hash) or hash == "" or byte_size(hash) > 256 ->
+        bad("hash must be a binary of 1 to 256 bytes")
+
+      not (is_nil(code) or is_binary(code)) ->
+        bad("code must be a binary")
+
+      code_required and is_nil(code) ->
+        bad("code is missing")
+
+      true ->
+        {:ok, %{key: {module, name, hash}, code: code, capacity_mb: capacity(fun)}}
     end
   end
 
   def function(_other, _code_required), do: bad("expected a map with name, module and hash")
+
+  defp text?(value),
+    do: is_binary(value) and byte_size(value) <= @max_name and String.valid?(value)
 
   defp capacity(%{metadata: %{capacity: capacity}}) when is_integer(capacity) and capacity > 0,
     do: capacity

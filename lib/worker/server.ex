@@ -29,6 +29,7 @@ defmodule Worker.Server do
 
   @impl true
   def handle_call(:get_info, _from, state) do
+    # a read of :persistent_term: never waits on a disk write
     {name, tag} = NodeInfo.get()
     {:reply, {:ok, name, tag}, state}
   end
@@ -69,20 +70,22 @@ defmodule Worker.Server do
   # A plain process per request: cheaper than a supervised task (no round
   # trip to a supervisor), and it only lives as long as its request.
   defp async(from, fun, state) do
-    spawn(fn -> GenServer.reply(from, safely(fun)) end)
+    :erlang.spawn_opt(fn -> GenServer.reply(from, safely(fun)) end, min_heap_size: 1024)
     {:noreply, state}
   end
 
-  # A crash while serving one request answers that request, nothing more.
-  defp safely(fun) do
+  @doc false
+  # A crash while serving one request answers that request, nothing more:
+  # raises, throws and exits (a dependency restarting, say) alike.
+  def safely(fun) do
     fun.()
-  rescue
-    e ->
+  catch
+    kind, reason ->
       Logger.error(
-        "Worker.Server: request failed: " <> Exception.format(:error, e, __STACKTRACE__)
+        "Worker.Server: request failed: " <> Exception.format(kind, reason, __STACKTRACE__)
       )
 
-      {:error, {:internal, Exception.message(e)}}
+      {:error, {:internal, Exception.format_banner(kind, reason)}}
   end
 
   @doc false
@@ -96,8 +99,10 @@ defmodule Worker.Server do
             run(request, module, args)
 
           {:error, :code_not_found} ->
-            {:ok, handler} = Worker.CodeHandler.start(args)
-            {:error, :code_not_found, handler}
+            case Worker.CodeHandler.start(args) do
+              {:ok, handler} -> {:error, :code_not_found, handler}
+              {:error, _} -> {:error, :overloaded}
+            end
 
           {:error, _} = error ->
             error

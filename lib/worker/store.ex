@@ -59,6 +59,38 @@ defmodule Worker.Store do
     :ok
   end
 
+  @doc """
+  Deletes artifacts that no stored function's code refers to, and those of
+  other engine fingerprints (which this runtime cannot load).
+  """
+  @spec prune_artifacts() :: :ok
+  def prune_artifacts do
+    root = Path.join(dir(), "artifacts")
+    current = Worker.Runtime.fingerprint()
+
+    for other <- ls(root), other != current, do: File.rm_rf(Path.join(root, other))
+
+    referenced =
+      for file <- ls(Path.join(dir(), "functions")),
+          {:ok, payload} <- [read(Path.join([dir(), "functions", file]))],
+          {_key, code} when is_binary(code) <- [safe_decode(payload)],
+          into: MapSet.new(),
+          do: hex(:crypto.hash(:sha256, code))
+
+    for artifact <- ls(Path.join(root, current)), artifact not in referenced do
+      File.rm(Path.join([root, current, artifact]))
+    end
+
+    :ok
+  end
+
+  defp ls(path) do
+    case File.ls(path) do
+      {:ok, names} -> Enum.reject(names, &String.contains?(&1, ".tmp."))
+      {:error, _} -> []
+    end
+  end
+
   @doc "Writes a term under `name` in the data directory."
   @spec put_term(String.t(), term()) :: :ok | {:error, term()}
   def put_term(name, term), do: write(Path.join(dir(), name), :erlang.term_to_binary(term))

@@ -126,6 +126,18 @@ defmodule Worker.ServerTest do
     assert call(node, {:delete_function, "never", "stored", "hash"}) == :ok
   end
 
+  test "a delete that arrives while the function is loading wins", %{node: node, dir: dir} do
+    hello = function("hello", wasm!("hello"))
+    # the store compiles for tens of milliseconds; the delete comes meanwhile
+    store = Task.async(fn -> call(node, {:store_function, hello}) end)
+    Process.sleep(5)
+    assert call(node, {:delete_function, hello.name, hello.module, hello.hash}) == :ok
+    assert Task.await(store) == :ok
+
+    assert {:error, :code_not_found, _} = call(node, {:invoke, without_code(hello), %{}})
+    assert File.ls!(Path.join(dir, "functions")) == []
+  end
+
   test "node info: get, set long name, set tag", %{node: node} do
     assert call(node, :get_info) == {:ok, Atom.to_string(node), Atom.to_string(node)}
 
