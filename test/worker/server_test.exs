@@ -224,7 +224,7 @@ defmodule Worker.ServerTest do
       Cluster.start_worker!(Path.join(dir, "small"),
         max_concurrency: 2,
         queue_limit: 3,
-        invoke_timeout_ms: 500
+        invoke_timeout_ms: 1_500
       )
 
     on_exit(fn -> Cluster.stop(peer) end)
