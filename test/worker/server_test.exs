@@ -130,12 +130,20 @@ defmodule Worker.ServerTest do
     hello = function("hello", wasm!("hello"))
     # the store compiles for tens of milliseconds; the delete comes meanwhile
     store = Task.async(fn -> call(node, {:store_function, hello}) end)
-    Process.sleep(5)
+    assert wait_until_loading(node)
     assert call(node, {:delete_function, hello.name, hello.module, hello.hash}) == :ok
     assert Task.await(store) == :ok
 
     assert {:error, :code_not_found, _} = call(node, {:invoke, without_code(hello), %{}})
     assert File.ls!(Path.join(dir, "functions")) == []
+  end
+
+  defp wait_until_loading(node, tries \\ 2_000) do
+    cond do
+      map_size(remote(node, :sys, :get_state, [Worker.Functions]).loading) > 0 -> true
+      tries == 0 -> false
+      true -> wait_until_loading(node, tries - 1)
+    end
   end
 
   test "node info: get, set long name, set tag", %{node: node} do
