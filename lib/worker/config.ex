@@ -30,6 +30,45 @@ defmodule Worker.Config do
       Application.put_env(:worker, key, value)
     end
 
+    refresh()
+  end
+
+  @doc """
+  Changes a setting at run time. Use this rather than `Application.put_env/3`
+  for the defaults of `Worker.Runtime.invoke/3`, which are cached.
+  """
+  @spec put(atom(), term()) :: :ok
+  def put(key, value) do
+    Application.put_env(:worker, key, value)
+    refresh()
+  end
+
+  @doc """
+  `{timeout_ms, max_memory_bytes, http_allow}`: the defaults of
+  `Worker.Runtime.invoke/3`, read on every invocation, so kept in
+  `:persistent_term` rather than looked up in the application environment.
+  """
+  @spec invoke_defaults() :: {non_neg_integer(), non_neg_integer(), [String.t()]}
+  def invoke_defaults do
+    case :persistent_term.get({__MODULE__, :invoke}, nil) do
+      nil ->
+        refresh()
+        :persistent_term.get({__MODULE__, :invoke})
+
+      defaults ->
+        defaults
+    end
+  end
+
+  defp refresh do
+    builtin = defaults()
+    get = fn key -> Application.get_env(:worker, key, builtin[key]) end
+    defaults = {get.(:invoke_timeout_ms), get.(:max_memory_bytes), get.(:http_allow)}
+
+    if :persistent_term.get({__MODULE__, :invoke}, nil) != defaults do
+      :persistent_term.put({__MODULE__, :invoke}, defaults)
+    end
+
     :ok
   end
 

@@ -97,13 +97,13 @@ defmodule Worker.Runtime do
   Options:
 
     * `:timeout` - milliseconds for the whole call, host calls included
-      (default `config :worker, :invoke_timeout_ms`, 30 000);
+      (default: the `:invoke_timeout_ms` setting, 30 000; see `Worker.Config`);
     * `:max_memory` - bytes of linear memory (default
-      `config :worker, :max_memory_bytes`, 128 MiB), never more than the
+      the `:max_memory_bytes` setting, 128 MiB), never more than the
       worker-wide cap `FL_MEMORY_CAP_MB`;
     * `:http_allow` - hosts (`"host"` or `"host:port"`, IPv6 in brackets)
       the function may reach even though their addresses are not public
-      (default `config :worker, :http_allow`, from `FL_HTTP_ALLOW`). Public
+      (default: the `:http_allow` setting, from `FL_HTTP_ALLOW`). Public
       addresses are always allowed; loopback, private, link-local,
       unique-local, multicast and unspecified ones only when allow-listed.
       Names are checked on their resolved addresses, and so is every
@@ -136,11 +136,12 @@ defmodule Worker.Runtime do
   """
   @spec invoke(Module.t(), term(), keyword()) :: {:ok, term()} | {:error, invoke_error()}
   def invoke(%Module{ref: ref}, args, opts \\ []) do
-    timeout = Keyword.get_lazy(opts, :timeout, fn -> config(:invoke_timeout_ms) end)
-    max_memory = Keyword.get_lazy(opts, :max_memory, fn -> config(:max_memory_bytes) end)
+    {default_timeout, default_memory, default_allow} = Worker.Config.invoke_defaults()
+    timeout = Keyword.get(opts, :timeout, default_timeout)
+    max_memory = Keyword.get(opts, :max_memory, default_memory)
     metadata = Keyword.get(opts, :metadata, [])
     on_stats = Keyword.get(opts, :on_stats)
-    http_allow = Keyword.get_lazy(opts, :http_allow, fn -> config(:http_allow) end)
+    http_allow = Keyword.get(opts, :http_allow, default_allow)
 
     unless is_integer(timeout) and timeout in 0..@max_timeout do
       raise ArgumentError, ":timeout must be an integer of milliseconds up to #{@max_timeout}"
@@ -266,6 +267,4 @@ defmodule Worker.Runtime do
   defp level(:stdout), do: :info
   defp level(:stderr), do: :warning
   defp level(:host), do: :warning
-
-  defp config(key), do: Application.fetch_env!(:worker, key)
 end

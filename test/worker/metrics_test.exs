@@ -55,7 +55,7 @@ defmodule Worker.MetricsTest do
     for _ <- 1..7, do: assert({:ok, _} = invoke(node, hello, %{}))
     for _ <- 1..3, do: assert({:error, {:exec_error, _}} = invoke(node, error, %{}))
     for _ <- 1..2, do: assert({:error, {:trap, _}} = invoke(node, trap, %{}))
-    :ok = :erpc.call(node, Application, :put_env, [:worker, :invoke_timeout_ms, 50])
+    :ok = :erpc.call(node, Worker.Config, :put, [:invoke_timeout_ms, 50])
     assert {:error, :timeout} = invoke(node, spin, %{})
     assert {:error, {:invalid_response, _}} = invoke(node, bad, %{})
 
@@ -111,7 +111,7 @@ defmodule Worker.MetricsTest do
 
     # refused by policy (loopback), failed (nothing listens on the port)
     assert {:ok, %{"status" => 0}} = invoke(node, http, %{"url" => "http://127.0.0.1:9/"})
-    :ok = :erpc.call(node, Application, :put_env, [:worker, :http_allow, ["127.0.0.1"]])
+    :ok = :erpc.call(node, Worker.Config, :put, [:http_allow, ["127.0.0.1"]])
     assert {:ok, %{"status" => 0}} = invoke(node, http, %{"url" => "http://127.0.0.1:9/"})
     assert {:ok, _} = invoke(node, logger, %{"lines" => 1_500})
 

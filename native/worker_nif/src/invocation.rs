@@ -143,15 +143,25 @@ fn invocation_start<'a>(
             return done(env, reply, &[], Stats::default());
         }
     };
-    let resource = ResourceArc::new(InvocationResource {
-        stage: Mutex::new(Stage::Running(Box::new(invocation))),
-        wake: Arc::new(WakeState {
-            state: AtomicU8::new(POLLING),
-            pid: env.pid(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        }),
+    let wake = Arc::new(WakeState {
+        state: AtomicU8::new(POLLING),
+        pid: env.pid(),
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
     });
-    account(env, started, step(env, &resource))
+    let mut stage = Stage::Running(Box::new(invocation));
+    // Most invocations finish in their first slice: only those that do not
+    // need a resource to carry them to the next call.
+    let reply = match step(env, &mut stage, &wake) {
+        Step::Done(term) => (term, false),
+        Step::Continue(next) => {
+            let resource = ResourceArc::new(InvocationResource {
+                stage: Mutex::new(stage),
+                wake,
+            });
+            next.reply(env, &resource)
+        }
+    };
+    account(env, started, reply)
 }
 
 /// Limits, input JSON and the invocation itself; an error is a reason for
@@ -188,7 +198,7 @@ fn allow_list(entries: Vec<String>) -> Result<Arc<Policy>, String> {
 #[rustler::nif]
 fn invocation_resume<'a>(env: Env<'a>, resource: ResourceArc<InvocationResource>) -> Term<'a> {
     let started = Instant::now();
-    account(env, started, step(env, &resource))
+    account(env, started, resume(env, &resource))
 }
 
 /// Runs the next slice on a dirty scheduler, for invocations whose slices
@@ -198,7 +208,7 @@ fn invocation_resume_dirty<'a>(
     env: Env<'a>,
     resource: ResourceArc<InvocationResource>,
 ) -> Term<'a> {
-    step(env, &resource).0
+    resume(env, &resource).0
 }
 
 /// Decodes a large response, on a dirty scheduler.
@@ -228,21 +238,51 @@ fn invocation_cancel(resource: ResourceArc<InvocationResource>) -> rustler::Atom
     }
 }
 
-/// Polls once. The flag says whether the guest was preempted at a tick.
-fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'a>, bool) {
+/// Runs the next slice of an invocation held in a resource. The flag says
+/// whether the guest was preempted at a tick.
+fn resume<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'a>, bool) {
     let Ok(mut stage) = resource.stage.try_lock() else {
         return (
             done(env, error(env, atoms::busy()), &[], Stats::default()),
             false,
         );
     };
-    let Stage::Running(invocation) = &mut *stage else {
-        return (
-            done(env, error(env, atoms::busy()), &[], Stats::default()),
-            false,
-        );
+    match step(env, &mut stage, &resource.wake) {
+        Step::Done(term) => (term, false),
+        Step::Continue(next) => next.reply(env, resource),
+    }
+}
+
+enum Step<'a> {
+    /// `{:done, result, lines}`.
+    Done(Term<'a>),
+    /// The invocation goes on: the reply names it.
+    Continue(Next<'a>),
+}
+
+struct Next<'a> {
+    tag: rustler::Atom,
+    /// The wake message's id, for `:wait`.
+    wait: Option<u64>,
+    lines: Term<'a>,
+    preempted: bool,
+}
+
+impl<'a> Next<'a> {
+    fn reply(self, env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'a>, bool) {
+        let term = match self.wait {
+            Some(id) => (self.tag, resource.clone(), id, self.lines).encode(env),
+            None => (self.tag, resource.clone(), self.lines).encode(env),
+        };
+        (term, self.preempted)
+    }
+}
+
+/// Polls the invocation once.
+fn step<'a>(env: Env<'a>, stage: &mut Stage, wake: &Arc<WakeState>) -> Step<'a> {
+    let Stage::Running(invocation) = stage else {
+        return Step::Done(done(env, error(env, atoms::busy()), &[], Stats::default()));
     };
-    let wake = &resource.wake;
     wake.state.store(POLLING, Ordering::Release);
     let waker = Waker::from(wake.clone());
     let slice_started = Instant::now();
@@ -257,7 +297,7 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
         *stage = Stage::Closed;
         wake.state.store(CLOSED, Ordering::Release);
         let reply = error(env, (atoms::panic(), "the runtime panicked; see the log"));
-        return (done(env, reply, &[], Stats::default()), false);
+        return Step::Done(done(env, reply, &[], Stats::default()));
     };
     let lines = invocation.logs().drain();
     match polled {
@@ -267,13 +307,17 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
             match outcome {
                 Outcome::Response(bytes) if bytes.len() > DIRTY_DECODE_BYTES => {
                     *stage = Stage::Decode(bytes);
-                    let reply = (atoms::decode(), resource.clone(), logs(env, &lines, stats));
-                    (reply.encode(env), false)
+                    Step::Continue(Next {
+                        tag: atoms::decode(),
+                        wait: None,
+                        lines: logs(env, &lines, stats),
+                        preempted: false,
+                    })
                 }
                 outcome => {
                     *stage = Stage::Closed;
                     let result = result(env, outcome);
-                    (done(env, result, &lines, stats), false)
+                    Step::Done(done(env, result, &lines, stats))
                 }
             }
         }
@@ -282,18 +326,27 @@ fn step<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'
                 .state
                 .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
-            let log_terms = logs(env, &lines, Stats::default());
-            if waiting {
-                let reply = (atoms::wait(), resource.clone(), wake.id, log_terms);
-                (reply.encode(env), false)
+            let lines = logs(env, &lines, Stats::default());
+            Step::Continue(if waiting {
+                Next {
+                    tag: atoms::wait(),
+                    wait: Some(wake.id),
+                    lines,
+                    preempted: false,
+                }
             } else {
-                let tag = if slice_started.elapsed() > HEAVY_SLICE {
-                    atoms::yield_dirty()
-                } else {
-                    atoms::r#yield()
-                };
-                ((tag, resource.clone(), log_terms).encode(env), true)
-            }
+                let heavy = slice_started.elapsed() > HEAVY_SLICE;
+                Next {
+                    tag: if heavy {
+                        atoms::yield_dirty()
+                    } else {
+                        atoms::r#yield()
+                    },
+                    wait: None,
+                    lines,
+                    preempted: true,
+                }
+            })
         }
     }
 }
