@@ -44,11 +44,44 @@ defmodule Worker.Metrics do
   @typedoc "`{module, function}`: the labels of a function's metrics."
   @type function_id :: {String.t(), String.t()}
 
-  @doc "Records an invocation's outcome and duration (native time units)."
+  # One row per function, a counter per position, so that an invocation
+  # costs one update_counter when it starts and one when it ends.
+  @outcomes ~w(ok exec_error trap timeout error)
+  @in_flight 2
+  @first_outcome 3
+  @invoke_sum 8
+  @first_invoke_bucket 9
+  @hits @first_invoke_bucket + length(@invoke_buckets) + 1
+  @misses @hits + 1
+  @evictions @hits + 2
+  @compiles @hits + 3
+  @compile_sum @hits + 4
+  @first_compile_bucket @hits + 5
+  @http_ok @first_compile_bucket + length(@compile_buckets) + 1
+  @http_failed @http_ok + 1
+  @http_refused @http_ok + 2
+  @dropped @http_ok + 3
+  @row_size @dropped
+
+  @doc "Counts an invocation as started (in flight)."
+  @spec started(function_id()) :: :ok
+  def started(id), do: bump(id, [{@in_flight, 1}])
+
+  @doc """
+  Records an invocation's end: its outcome and duration (native time units).
+  Pairs with `started/1`.
+  """
   @spec invocation(function_id(), term(), integer()) :: :ok
   def invocation(id, result, duration) do
-    add({:invocations, id, outcome(result)}, 1)
-    observe(:invoke, id, duration, @invoke_buckets)
+    outcome = Enum.find_index(@outcomes, &(&1 == outcome(result)))
+    {bucket, micros} = bucket(duration, @invoke_buckets)
+
+    bump(id, [
+      {@in_flight, -1},
+      {@first_outcome + outcome, 1},
+      {@invoke_sum, micros},
+      {@first_invoke_bucket + bucket, 1}
+    ])
   end
 
   @doc "The outcome label of an invocation result."
@@ -62,39 +95,83 @@ defmodule Worker.Metrics do
   @doc "Records a compile and its duration (native time units)."
   @spec compile(function_id(), integer()) :: :ok
   def compile(id, duration) do
-    add({:compiles, id}, 1)
-    observe(:compile, id, duration, @compile_buckets)
+    {bucket, micros} = bucket(duration, @compile_buckets)
+    bump(id, [{@compiles, 1}, {@compile_sum, micros}, {@first_compile_bucket + bucket, 1}])
   end
 
   @doc "Counts a cache hit, miss or eviction."
   @spec cache(function_id(), :hit | :miss | :eviction) :: :ok
-  def cache(id, event), do: add({:cache, id, event}, 1)
-
-  @doc "Adds to the function's in-flight gauge (+1 when starting, -1 when done)."
-  @spec in_flight(function_id(), integer()) :: :ok
-  def in_flight(id, delta), do: add({:in_flight, id}, delta)
+  def cache(id, :hit), do: bump(id, [{@hits, 1}])
+  def cache(id, :miss), do: bump(id, [{@misses, 1}])
+  def cache(id, :eviction), do: bump(id, [{@evictions, 1}])
 
   @doc "Records what `Worker.Runtime.invoke/3` reports through `:on_stats`."
   @spec invocation_stats(function_id(), map()) :: :ok
   def invocation_stats(id, stats) do
-    if stats.http_ok > 0, do: add({:http, id, "ok"}, stats.http_ok)
-    if stats.http_failed > 0, do: add({:http, id, "failed"}, stats.http_failed)
-    if stats.http_refused > 0, do: add({:http, id, "refused"}, stats.http_refused)
-    if stats.dropped_lines > 0, do: add({:dropped, id}, stats.dropped_lines)
+    bump(id, [
+      {@http_ok, stats.http_ok},
+      {@http_failed, stats.http_failed},
+      {@http_refused, stats.http_refused},
+      {@dropped, stats.dropped_lines}
+    ])
+  end
+
+  defp bump(id, ops) do
+    key = {:fn, id}
+    :ets.update_counter(@table, key, ops, put_elem(Tuple.duplicate(0, @row_size), 0, key))
     :ok
   end
 
-  defp add(key, n) do
-    :ets.update_counter(@table, key, n, {key, 0})
-    :ok
-  end
-
-  defp observe(kind, id, duration, buckets) do
+  defp bucket(duration, buckets) do
     micros = System.convert_time_unit(duration, :native, :microsecond)
     seconds = micros / 1_000_000
-    index = Enum.find_index(buckets, &(seconds <= &1)) || length(buckets)
-    add({kind, :bucket, id, index}, 1)
-    add({kind, :sum_us, id}, micros)
+    {Enum.find_index(buckets, &(seconds <= &1)) || length(buckets), micros}
+  end
+
+  # The rows, spelled out as one counter each, for rendering.
+  defp counters(row) do
+    {:fn, id} = elem(row, 0)
+    at = &elem(row, &1 - 1)
+
+    Enum.concat([
+      [{{:in_flight, id}, at.(@in_flight)}],
+      for {outcome, i} <- Enum.with_index(@outcomes), at.(@first_outcome + i) > 0 do
+        {{:invocations, id, outcome}, at.(@first_outcome + i)}
+      end,
+      histogram_rows(:invoke, id, at, @invoke_sum, @first_invoke_bucket, length(@invoke_buckets)),
+      histogram_rows(
+        :compile,
+        id,
+        at,
+        @compile_sum,
+        @first_compile_bucket,
+        length(@compile_buckets)
+      ),
+      for {event, pos} <- [hit: @hits, miss: @misses, eviction: @evictions], at.(pos) > 0 do
+        {{:cache, id, event}, at.(pos)}
+      end,
+      if(at.(@compiles) > 0, do: [{{:compiles, id}, at.(@compiles)}], else: []),
+      for {outcome, pos} <- [
+            {"ok", @http_ok},
+            {"failed", @http_failed},
+            {"refused", @http_refused}
+          ],
+          at.(pos) > 0 do
+        {{:http, id, outcome}, at.(pos)}
+      end,
+      if(at.(@dropped) > 0, do: [{{:dropped, id}, at.(@dropped)}], else: [])
+    ])
+  end
+
+  defp histogram_rows(kind, id, at, sum, first, n) do
+    if Enum.any?(0..n, &(at.(first + &1) > 0)) do
+      [
+        {{kind, :sum_us, id}, at.(sum)}
+        | for(i <- 0..n, do: {{kind, :bucket, id, i}, at.(first + i)})
+      ]
+    else
+      []
+    end
   end
 
   ## Rendering
@@ -102,7 +179,7 @@ defmodule Worker.Metrics do
   @doc "The whole page, in the Prometheus text exposition format 0.0.4."
   @spec render() :: iodata()
   def render do
-    rows = :ets.tab2list(@table)
+    rows = @table |> :ets.tab2list() |> Enum.flat_map(&counters/1)
 
     [
       os_metrics(),

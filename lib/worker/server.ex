@@ -130,14 +130,16 @@ defmodule Worker.Server do
     opts = [metadata: metadata, on_stats: &Metrics.invocation_stats(id, &1)]
     opts = if mb = request.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
 
-    Metrics.in_flight(id, 1)
+    Metrics.started(id)
     started = System.monotonic_time()
 
     result =
       try do
         Runtime.invoke(module, args, opts)
-      after
-        Metrics.in_flight(id, -1)
+      catch
+        kind, reason ->
+          Metrics.invocation(id, :crashed, System.monotonic_time() - started)
+          :erlang.raise(kind, reason, __STACKTRACE__)
       end
 
     duration = System.monotonic_time() - started
