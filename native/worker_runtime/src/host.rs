@@ -184,7 +184,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         state.deadline,
                         state.limits.max_http_body_bytes,
                         state.logs.clone(),
-                        state.limits.http_allow.clone(),
+                        state.limits.http_allow.clone().unwrap_or_default(),
                     )
                 };
                 let outcome = match request {

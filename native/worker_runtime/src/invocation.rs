@@ -38,8 +38,9 @@ pub struct Limits {
     pub max_http_request_bytes: usize,
     /// A response body.
     pub max_http_body_bytes: usize,
-    /// Hosts allowed even though their addresses are not public.
-    pub http_allow: Arc<Policy>,
+    /// Hosts allowed even though their addresses are not public; `None`
+    /// for none (no shared reference count to touch on every invocation).
+    pub http_allow: Option<Arc<Policy>>,
     pub log: LogLimits,
 }
 
@@ -53,7 +54,7 @@ impl Default for Limits {
             max_http_requests: 20,
             max_http_request_bytes: 4 << 20,
             max_http_body_bytes: 8 << 20,
-            http_allow: Arc::default(),
+            http_allow: None,
             log: LogLimits::default(),
         }
     }
