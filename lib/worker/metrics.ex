@@ -18,8 +18,9 @@ defmodule Worker.Metrics do
   `:overloaded` count, and the OS figures the FunLess Core reads, under the
   names the FunLess worker exports (`worker_prom_ex_os_mon_resources_*`).
 
-  Recording is an `:ets.update_counter/4` on a table with write
-  concurrency: cheap enough for every invocation.
+  Each function has one ETS row of counters, so recording an invocation is
+  one `:ets.update_counter/4` when it starts and one when it ends: cheap
+  enough for every invocation.
   """
 
   @table __MODULE__

@@ -157,11 +157,6 @@ impl LogSink {
         }
     }
 
-    /// Lines dropped so far because a cap was reached.
-    pub fn dropped(&self) -> u64 {
-        self.lock().stats.dropped_lines
-    }
-
     /// Counts an outbound request: `Ok(())`, or `Err(refused?)`.
     pub fn http(&self, outcome: Result<(), bool>) {
         let mut state = self.lock();
@@ -280,7 +275,7 @@ mod tests {
         }
         let lines = sink.drain();
         assert_eq!(texts(&lines), ["line", "line", "line"]);
-        assert_eq!(sink.dropped(), 200_000 - 3);
+        assert_eq!(sink.stats().dropped_lines, 200_000 - 3);
     }
 
     #[test]
