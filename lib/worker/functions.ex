@@ -246,17 +246,20 @@ defmodule Worker.Functions do
     end
   end
 
+  # With code: when this very code is stored and compiled already (a store
+  # repeated, a handler sent code the worker had), nothing is done again.
   defp load(key, code) do
-    with {:ok, module} <- load_code(key, code),
-         :ok <- ensure_code_stored(key, code) do
-      {:ok, module}
-    end
-  end
+    stored? = Store.get_code(key) == {:ok, code}
 
-  defp ensure_code_stored(key, code) do
-    case Store.get_code(key) do
-      {:ok, ^code} -> :ok
-      _ -> Store.put_code(key, code)
+    case :ets.lookup(@table, key) do
+      [{^key, module, _bytes, _tick}] when stored? ->
+        {:ok, module}
+
+      _ ->
+        with {:ok, module} <- load_code(key, code),
+             :ok <- if(stored?, do: :ok, else: Store.put_code(key, code)) do
+          {:ok, module}
+        end
     end
   end
 

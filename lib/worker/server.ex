@@ -89,10 +89,10 @@ defmodule Worker.Server do
   end
 
   @doc false
-  # Runs an invocation: the code comes from this worker's cache or store,
-  # else a handler waits for the Core to send it.
-  def invoke(function, args) do
-    with {:ok, request} <- Request.function(function) do
+  # Runs an invocation: the code comes with the request, or from this
+  # worker's cache or store, else a handler waits for the Core to send it.
+  def invoke(function, args, code_required \\ false) do
+    with {:ok, request} <- Request.function(function, code_required) do
       Admission.run(fn ->
         case Functions.fetch(request.key, request.code) do
           {:ok, module} ->
@@ -112,15 +112,9 @@ defmodule Worker.Server do
   end
 
   @doc false
-  def invoke_with_code(function, args) do
-    with {:ok, request} <- Request.function(function, true) do
-      Admission.run(fn ->
-        with {:ok, module} <- Functions.fetch(request.key, request.code) do
-          run(request, module, args)
-        end
-      end)
-    end
-  end
+  # The same, for a request that must carry the code (so it is never
+  # :code_not_found).
+  def invoke_with_code(function, args), do: invoke(function, args, true)
 
   defp run(%{key: {module_name, name, _}} = request, module, args) do
     id = {module_name, name}

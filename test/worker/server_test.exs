@@ -56,6 +56,10 @@ defmodule Worker.ServerTest do
              {:invoke, Map.take(hello, [:name, :module, :hash, :metadata]), %{"name" => "Core"}}
            ) ==
              {:ok, %{"payload" => "Hello Core!"}}
+
+    # storing it again neither compiles nor loads it again
+    assert call(node, {:store_function, hello}) == :ok
+    assert %{compiles: 1, artifact_loads: 0} = remote(node, Worker.Functions, :info, [])
   end
 
   test "plain maps work as well as the Core's structs", %{node: node} do
