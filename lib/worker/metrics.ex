@@ -28,6 +28,8 @@ defmodule Worker.Metrics do
   @invoke_buckets [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25] ++
                     [0.5, 1, 2.5, 5, 10, 30]
   @compile_buckets [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+  @invoke_buckets_us Enum.map(@invoke_buckets, &round(&1 * 1_000_000))
+  @compile_buckets_us Enum.map(@compile_buckets, &round(&1 * 1_000_000))
 
   @doc false
   def init do
@@ -74,16 +76,21 @@ defmodule Worker.Metrics do
   """
   @spec invocation(function_id(), term(), integer()) :: :ok
   def invocation(id, result, duration) do
-    outcome = Enum.find_index(@outcomes, &(&1 == outcome(result)))
-    {bucket, micros} = bucket(duration, @invoke_buckets)
+    micros = System.convert_time_unit(duration, :native, :microsecond)
 
     bump(id, [
       {@in_flight, -1},
-      {@first_outcome + outcome, 1},
+      {@first_outcome + outcome_index(result), 1},
       {@invoke_sum, micros},
-      {@first_invoke_bucket + bucket, 1}
+      {@first_invoke_bucket + bucket(micros, @invoke_buckets_us, 0), 1}
     ])
   end
+
+  defp outcome_index({:ok, _}), do: 0
+  defp outcome_index({:error, {:exec_error, _}}), do: 1
+  defp outcome_index({:error, {:trap, _}}), do: 2
+  defp outcome_index({:error, :timeout}), do: 3
+  defp outcome_index(_), do: 4
 
   @doc "The outcome label of an invocation result."
   @spec outcome(term()) :: String.t()
@@ -96,7 +103,8 @@ defmodule Worker.Metrics do
   @doc "Records a compile and its duration (native time units)."
   @spec compile(function_id(), integer()) :: :ok
   def compile(id, duration) do
-    {bucket, micros} = bucket(duration, @compile_buckets)
+    micros = System.convert_time_unit(duration, :native, :microsecond)
+    bucket = bucket(micros, @compile_buckets_us, 0)
     bump(id, [{@compiles, 1}, {@compile_sum, micros}, {@first_compile_bucket + bucket, 1}])
   end
 
@@ -117,17 +125,26 @@ defmodule Worker.Metrics do
     ])
   end
 
+  # The row exists after a function's first event: only then is the default
+  # row built.
   defp bump(id, ops) do
     key = {:fn, id}
-    :ets.update_counter(@table, key, ops, put_elem(Tuple.duplicate(0, @row_size), 0, key))
+
+    try do
+      :ets.update_counter(@table, key, ops)
+    rescue
+      ArgumentError ->
+        :ets.update_counter(@table, key, ops, put_elem(Tuple.duplicate(0, @row_size), 0, key))
+    end
+
     :ok
   end
 
-  defp bucket(duration, buckets) do
-    micros = System.convert_time_unit(duration, :native, :microsecond)
-    seconds = micros / 1_000_000
-    {Enum.find_index(buckets, &(seconds <= &1)) || length(buckets), micros}
-  end
+  # The index of the first bucket whose bound (in microseconds) is at least
+  # `micros`; past the last bound, the +Inf bucket.
+  defp bucket(micros, [bound | _], i) when micros <= bound, do: i
+  defp bucket(micros, [_ | bounds], i), do: bucket(micros, bounds, i + 1)
+  defp bucket(_micros, [], i), do: i
 
   # The rows, spelled out as one counter each, for rendering.
   defp counters(row) do

@@ -81,6 +81,11 @@ defmodule Worker.MetricsTest do
     assert List.last(counts) == 7.0
     assert at.("worker_invocation_duration_seconds_count", hello_l) == 7.0
     assert at.("worker_invocation_duration_seconds_sum", hello_l) > 0
+    # each bucket by its bound: hello runs in microseconds, spin for its 50 ms
+    assert at.("worker_invocation_duration_seconds_bucket", Map.put(hello_l, "le", "0.1")) == 7.0
+    spin_l = %{"module" => "obs", "function" => "spin"}
+    assert at.("worker_invocation_duration_seconds_bucket", Map.put(spin_l, "le", "0.025")) == 0.0
+    assert at.("worker_invocation_duration_seconds_bucket", Map.put(spin_l, "le", "+Inf")) == 1.0
 
     # stored, so compiled once each; every invocation after was a hit
     assert at.("worker_compiles_total", hello_l) == 1.0
