@@ -1,7 +1,7 @@
 defmodule Mix.Tasks.Worker.Bench do
   @shortdoc "Measures invocation cost against Wasmtime's own floor"
   @moduledoc """
-  Measures the worker and prints one table (markdown), in a few minutes:
+  Measures the worker and prints one table (markdown), in about a minute:
 
     * **floor** - the `floor` binary of `native/worker_runtime`: the same
       runtime and engine configuration with no BEAM around it;
@@ -12,7 +12,12 @@ defmodule Mix.Tasks.Worker.Bench do
       module deserialized for every call, and the host calls as messages to
       an Elixir process (an Agent holding input and response, as the FunLess
       worker does), around the same guest run;
-    * throughput at 1, 2, 8 and 64 callers, cold starts, and memory.
+    * throughput at 1, 2, 8 and 64 callers, cold starts, and memory;
+    * what the BEAM itself costs on this machine, with no worker code: a
+      `GenServer.call`, a call to a bare process that runs the runtime
+      itself (the least any `:worker` design costs), message round trips
+      within and across schedulers, and how a bare process that spawns per
+      request scales.
 
   Each latency is µs per invocation (median and p99) and its ratio to the
   floor measured in the same run. Functions: `hello` and `echo` from
@@ -29,7 +34,7 @@ defmodule Mix.Tasks.Worker.Bench do
   @functions Path.expand("../../../functions", __DIR__)
   @wasm_dir Path.join(@functions, "target/wasm32-wasip1/release")
   @noop Path.expand("../../../test/fixtures/noop.wat", __DIR__)
-  @in_flight 500
+  @in_flight 900
 
   @impl true
   def run(argv) do
@@ -81,10 +86,20 @@ defmodule Mix.Tasks.Worker.Bench do
       end)
 
     floor_hello = floor!("hello", hello_json, iterations, 1)
+    # The floor as the issue measured it: Wasmtime's default slot reset.
+    default_reset =
+      floor!("hello", hello_json, iterations, 1, [{"FL_POOL_KEEP_RESIDENT_KB", "0"}])
 
     latency_rows =
       latency_rows ++
         [
+          row(
+            "floor, Wasmtime's default slot reset",
+            "hello",
+            default_reset.median,
+            default_reset.p99,
+            floor_hello.median
+          ),
           row(
             "FunLess method (emulated)",
             "hello",
@@ -112,6 +127,9 @@ defmodule Mix.Tasks.Worker.Bench do
          end)}
       end
 
+    info("what the BEAM itself costs")
+    beam = beam_costs(hello, hello_args, iterations, seconds)
+
     info("cold starts")
 
     from_artifact =
@@ -137,10 +155,8 @@ defmodule Mix.Tasks.Worker.Bench do
         {floor_1, floor_2},
         funless_rates,
         {from_artifact, from_scratch},
-        {
-          per_module,
-          per_invocation
-        }
+        {per_module, per_invocation},
+        {beam, floor_hello.median}
       )
 
     IO.puts(table)
@@ -170,6 +186,91 @@ defmodule Mix.Tasks.Worker.Bench do
     result = Agent.get(agent, & &1.response)
     Agent.stop(agent)
     {:ok, result}
+  end
+
+  ## The BEAM's own costs
+
+  # Bounds that no design of the `:worker` path can beat on this machine:
+  # the call itself, the call around an invocation with no request
+  # handling at all, a message round trip within and across schedulers, and
+  # how a process that spawns per request scales.
+  defp beam_costs(module, args, iterations, seconds) do
+    echo = bare_server(fn request -> request end)
+    inline = bare_server(fn request -> Runtime.invoke(module, request) end)
+    spawner = bare_server({:spawn, fn request -> Runtime.invoke(module, request) end})
+
+    costs = %{
+      echo: latency(iterations, fn -> GenServer.call(echo, :ping) end),
+      inline: latency(iterations, fn -> {:ok, _} = GenServer.call(inline, args) end),
+      local_rtt: round_trip(1, 1, iterations),
+      remote_rtt: round_trip(1, 2, iterations),
+      spawner_1: rate(1, seconds, fn -> {:ok, _} = GenServer.call(spawner, args) end),
+      spawner_2: rate(2, seconds, fn -> {:ok, _} = GenServer.call(spawner, args) end)
+    }
+
+    Enum.each([echo, inline, spawner], &Process.exit(&1, :kill))
+    costs
+  end
+
+  defp bare_server(handler), do: spawn(fn -> bare_loop(handler) end)
+
+  defp bare_loop({:spawn, fun} = handler) do
+    receive do
+      {:"$gen_call", from, request} ->
+        spawn(fn -> GenServer.reply(from, fun.(request)) end)
+        bare_loop(handler)
+    end
+  end
+
+  defp bare_loop(fun) do
+    receive do
+      {:"$gen_call", from, request} ->
+        GenServer.reply(from, fun.(request))
+        bare_loop(fun)
+    end
+  end
+
+  # µs per round trip between a process on scheduler `a` and one on `b`,
+  # or nil where processes cannot be placed (one scheduler; the
+  # `:scheduler` spawn option is not documented and may go away).
+  defp round_trip(a, b, n) do
+    if b > :erlang.system_info(:schedulers_online), do: throw(:unsupported)
+    parent = self()
+    echo = :erlang.spawn_opt(fn -> echo_loop() end, [{:scheduler, b}])
+
+    :erlang.spawn_opt(
+      fn ->
+        {us, :ok} = :timer.tc(fn -> ping(echo, n) end)
+        send(parent, {:round_trip, us / n})
+      end,
+      [{:scheduler, a}]
+    )
+
+    receive do
+      {:round_trip, us} ->
+        Process.exit(echo, :kill)
+        us
+    end
+  catch
+    _, _ -> nil
+  end
+
+  defp echo_loop do
+    receive do
+      {from, n} ->
+        send(from, n)
+        echo_loop()
+    end
+  end
+
+  defp ping(_echo, 0), do: :ok
+
+  defp ping(echo, n) do
+    send(echo, {self(), n})
+
+    receive do
+      ^n -> ping(echo, n - 1)
+    end
   end
 
   ## Measuring
@@ -246,7 +347,12 @@ defmodule Mix.Tasks.Worker.Bench do
     resident
   end
 
-  defp collect_all, do: Enum.each(Process.list(), &:erlang.garbage_collect/1)
+  # Collects every process, then lets the allocators hand back what they
+  # will, so that the next RSS reading is a settled baseline.
+  defp collect_all do
+    Enum.each(Process.list(), &:erlang.garbage_collect/1)
+    Process.sleep(300)
+  end
 
   defp rss do
     [_size, resident | _] = File.read!("/proc/self/statm") |> String.split()
@@ -255,12 +361,14 @@ defmodule Mix.Tasks.Worker.Bench do
 
   ## Floor
 
-  defp floor!(name, json, iterations, threads) do
+  defp floor!(name, json, iterations, threads, env \\ []) do
     path = if name == "noop", do: @noop, else: Path.join(@wasm_dir, name <> ".wasm")
     bin = Path.expand("../../../target/release/floor", __DIR__)
 
     {out, 0} =
-      System.cmd(bin, [path, json, Integer.to_string(iterations), Integer.to_string(threads)])
+      System.cmd(bin, [path, json, Integer.to_string(iterations), Integer.to_string(threads)],
+        env: env
+      )
 
     fields =
       out
@@ -304,7 +412,8 @@ defmodule Mix.Tasks.Worker.Bench do
          {floor_1, floor_2},
          funless_rates,
          {artifact_ms, scratch_ms},
-         {per_module, per_inv}
+         {per_module, per_inv},
+         {beam, floor}
        ) do
     {_, runtime_1, server_1} = List.keyfind(throughput, 1, 0)
     {_, runtime_2, server_2} = List.keyfind(throughput, 2, 0)
@@ -339,10 +448,23 @@ defmodule Mix.Tasks.Worker.Bench do
     | what | resident bytes |
     |---|---:|
     | per cached module (hello, loaded from an artifact) | #{round(per_module)} |
-    | per in-flight invocation, fresh pool slots (500 concurrent, suspended in a WASI sleep) | #{round(elem(per_inv, 0))} |
+    | per in-flight invocation, fresh pool slots (#{@in_flight} concurrent, suspended in a WASI sleep) | #{round(elem(per_inv, 0))} |
     | per in-flight invocation, reusing warm slots | #{round(elem(per_inv, 1))} |
+
+    ### What the BEAM itself costs here (no worker code unless named)
+
+    | measure | figure |
+    |---|---:|
+    | `GenServer.call` to a process that replies at once | #{fmt(beam.echo.median)} µs |
+    | `GenServer.call` to a bare process that runs `Worker.Runtime.invoke/3` itself (hello): the least any `:worker` design costs | #{fmt(beam.inline.median)} µs, #{fmt(beam.inline.median / floor)}× floor |
+    | message round trip, two processes on one scheduler | #{fmt_us(beam.local_rtt)} |
+    | message round trip, two processes on two schedulers | #{fmt_us(beam.remote_rtt)} |
+    | a bare process that spawns a process per request to run `Worker.Runtime.invoke/3` (hello), 1 → 2 callers | #{round(beam.spawner_1)}/s → #{round(beam.spawner_2)}/s, #{fmt(beam.spawner_2 / beam.spawner_1)}× |
     """
   end
+
+  defp fmt_us(nil), do: "n/a"
+  defp fmt_us(us), do: "#{fmt(us)} µs"
 
   defp fmt(x) when is_float(x), do: :erlang.float_to_binary(x, decimals: 2)
   defp fmt(x), do: to_string(x)
