@@ -32,6 +32,7 @@ defmodule Worker.Native do
   def runtime_stats, do: err()
   def json_encode(_term), do: err()
   def json_decode(_text), do: err()
+  def store_sync_dir(_path), do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -9,7 +9,8 @@ defmodule Worker.Store do
       can load them;
     * `node_info` - the node's long name and tag.
 
-  Every file is written atomically (temporary file, fsync, rename) and
+  Every file is written atomically (temporary file, fsync, rename, then an
+  fsync of the directory, so that a power loss cannot undo the rename) and
   carries a SHA-256 of its contents, checked on every read: a torn, corrupt
   or foreign file reads as missing and is deleted, never used.
   """
@@ -125,8 +126,9 @@ defmodule Worker.Store do
     data = [@magic, :crypto.hash(:sha256, payload), payload]
 
     result =
-      with :ok <- write_synced(tmp, data) do
-        :file.rename(tmp, path)
+      with :ok <- write_synced(tmp, data),
+           :ok <- :file.rename(tmp, path) do
+        Worker.Native.store_sync_dir(Path.dirname(path))
       end
 
     if result != :ok, do: File.rm(tmp)

@@ -111,4 +111,12 @@ defmodule Worker.PersistenceTest do
     # evicted from memory, not from disk
     assert {:ok, _} = call(node, {:invoke, %{b | code: nil}, %{}})
   end
+
+  test "a directory's entries can be flushed; a missing one is an error, not a crash",
+       %{tmp_dir: dir} do
+    assert Worker.Native.store_sync_dir(dir) == :ok
+    missing = Path.join(dir, "missing")
+    assert {:error, message} = Worker.Native.store_sync_dir(missing)
+    assert message =~ missing
+  end
 end
