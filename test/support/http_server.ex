@@ -14,7 +14,8 @@ defmodule Worker.Test.HttpServer do
     * `GET /endless` - a chunked body that never ends;
     * `GET /sleep/MS` - waits MS milliseconds, then 200 "late";
     * `GET /redirect` - 302 to `/text/redirected`;
-    * `GET /goto/URL` - 302 to URL (percent-encoded).
+    * `GET /goto/URL` - 302 to URL (percent-encoded);
+    * `GET /hops/N` - a chain of N redirects, then 200 "arrived".
   """
 
   @doc "Starts the server; returns its base URL, e.g. `http://127.0.0.1:40123`."
@@ -147,6 +148,13 @@ defmodule Worker.Test.HttpServer do
       socket,
       "HTTP/1.1 302 Found\r\nlocation: #{URI.decode(target)}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     )
+  end
+
+  defp respond(socket, %{path: "/hops/0"}), do: reply(socket, 200, "arrived")
+
+  defp respond(socket, %{path: "/hops/" <> n}) do
+    location = "/hops/#{String.to_integer(n) - 1}"
+    respond(socket, %{path: "/goto/" <> URI.encode_www_form(location)})
   end
 
   defp respond(socket, _request), do: reply(socket, 404, "not found")

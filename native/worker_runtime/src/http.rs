@@ -125,8 +125,9 @@ fn build_client(policy: Arc<Policy>) -> Result<reqwest::Client, String> {
         .user_agent(concat!("funless-worker/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(PolicyResolver(policy))
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            // previous() holds the first URL too: it is the redirects so far + 1
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(Refusal(format!("more than {MAX_REDIRECTS} redirects")))
             } else if let Err(refused) = redirects.check_url(attempt.url()) {
                 attempt.error(Refusal(format!("redirect refused: {refused}")))
             } else {

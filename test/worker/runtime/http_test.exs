@@ -77,6 +77,26 @@ defmodule Worker.Runtime.HttpTest do
              {:ok, %{"status" => 200, "body" => "redirected"}}
   end
 
+  test "up to 5 redirects are followed; a sixth is refused", %{
+    base: base,
+    http: http,
+    allow: allow
+  } do
+    assert invoke(http, %{url: base <> "/hops/5"}, allow) ==
+             {:ok, %{"status" => 200, "body" => "arrived"}}
+
+    me = self()
+
+    log =
+      capture_log(fn ->
+        assert invoke(http, %{url: base <> "/hops/6"}, allow, on_stats: &send(me, {:stats, &1})) ==
+                 {:ok, %{"status" => 0, "body" => ""}}
+      end)
+
+    assert log =~ "more than 5 redirects"
+    assert_received {:stats, %{http_refused: 1, http_failed: 0}}
+  end
+
   test "a failed request gives status 0 and an empty body, and is logged", %{
     http: http,
     allow: allow
@@ -96,8 +116,12 @@ defmodule Worker.Runtime.HttpTest do
   end
 
   test "schemes other than http and https are refused", %{http: http, allow: allow} do
-    assert invoke(http, %{url: "file:///etc/passwd"}, allow) ==
+    me = self()
+
+    assert invoke(http, %{url: "file:///etc/passwd"}, allow, on_stats: &send(me, {:stats, &1})) ==
              {:ok, %{"status" => 0, "body" => ""}}
+
+    assert_received {:stats, %{http_refused: 1, http_failed: 0}}
   end
 
   test "a response body over the cap is cut off as a failure", %{
