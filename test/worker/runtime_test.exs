@@ -256,6 +256,14 @@ defmodule Worker.RuntimeTest do
       # errno 8 is EBADF: fd 3 is not a preopened directory
       assert Runtime.invoke(compile!({:wat, "wasi_open"}), %{}) == {:ok, 8}
     end
+
+    test "random_get gives up to 1 MiB a call; asking more traps" do
+      random = compile!({:wat, "random_get"})
+      assert Runtime.invoke(random, 16) == {:ok, 0}
+      assert Runtime.invoke(random, 1_048_576) == {:ok, 0}
+      assert {:error, {:trap, message}} = Runtime.invoke(random, 1_048_577)
+      assert message =~ "exceeds limit"
+    end
   end
 
   describe "options" do

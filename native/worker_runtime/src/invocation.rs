@@ -60,6 +60,9 @@ impl Default for Limits {
     }
 }
 
+/// The most bytes one WASI `random_get` may ask for; more traps.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// How an invocation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -153,8 +156,9 @@ impl Invocation {
                 sink: logs.clone(),
                 stream: Stream::Stderr,
             })
-            // random_get fills a host buffer before copying; keep each call small
-            .max_random_size(64 << 10)
+            // random_get fills a host buffer of the asked size before
+            // copying it, and traps past this (see README, limits)
+            .max_random_size(MAX_RANDOM_BYTES)
             .build_p1();
         let max_memory = limits.max_memory.min(rt.settings.memory_cap);
         let deadline = Instant::now() + limits.timeout;
