@@ -40,7 +40,8 @@ pub struct Settings {
     pub tick: Duration,
     /// Bytes of each pool slot (memory, table, stack) reset in place rather
     /// than returned to the OS. `FL_POOL_KEEP_RESIDENT_KB`; by default 1 MiB
-    /// where the kernel has PAGEMAP_SCAN (Linux 6.7), else 0: without it,
+    /// where the PAGEMAP_SCAN ioctl works (Linux 6.7 and later, as Wasmtime
+    /// probes it), else 0: without it,
     /// Wasmtime would memset the whole kept range on every reuse.
     pub keep_resident: usize,
 }
@@ -63,22 +64,11 @@ impl Settings {
             ),
             keep_resident: match std::env::var("FL_POOL_KEEP_RESIDENT_KB") {
                 Ok(kb) => (kb.trim().parse::<u64>().unwrap_or(0).min(1 << 20) << 10) as usize,
-                Err(_) if has_pagemap_scan() => 1 << 20,
+                Err(_) if PoolingAllocationConfig::is_pagemap_scan_available() => 1 << 20,
                 Err(_) => 0,
             },
         }
     }
-}
-
-/// Linux 6.7 and later have the PAGEMAP_SCAN ioctl.
-fn has_pagemap_scan() -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return false;
-    };
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
-    matches!((numbers.next(), numbers.next()), (Some(major), Some(minor)) if (major, minor) >= (6, 7))
 }
 
 pub struct Runtime {
