@@ -45,11 +45,7 @@ fn module_serialize<'a>(env: Env<'a>, module: ResourceArc<ModuleResource>) -> Te
             binary.as_mut_slice().copy_from_slice(&bytes);
             (atoms::ok(), Term::from(binary)).encode(env)
         }
-        Err(e) => (
-            atoms::error(),
-            (atoms::runtime_unavailable(), e.to_string()),
-        )
-            .encode(env),
+        Err(e) => runtime_unavailable(env, e.to_string()),
     }
 }
 
@@ -68,12 +64,12 @@ fn module_load<'a>(env: Env<'a>, artifact: Binary, wasm_bytes: usize) -> Term<'a
 fn engine_fingerprint(env: Env) -> Term {
     match worker_runtime::engine_fingerprint() {
         Ok(text) => (atoms::ok(), text).encode(env),
-        Err(e) => (
-            atoms::error(),
-            (atoms::runtime_unavailable(), e.to_string()),
-        )
-            .encode(env),
+        Err(e) => runtime_unavailable(env, e.to_string()),
     }
+}
+
+fn runtime_unavailable(env: Env, reason: String) -> Term {
+    (atoms::error(), (atoms::runtime_unavailable(), reason)).encode(env)
 }
 
 fn module_reply(env: Env, result: Result<CompiledModule, CompileError>) -> Term {
@@ -89,9 +85,7 @@ fn module_reply(env: Env, result: Result<CompiledModule, CompileError>) -> Term 
         Err(CompileError::Invalid(reason)) => {
             (atoms::error(), (atoms::invalid_module(), reason)).encode(env)
         }
-        Err(CompileError::Runtime(reason)) => {
-            (atoms::error(), (atoms::runtime_unavailable(), reason)).encode(env)
-        }
+        Err(CompileError::Runtime(reason)) => runtime_unavailable(env, reason),
     }
 }
 

@@ -55,15 +55,12 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
             bytes.len()
         )));
     }
-    let binary = if bytes.starts_with(b"\0asm") {
-        std::borrow::Cow::Borrowed(bytes)
-    } else {
-        wat::parse_bytes(bytes).map_err(|e| {
-            invalid(format!(
-                "not a WebAssembly module (no \\0asm header), nor WAT text: {e}"
-            ))
-        })?
-    };
+    // A binary (with its \0asm header) passes through untouched.
+    let binary = wat::parse_bytes(bytes).map_err(|e| {
+        invalid(format!(
+            "not a WebAssembly module (no \\0asm header), nor WAT text: {e}"
+        ))
+    })?;
     // Also refuses a memory whose minimum is over the cap (the pool's limit).
     let module = Module::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
     link(module, bytes.len())

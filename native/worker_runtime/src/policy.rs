@@ -86,10 +86,6 @@ impl Policy {
         Ok(Policy { allow })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.allow.is_empty()
-    }
-
     /// Is `host:port` on the allow-list?
     fn allows(&self, host: &str, port: u16) -> bool {
         let host = normalize_host(host);

