@@ -26,13 +26,14 @@ defmodule Worker.NodeInfo do
   end
 
   @doc "Sets the long name, the tag, or both (`nil` keeps a value); persists them."
-  @spec set(String.t() | nil, String.t() | nil) :: {String.t(), String.t()} | {:error, term()}
+  @spec set(String.t() | nil, String.t() | nil) ::
+          {:ok, {String.t(), String.t()}} | {:error, term()}
   def set(long_name, tag) do
     Agent.get_and_update(__MODULE__, fn {old_name, old_tag} = old ->
       new = {long_name || old_name, tag || old_tag}
 
       case Store.put_term(@file_name, new) do
-        :ok -> {new, publish(new)}
+        :ok -> {{:ok, new}, publish(new)}
         error -> {error, old}
       end
     end)

@@ -181,9 +181,6 @@ defmodule Worker.Server do
   end
 
   defp set_info(name, tag) do
-    case NodeInfo.set(name, tag) do
-      {name, tag} -> {:ok, name, tag}
-      error -> error
-    end
+    with {:ok, {name, tag}} <- NodeInfo.set(name, tag), do: {:ok, name, tag}
   end
 end

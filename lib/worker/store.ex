@@ -121,12 +121,12 @@ defmodule Worker.Store do
   end
 
   defp write(path, payload) do
-    File.mkdir_p!(Path.dirname(path))
     tmp = "#{path}.tmp.#{System.unique_integer([:positive])}"
     data = [@magic, :crypto.hash(:sha256, payload), payload]
 
     result =
-      with :ok <- write_synced(tmp, data),
+      with :ok <- File.mkdir_p(Path.dirname(path)),
+           :ok <- write_synced(tmp, data),
            :ok <- :file.rename(tmp, path) do
         Worker.Native.store_sync_dir(Path.dirname(path))
       end

@@ -160,6 +160,24 @@ defmodule Worker.ServerTest do
     assert call(node, :get_info) == {:ok, "edge-worker-1", "gpu"}
   end
 
+  test "node info that cannot be written is an error, and nothing changes", %{
+    node: node,
+    dir: dir
+  } do
+    # a data directory under a regular file: no directory can be made there
+    blocker = Path.join(dir, "a-file")
+    File.write!(blocker, "")
+    data_dir = remote(node, Application, :fetch_env!, [:worker, :data_dir])
+    :ok = remote(node, Application, :put_env, [:worker, :data_dir, Path.join(blocker, "data")])
+
+    assert {:error, _} = call(node, {:set_tag, "gpu"})
+    assert {:error, _} = call(node, {:set_long_name, "elsewhere"})
+    assert call(node, :get_info) == {:ok, Atom.to_string(node), Atom.to_string(node)}
+
+    :ok = remote(node, Application, :put_env, [:worker, :data_dir, data_dir])
+    assert call(node, {:set_tag, "gpu"}) == {:ok, Atom.to_string(node), "gpu"}
+  end
+
   test "capacity from the metadata bounds the function's memory", %{node: node} do
     grow = %{function("grow", wat!("grow")) | metadata: %Data.FunctionMetadata{capacity: 1}}
     assert call(node, {:store_function, grow}) == :ok
@@ -193,11 +211,22 @@ defmodule Worker.ServerTest do
     assert {:error, {:invalid_args, _}} =
              call(node, {:invoke, function("echo", wasm!("echo")), {:tuple}})
 
+    # a request that crashes (the function cache is gone) answers with the
+    # crash; the next request is served
+    echo = function("echo", wasm!("echo"))
+    assert call(node, {:store_function, echo}) == :ok
+    :ok = remote(node, Supervisor, :terminate_child, [Worker.Supervisor, Worker.Functions])
+    level = remote(node, Logger, :level, [])
+    :ok = remote(node, Logger, :configure, [[level: :critical]])
+    assert {:error, {:internal, _}} = call(node, {:invoke, without_code(echo), %{}})
+    :ok = remote(node, Logger, :configure, [[level: level]])
+    {:ok, _} = remote(node, Supervisor, :restart_child, [Worker.Supervisor, Worker.Functions])
+
     # a raw message to the process
     send({:worker, node}, :garbage)
 
+    assert call(node, {:invoke, without_code(echo), %{}}) == {:ok, %{}}
     assert remote(node, Process, :whereis, [:worker]) == server
-    assert call(node, {:invoke, function("echo", wasm!("echo")), %{}}) == {:ok, %{}}
   end
 
   test "500 concurrent invocations over distribution all succeed", %{node: node} do
