@@ -33,12 +33,16 @@ defmodule Worker.Functions do
   `{:error, :code_not_found}`.
   """
   @spec fetch(key(), binary() | nil) :: {:ok, Runtime.Module.t()} | {:error, term()}
-  def fetch(key, code \\ nil) do
+  def fetch(key, code \\ nil)
+
+  def fetch(key, nil) do
     case lookup(key) do
-      {:ok, module} when is_nil(code) -> {:ok, module}
-      _ -> GenServer.call(__MODULE__, {:load, key, code}, :infinity)
+      {:ok, module} -> {:ok, module}
+      :miss -> GenServer.call(__MODULE__, {:load, key, nil}, :infinity)
     end
   end
+
+  def fetch(key, code), do: GenServer.call(__MODULE__, {:load, key, code}, :infinity)
 
   @doc """
   Stores a function: writes its code, compiles it (refusing invalid
@@ -78,13 +82,17 @@ defmodule Worker.Functions do
 
   # Marks an entry as just used, at most once per @touch_ms: the order of
   # recency is kept to that precision, and a hot function costs one ETS
-  # read per hit. Concurrent touches may leave stale LRU rows behind;
-  # eviction skips rows whose tick no longer matches the entry.
+  # read per hit. The tick is swapped only if it is still the one read, so
+  # of concurrent touches exactly one moves the entry's LRU row.
   defp touch(key, {used_ms, _} = old_tick) do
     if System.monotonic_time(:millisecond) - used_ms >= @touch_ms do
       tick = tick()
 
-      if :ets.update_element(@table, key, {4, tick}) do
+      swap = [
+        {{key, :"$1", :"$2", old_tick}, [], [{{{:const, key}, :"$1", :"$2", {:const, tick}}}]}
+      ]
+
+      if :ets.select_replace(@table, swap) == 1 do
         :ets.insert(@lru, {tick, key})
         :ets.delete(@lru, old_tick)
       end
@@ -130,8 +138,10 @@ defmodule Worker.Functions do
         {:noreply,
          put_in(state.loading[key], %{load | queue: :queue.in({:load, from, code}, load.queue)})}
 
+      # as if it had waited: a load that finished since the caller's own
+      # lookup missed serves it
       %{} ->
-        {:noreply, start_load(state, key, code, [from], :queue.new())}
+        {:noreply, drain(state, key, :queue.from_list([{:load, from, code}]))}
     end
   end
 
