@@ -45,11 +45,17 @@ defmodule Worker.Admission do
   defp acquire do
     {atomics, max, _} = :persistent_term.get(__MODULE__)
 
-    if :atomics.add_get(atomics, @slots, 1) <= max do
-      :ok
-    else
-      :atomics.sub(atomics, @slots, 1)
-      GenServer.call(__MODULE__, :wait, :infinity)
+    # Nobody queued: a free slot is ours. Otherwise queue behind them.
+    cond do
+      :atomics.get(atomics, @waiting) > 0 ->
+        GenServer.call(__MODULE__, :wait, :infinity)
+
+      :atomics.add_get(atomics, @slots, 1) <= max ->
+        :ok
+
+      true ->
+        :atomics.sub(atomics, @slots, 1)
+        GenServer.call(__MODULE__, :wait, :infinity)
     end
   end
 
@@ -80,7 +86,7 @@ defmodule Worker.Admission do
   @impl true
   def handle_call(:wait, {pid, _} = from, state) do
     cond do
-      take_slot(state) ->
+      :queue.is_empty(state.queue) and take_slot(state) ->
         {:reply, :ok, state}
 
       :queue.len(state.queue) >= state.queue_limit ->
