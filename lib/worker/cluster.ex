@@ -77,11 +77,11 @@ defmodule Worker.Cluster do
     found =
       case :inet.getaddrs(String.to_charlist(state.dns), :inet) do
         {:ok, ips} -> MapSet.new(ips, fn ip -> :"#{state.basename}@#{:inet.ntoa(ip)}" end)
-        {:error, reason} -> log_dns_failure(state.dns, reason)
+        {:error, reason} -> log_dns_failure(state, reason)
       end
 
     # The latest answer replaces the previous one: hosts gone from DNS are
-    # no longer retried.
+    # no longer retried. A failed lookup keeps the previous answer.
     new = MapSet.difference(found, state.targets)
     Enum.each(new, &send(self(), {:connect, &1}))
     Process.send_after(self(), :resolve, state.dns_interval)
@@ -103,8 +103,8 @@ defmodule Worker.Cluster do
     {:noreply, state}
   end
 
-  defp log_dns_failure(name, reason) do
-    Logger.warning("Worker.Cluster: cannot resolve #{name}: #{inspect(reason)}")
-    MapSet.new()
+  defp log_dns_failure(state, reason) do
+    Logger.warning("Worker.Cluster: cannot resolve #{state.dns}: #{inspect(reason)}")
+    MapSet.difference(state.targets, state.static)
   end
 end

@@ -79,4 +79,10 @@ defmodule Worker.Test.Cluster do
   catch
     _, _ -> :ok
   end
+
+  @doc "Run on a worker node: points its `Worker.Cluster` at another DNS name."
+  def set_core_dns(name) do
+    :sys.replace_state(Worker.Cluster, &%{&1 | dns: name})
+    :ok
+  end
 end

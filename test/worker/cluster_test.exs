@@ -38,7 +38,8 @@ defmodule Worker.ClusterTest do
 
     # the Core drops the connection; the worker comes back on its own
     true = :erpc.call(core, Node, :disconnect, [worker])
-    refute connected?(worker, core)
+    # the worker retries after 500 ms at the earliest: the gap is seen
+    assert eventually(fn -> not connected?(worker, core) end)
     assert eventually(fn -> connected?(worker, core) end)
   end
 
@@ -57,5 +58,12 @@ defmodule Worker.ClusterTest do
 
     on_exit(fn -> Cluster.stop(peer) end)
     assert eventually(fn -> connected?(worker, core) end)
+
+    # DNS stops answering: the Core found before stays a target
+    :ok = :erpc.call(worker, Cluster, :set_core_dns, ["nowhere.invalid"])
+    :ok = :erpc.call(worker, Logger, :configure, [[level: :error]])
+    # a few lookups later
+    Process.sleep(500)
+    assert %{^core => true} = :erpc.call(worker, Worker.Cluster, :status, [])
   end
 end
