@@ -294,6 +294,7 @@ defmodule Worker.Metrics do
 
   defp node_metrics do
     admission = safe(fn -> Worker.Admission.info() end, %{running: 0, waiting: 0, overloaded: 0})
+    runtime = safe(fn -> Worker.Runtime.stats() end, %{in_flight: 0, max_slice_us: 0})
 
     [
       gauge("worker_beam_memory_bytes", "Memory allocated by the BEAM.", :erlang.memory(:total)),
@@ -325,7 +326,12 @@ defmodule Worker.Metrics do
       gauge(
         "worker_runtime_in_flight",
         "Invocations alive in the native runtime.",
-        Worker.Runtime.stats().in_flight
+        runtime.in_flight
+      ),
+      gauge(
+        "worker_runtime_max_slice_seconds",
+        "Longest time a guest held a scheduler in one slice, since the last scrape.",
+        runtime.max_slice_us / 1_000_000
       )
     ]
   end

@@ -93,6 +93,9 @@ defmodule Worker.MetricsTest do
     assert at.("worker_cache_misses_total", hello_l) == 1.0
     assert at.("worker_cache_hits_total", hello_l) == 7.0
     assert at.("worker_invocations_in_flight", hello_l) == 0.0
+    # spin ran in slices until its timeout; the figure is per scrape
+    assert at.("worker_runtime_max_slice_seconds", %{}) > 0
+    assert Prometheus.value(metrics!(base), "worker_runtime_max_slice_seconds", %{}) == 0.0
 
     # node and the names the FunLess Core reads
     for name <-
@@ -202,10 +205,13 @@ defmodule Worker.MetricsTest do
     # scraped while it runs
     scrapes = for _ <- 1..5, do: Process.sleep(50) && metrics!(base)
     assert Task.await(burst, 120_000) == 10_000
-    assert Enum.all?(scrapes, &is_map(&1.types))
+
+    # each page a consistent moment: the count only grows
+    labels = %{"function" => "echo", "outcome" => "ok"}
+    seen = Enum.map(scrapes, &(Prometheus.value(&1, "worker_invocations_total", labels) || 0.0))
+    assert seen == Enum.sort(seen) and List.last(seen) <= 10_000.0
 
     page = metrics!(base)
-    labels = %{"function" => "echo", "outcome" => "ok"}
     assert Prometheus.value(page, "worker_invocations_total", labels) == 10_000.0
 
     assert Prometheus.value(page, "worker_invocation_duration_seconds_count", %{

@@ -91,13 +91,7 @@ defmodule Worker.Metrics.Endpoint do
 
   defp respond(_method, _path), do: {404, "text/plain", "not found\n"}
 
-  defp ready? do
-    Process.whereis(:worker) != nil and match?(%{in_flight: _}, safe_stats())
-  end
-
-  defp safe_stats do
-    Worker.Runtime.stats()
-  rescue
-    _ -> nil
-  end
+  # :worker starts after Worker.Functions, whose start has already loaded
+  # the runtime (it reads the engine fingerprint): registered means ready.
+  defp ready?, do: Process.whereis(:worker) != nil
 end
