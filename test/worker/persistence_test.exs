@@ -70,7 +70,9 @@ defmodule Worker.PersistenceTest do
 
     damages = [
       fn bytes -> binary_part(bytes, 0, div(byte_size(bytes), 2)) end,
-      fn <<head::binary-size(100), _, rest::binary>> -> <<head::binary, 0xAA, rest::binary>> end,
+      fn <<head::binary-size(100), byte, rest::binary>> ->
+        <<head::binary, Bitwise.bxor(byte, 0xFF), rest::binary>>
+      end,
       fn _ -> "not an artifact" end,
       # a valid container whose payload is not a Wasmtime module
       fn _ -> <<"FLW1", :crypto.hash(:sha256, "foreign")::binary, "foreign">> end
