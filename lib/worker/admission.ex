@@ -2,142 +2,300 @@ defmodule Worker.Admission do
   @moduledoc """
   Admission control: at most `FL_MAX_CONCURRENCY` invocations run at once.
 
-  Taking a slot is one atomic operation while slots are free. Beyond that,
-  callers wait in a FIFO queue of at most `FL_QUEUE_LIMIT`; past that they
-  get `{:error, :overloaded}` at once. Nothing piles up without bound.
+  A slot is a `Worker.Gate` ticket, so it comes back when its invocation
+  ends, however it ends. While slots are free and nobody waits, taking one
+  is a single atomic operation in the caller. Otherwise the caller waits in
+  a FIFO queue of at most `FL_QUEUE_LIMIT`, kept by this server:
+
+    * past the limit, `{:error, :overloaded}` at once;
+    * after `FL_QUEUE_TIMEOUT_MS` in the queue, `{:error, :queue_timeout}`;
+    * if the `:caller` it serves dies meanwhile, `{:error, :cancelled}`.
+
+  The server is not registered and takes requests from local processes
+  only: no other node can hold a slot or wedge the queue.
   """
   use GenServer
 
-  @slots 1
-  @waiting 2
-  @overloaded 3
+  alias Worker.{Gate, Native, Stray}
 
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+  @overloaded 1
+  @expired 2
+  @cancelled 3
 
-  @doc "Runs `fun` in a slot, or returns `{:error, :overloaded}`."
-  @spec run((() -> result)) :: result | {:error, :overloaded} when result: term()
-  def run(fun) do
-    case acquire() do
-      :ok ->
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
+
+  @doc false
+  # The gate and counters outlive restarts of the server: tickets held by
+  # running invocations go back to the gate they came from.
+  def init_gate do
+    unless :persistent_term.get({__MODULE__, :gate}, nil) do
+      max = Application.fetch_env!(:worker, :max_concurrency)
+      :persistent_term.put({__MODULE__, :gate}, Gate.new(max))
+      :persistent_term.put({__MODULE__, :counters}, :counters.new(3, [:write_concurrency]))
+    end
+
+    :ok
+  end
+
+  @doc """
+  Runs `fun` in a slot, or returns `{:error, :overloaded | :queue_timeout
+  | :cancelled}`. Option `:caller`: a process whose death, while this one
+  waits, gives up the wait.
+  """
+  @spec run((() -> result), keyword()) :: result | {:error, atom()} when result: term()
+  def run(fun, opts \\ []) do
+    case acquire(opts) do
+      {:ok, ticket} ->
         try do
           fun.()
         after
-          release()
+          Gate.leave(ticket)
         end
 
-      :overloaded ->
-        {:error, :overloaded}
+      {:error, _} = error ->
+        error
     end
   end
 
-  @doc "Slots in use, callers waiting, and requests refused so far."
-  @spec info() :: %{running: integer(), waiting: integer(), overloaded: integer()}
+  @doc "Slots in use, callers waiting, and requests refused or expired so far."
+  @spec info() :: %{
+          running: integer(),
+          waiting: integer(),
+          overloaded: integer(),
+          expired: integer(),
+          cancelled: integer()
+        }
   def info do
-    {atomics, max, _} = :persistent_term.get(__MODULE__)
+    %{used: used, max: max, waiting: waiting} = Gate.info(gate())
+    c = counters()
 
     %{
-      running: min(:atomics.get(atomics, @slots), max),
-      waiting: :atomics.get(atomics, @waiting),
-      overloaded: :atomics.get(atomics, @overloaded)
+      running: min(used, max),
+      waiting: waiting,
+      overloaded: :counters.get(c, @overloaded),
+      expired: :counters.get(c, @expired),
+      cancelled: :counters.get(c, @cancelled)
     }
   end
 
-  defp acquire do
-    {atomics, max, _} = :persistent_term.get(__MODULE__)
+  defp gate, do: :persistent_term.get({__MODULE__, :gate})
+  defp counters, do: :persistent_term.get({__MODULE__, :counters})
 
-    # Nobody queued: a free slot is ours. Otherwise queue behind them.
-    cond do
-      :atomics.get(atomics, @waiting) > 0 ->
-        GenServer.call(__MODULE__, :wait, :infinity)
+  defp acquire(opts) do
+    gate = gate()
 
-      :atomics.add_get(atomics, @slots, 1) <= max ->
-        :ok
-
-      true ->
-        :atomics.sub(atomics, @slots, 1)
-        GenServer.call(__MODULE__, :wait, :infinity)
+    case Gate.enter(gate) do
+      nil -> wait(:persistent_term.get({__MODULE__, :server}, nil), opts)
+      ticket -> {:ok, ticket}
     end
   end
 
-  defp release do
-    {atomics, _, _} = :persistent_term.get(__MODULE__)
-    :atomics.sub(atomics, @slots, 1)
-    if :atomics.get(atomics, @waiting) > 0, do: GenServer.cast(__MODULE__, :grant)
+  defp wait(nil, _opts), do: refuse(@overloaded, :overloaded)
+
+  defp wait(server, opts) do
+    ref = Process.monitor(server)
+    watch = if caller = opts[:caller], do: Process.monitor(caller)
+    send(server, {:"$fl_wait", self(), ref})
+    timeout = Application.fetch_env!(:worker, :queue_timeout_ms)
+
+    result =
+      receive do
+        {^ref, {:granted, reservation}} ->
+          # ours now: it goes back when this process ends
+          ticket = Gate.take(reservation)
+          send(server, {:"$fl_claimed", ref})
+          {:ok, ticket}
+
+        {^ref, :overloaded} ->
+          refuse(@overloaded, :overloaded)
+
+        {:DOWN, ^ref, _, _, _} ->
+          refuse(@overloaded, :overloaded)
+
+        {:DOWN, ^watch, _, _, _} ->
+          cancel(server, ref)
+          refuse(@cancelled, :cancelled)
+      after
+        timeout ->
+          cancel(server, ref)
+          refuse(@expired, :queue_timeout)
+      end
+
+    Process.demonitor(ref, [:flush])
+    if watch, do: Process.demonitor(watch, [:flush])
+    result
   end
+
+  defp refuse(counter, reason) do
+    :counters.add(counters(), counter, 1)
+    {:error, reason}
+  end
+
+  # Leaves the queue. A grant sent before the server saw the cancel comes
+  # first (messages between two processes keep their order): give it back.
+  defp cancel(server, ref) do
+    send(server, {:"$fl_cancel", ref})
+    await_cancel(ref)
+  end
+
+  defp await_cancel(ref) do
+    receive do
+      {^ref, {:granted, reservation}} ->
+        Gate.leave(reservation)
+        await_cancel(ref)
+
+      {^ref, :cancelled} ->
+        :ok
+
+      {:DOWN, ^ref, _, _, _} ->
+        :ok
+    end
+  end
+
+  ## Server
 
   @impl true
   def init(_opts) do
-    max = Application.fetch_env!(:worker, :max_concurrency)
-    queue_limit = Application.fetch_env!(:worker, :queue_limit)
+    init_gate()
+    :persistent_term.put({__MODULE__, :server}, self())
 
-    # The slot counter outlives a restart of this server: slots held by
-    # running invocations are released into the same counter they came from.
-    atomics =
-      case :persistent_term.get(__MODULE__, nil) do
-        {atomics, _, _} -> atomics
-        nil -> :atomics.new(3, signed: true)
-      end
+    state = %{
+      gate: gate(),
+      limit: Application.fetch_env!(:worker, :queue_limit),
+      # refs in arrival order; entries that left are skipped when met
+      queue: :queue.new(),
+      # ref => {pid, monitor, :queued | :reserved}
+      entries: %{},
+      monitors: %{},
+      queued: 0
+    }
 
-    :atomics.put(atomics, @waiting, 0)
-    :persistent_term.put(__MODULE__, {atomics, max, queue_limit})
-    {:ok, %{queue: :queue.new(), atomics: atomics, max: max, queue_limit: queue_limit}}
+    {:ok, publish(state)}
   end
 
   @impl true
-  def handle_call(:wait, {pid, _} = from, state) do
-    cond do
-      :queue.is_empty(state.queue) and take_slot(state) ->
-        {:reply, :ok, state}
+  def handle_info({:"$fl_wait", pid, ref}, state)
+      when is_pid(pid) and node(pid) == node() and is_reference(ref) do
+    if state.queued >= state.limit do
+      send(pid, {ref, :overloaded})
+      {:noreply, state}
+    else
+      monitor = Process.monitor(pid)
 
-      :queue.len(state.queue) >= state.queue_limit ->
-        :atomics.add(state.atomics, @overloaded, 1)
-        {:reply, :overloaded, state}
+      state = %{
+        state
+        | queue: :queue.in(ref, state.queue),
+          entries: Map.put(state.entries, ref, {pid, monitor, :queued}),
+          monitors: Map.put(state.monitors, monitor, ref),
+          queued: state.queued + 1
+      }
 
-      true ->
-        ref = Process.monitor(pid)
-        :atomics.add(state.atomics, @waiting, 1)
-        # A slot freed since take_slot/1 saw no waiter to grant: look again.
-        {:noreply, grant(%{state | queue: :queue.in({from, ref}, state.queue)})}
+      # the waiter is counted before a slot is looked for: a slot given
+      # back meanwhile either is found here or sends :"$fl_gate_free"
+      {:noreply, state |> publish() |> grant()}
     end
   end
 
-  @impl true
-  def handle_cast(:grant, state), do: {:noreply, grant(state)}
-  def handle_cast(_message, state), do: {:noreply, state}
+  def handle_info(:"$fl_gate_free", state), do: {:noreply, grant(state)}
 
-  @impl true
-  def handle_info({:DOWN, ref, :process, _, _}, state) do
-    queue = :queue.filter(fn {_, r} -> r != ref end, state.queue)
-    :atomics.put(state.atomics, @waiting, :queue.len(queue))
-    {:noreply, grant(%{state | queue: queue})}
+  def handle_info({:"$fl_claimed", ref}, state), do: {:noreply, forget(state, ref)}
+
+  def handle_info({:"$fl_cancel", ref}, state) do
+    case state.entries do
+      %{^ref => {pid, _, _}} ->
+        send(pid, {ref, :cancelled})
+        {:noreply, forget(state, ref)}
+
+      %{} ->
+        {:noreply, state}
+    end
   end
 
-  def handle_info(_message, state), do: {:noreply, state}
+  def handle_info({:DOWN, monitor, :process, _, _}, state) do
+    case state.monitors do
+      %{^monitor => ref} ->
+        reserved? = match?({_, _, :reserved}, state.entries[ref])
+        state = forget(state, ref)
+        # its reservation may now be referenced from this heap only
+        if reserved?, do: :erlang.garbage_collect()
+        {:noreply, state}
 
+      %{} ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info(message, state) do
+    Stray.drop("Worker.Admission", message)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_call(request, _from, state) do
+    Stray.drop("Worker.Admission", request)
+    {:reply, {:error, {:bad_request, "not a public interface"}}, state}
+  end
+
+  @impl true
+  def handle_cast(request, state) do
+    Stray.drop("Worker.Admission", request)
+    {:noreply, state}
+  end
+
+  # Reserves free slots for the first waiters, in order.
   defp grant(state) do
-    with {{:value, {from, ref}}, rest} <- :queue.out(state.queue),
-         true <- take_slot(state) do
-      :atomics.sub(state.atomics, @waiting, 1)
+    case :queue.out(state.queue) do
+      {{:value, ref}, rest} ->
+        case state.entries do
+          %{^ref => {pid, monitor, :queued}} ->
+            case Native.gate_reserve(state.gate) do
+              nil ->
+                state
 
-      # A waiter that died (its :DOWN not yet handled) gets no slot.
-      if Process.demonitor(ref, [:flush, :info]) do
-        GenServer.reply(from, :ok)
-      else
-        :atomics.sub(state.atomics, @slots, 1)
-      end
+              reservation ->
+                send(pid, {ref, {:granted, reservation}})
+                entries = Map.put(state.entries, ref, {pid, monitor, :reserved})
 
-      grant(%{state | queue: rest})
-    else
-      _ -> state
+                %{state | queue: rest, entries: entries, queued: state.queued - 1}
+                |> publish()
+                |> grant()
+            end
+
+          %{} ->
+            grant(%{state | queue: rest})
+        end
+
+      {:empty, _} ->
+        state
     end
   end
 
-  defp take_slot(state) do
-    if :atomics.add_get(state.atomics, @slots, 1) <= state.max do
-      true
-    else
-      :atomics.sub(state.atomics, @slots, 1)
-      false
+  defp forget(state, ref) do
+    case Map.pop(state.entries, ref) do
+      {{_pid, monitor, status}, entries} ->
+        Process.demonitor(monitor, [:flush])
+        queued = if status == :queued, do: state.queued - 1, else: state.queued
+
+        %{state | entries: entries, monitors: Map.delete(state.monitors, monitor), queued: queued}
+        |> compact()
+        |> publish()
+
+      {nil, _} ->
+        state
     end
+  end
+
+  # Entries that left stay in the queue until met; keep their number small.
+  defp compact(state) do
+    if :queue.len(state.queue) > 2 * state.queued + 64 do
+      %{state | queue: :queue.filter(&Map.has_key?(state.entries, &1), state.queue)}
+    else
+      state
+    end
+  end
+
+  defp publish(state) do
+    Native.gate_queue(state.gate, state.queued, self())
+    state
   end
 end

@@ -7,12 +7,18 @@ defmodule Worker.Application do
     Worker.Config.apply_defaults()
     File.mkdir_p!(Worker.Store.dir())
     Worker.Metrics.init()
+    Worker.Stray.init()
+    Worker.Admission.init_gate()
+    Worker.Handler.init_gates()
 
+    # Only :worker is registered: any node can send a registered process
+    # anything, and every gen_server (supervisors included) exits on some
+    # messages (a call or system message whose reply address is not one).
+    # :worker survives them all (see Worker.Server); the other processes
+    # are reached through :persistent_term, by this node's code alone.
     children = [
       # first, so that /readyz answers 503 until :worker is registered
       Worker.Metrics.Endpoint,
-      {Task.Supervisor, name: Worker.Tasks},
-      {DynamicSupervisor, name: Worker.Handlers, strategy: :one_for_one, max_children: 10_000},
       Worker.NodeInfo,
       Worker.Functions,
       Worker.Admission,
@@ -20,6 +26,13 @@ defmodule Worker.Application do
       Worker.Cluster
     ]
 
-    Supervisor.start_link(children, strategy: :one_for_one, name: Worker.Supervisor)
+    with {:ok, pid} <- Supervisor.start_link(children, strategy: :one_for_one) do
+      :persistent_term.put({__MODULE__, :supervisor}, pid)
+      {:ok, pid}
+    end
   end
+
+  @doc false
+  # The top supervisor, for tests and remote consoles.
+  def supervisor, do: :persistent_term.get({__MODULE__, :supervisor})
 end

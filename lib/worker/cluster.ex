@@ -4,36 +4,51 @@ defmodule Worker.Cluster do
 
   * `FL_CORE_NODES` - comma-separated nodes to connect to, e.g.
     `core@10.0.0.5,core@10.0.0.6`;
-  * `FL_CORE_DNS` - a DNS name whose A records (through the system resolver) are the Core hosts (a
-    Kubernetes headless service, say), looked up every
-    `FL_CORE_DNS_INTERVAL_MS`; each address becomes the node
-    `FL_CORE_BASENAME@ADDRESS` (basename default `core`).
+  * `FL_CORE_DNS` - a DNS name whose A records (through the system
+    resolver) are the Core hosts (a Kubernetes headless service, say),
+    looked up every `FL_CORE_DNS_INTERVAL_MS`; each address becomes the
+    node `FL_CORE_BASENAME@ADDRESS` (basename default `core`).
 
   A node that cannot be reached, or goes down, is retried with exponential
   backoff (0.5 s up to 30 s). Every join and loss is logged. Nothing
   happens unless this node is distributed.
+
+  Connecting happens in a process of its own, one at a time per node, so
+  a host that drops packets (a connect can take `net_setuptime`) never
+  blocks this server. Node names are atoms, which are never freed: at
+  most #{256} names are ever made from DNS answers; past that, new
+  addresses are logged and skipped.
   """
   use GenServer
+
+  alias Worker.Stray
 
   require Logger
 
   @min_backoff 500
   @max_backoff 30_000
+  @max_dns_names 256
 
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
+
+  @doc false
+  def server, do: :persistent_term.get({__MODULE__, :server})
 
   @doc "The target nodes and whether each is connected."
   @spec status() :: %{node() => boolean()}
-  def status, do: GenServer.call(__MODULE__, :status)
+  def status, do: GenServer.call(server(), :status)
 
   @impl true
   def init(_opts) do
+    :persistent_term.put({__MODULE__, :server}, self())
     static = MapSet.new(Application.get_env(:worker, :core_nodes, []))
 
     state = %{
       static: static,
       targets: static,
       backoff: %{},
+      connecting: MapSet.new(),
+      dns_names: MapSet.new(),
       dns: Application.get_env(:worker, :core_dns),
       basename: Application.get_env(:worker, :core_basename, "core"),
       dns_interval: Application.get_env(:worker, :core_dns_interval_ms, 10_000)
@@ -53,31 +68,56 @@ defmodule Worker.Cluster do
     {:reply, Map.new(state.targets, &{&1, &1 in Node.list()}), state}
   end
 
+  def handle_call(request, _from, state) do
+    Stray.drop("Worker.Cluster", request)
+    {:reply, {:error, {:bad_request, "unknown request"}}, state}
+  end
+
   @impl true
-  def handle_info({:connect, node}, state) do
+  def handle_cast(request, state) do
+    Stray.drop("Worker.Cluster", request)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_info({:connect, node}, state) when is_atom(node) do
     cond do
       node not in state.targets ->
         {:noreply, %{state | backoff: Map.delete(state.backoff, node)}}
 
-      node in Node.list() ->
+      node in Node.list() or node in state.connecting ->
         {:noreply, state}
 
-      Node.connect(node) == true ->
+      true ->
+        server = self()
+        spawn(fn -> send(server, {:"$fl_connected", node, Node.connect(node) == true}) end)
+        {:noreply, %{state | connecting: MapSet.put(state.connecting, node)}}
+    end
+  end
+
+  def handle_info({:"$fl_connected", node, connected?}, state) do
+    state = %{state | connecting: MapSet.delete(state.connecting, node)}
+
+    cond do
+      connected? ->
         {:noreply, %{state | backoff: Map.delete(state.backoff, node)}}
 
-      true ->
+      node in state.targets ->
         delay = Map.get(state.backoff, node, @min_backoff)
         Logger.debug("Worker.Cluster: #{node} unreachable; retrying in #{delay} ms")
         Process.send_after(self(), {:connect, node}, delay)
         {:noreply, put_in(state.backoff[node], min(delay * 2, @max_backoff))}
+
+      true ->
+        {:noreply, state}
     end
   end
 
-  def handle_info(:resolve, state) do
-    found =
+  def handle_info(:resolve, state) when is_binary(state.dns) do
+    {found, state} =
       case :inet.getaddrs(String.to_charlist(state.dns), :inet) do
-        {:ok, ips} -> MapSet.new(ips, fn ip -> :"#{state.basename}@#{:inet.ntoa(ip)}" end)
-        {:error, reason} -> log_dns_failure(state, reason)
+        {:ok, ips} -> names(ips, state)
+        {:error, reason} -> {log_dns_failure(state, reason), state}
       end
 
     # The latest answer replaces the previous one: hosts gone from DNS are
@@ -101,6 +141,41 @@ defmodule Worker.Cluster do
     end
 
     {:noreply, state}
+  end
+
+  def handle_info(message, state) do
+    Stray.drop("Worker.Cluster", message)
+    {:noreply, state}
+  end
+
+  # Node names for the addresses, making new atoms only under the cap.
+  defp names(ips, state) do
+    Enum.reduce(ips, {MapSet.new(), state}, fn ip, {found, state} ->
+      text = "#{state.basename}@#{:inet.ntoa(ip)}"
+
+      name =
+        try do
+          String.to_existing_atom(text)
+        rescue
+          ArgumentError -> nil
+        end
+
+      cond do
+        name ->
+          {MapSet.put(found, name), state}
+
+        MapSet.size(state.dns_names) < @max_dns_names ->
+          name = String.to_atom(text)
+          {MapSet.put(found, name), %{state | dns_names: MapSet.put(state.dns_names, name)}}
+
+        true ->
+          Logger.warning(
+            "Worker.Cluster: #{@max_dns_names} node names made from DNS already; skipping #{text}"
+          )
+
+          {found, state}
+      end
+    end)
   end
 
   defp log_dns_failure(state, reason) do

@@ -8,6 +8,9 @@ defmodule Worker.Config do
   | `:data_dir` | `FL_DATA_DIR` | `./fl_data` |
   | `:max_concurrency` | `FL_MAX_CONCURRENCY` | 4 x schedulers |
   | `:queue_limit` | `FL_QUEUE_LIMIT` | 1 000 |
+  | `:queue_timeout_ms` | `FL_QUEUE_TIMEOUT_MS` | 10 000 |
+  | `:max_requests` | `FL_MAX_REQUESTS` | 4 096 |
+  | `:handler_max_bytes` | `FL_HANDLER_MAX_MB` | 256 MiB |
   | `:cache_max_entries` | `FL_CACHE_MAX_ENTRIES` | 256 |
   | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB |
   | `:max_capacity_mb` | `FL_MAX_CAPACITY_MB` | 512 |
@@ -77,6 +80,9 @@ defmodule Worker.Config do
       data_dir: Path.expand("fl_data"),
       max_concurrency: 4 * System.schedulers_online(),
       queue_limit: 1_000,
+      queue_timeout_ms: 10_000,
+      max_requests: 4_096,
+      handler_max_bytes: 256 * 1024 * 1024,
       cache_max_entries: 256,
       cache_max_bytes: 512 * 1024 * 1024,
       max_capacity_mb: 512,
@@ -101,6 +107,9 @@ defmodule Worker.Config do
       data_dir: env["FL_DATA_DIR"],
       max_concurrency: int(env["FL_MAX_CONCURRENCY"]),
       queue_limit: int(env["FL_QUEUE_LIMIT"]),
+      queue_timeout_ms: int(env["FL_QUEUE_TIMEOUT_MS"]),
+      max_requests: int(env["FL_MAX_REQUESTS"]),
+      handler_max_bytes: mb(env["FL_HANDLER_MAX_MB"]),
       cache_max_entries: int(env["FL_CACHE_MAX_ENTRIES"]),
       cache_max_bytes: mb(env["FL_CACHE_MAX_MB"]),
       max_capacity_mb: int(env["FL_MAX_CAPACITY_MB"]),

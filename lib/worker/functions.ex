@@ -14,7 +14,7 @@ defmodule Worker.Functions do
   """
   use GenServer
 
-  alias Worker.{Metrics, Runtime, Store}
+  alias Worker.{Metrics, Runtime, Store, Stray}
 
   require Logger
 
@@ -24,7 +24,11 @@ defmodule Worker.Functions do
 
   @type key :: Store.key()
 
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
+
+  # Not registered: only this node's own processes reach it (see
+  # Worker.Server on what other nodes may send).
+  defp server, do: :persistent_term.get({__MODULE__, :server})
 
   @doc """
   The compiled module for `key`. With `code`, the code is first written to
@@ -38,11 +42,11 @@ defmodule Worker.Functions do
   def fetch(key, nil) do
     case lookup(key) do
       {:ok, module} -> {:ok, module}
-      :miss -> GenServer.call(__MODULE__, {:load, key, nil}, :infinity)
+      :miss -> GenServer.call(server(), {:load, key, nil}, :infinity)
     end
   end
 
-  def fetch(key, code), do: GenServer.call(__MODULE__, {:load, key, code}, :infinity)
+  def fetch(key, code), do: GenServer.call(server(), {:load, key, code}, :infinity)
 
   @doc """
   Stores a function: writes its code, compiles it (refusing invalid
@@ -50,7 +54,7 @@ defmodule Worker.Functions do
   """
   @spec store(key(), binary()) :: :ok | {:error, term()}
   def store(key, code) do
-    case GenServer.call(__MODULE__, {:load, key, code}, :infinity) do
+    case GenServer.call(server(), {:load, key, code}, :infinity) do
       {:ok, _module} -> :ok
       error -> error
     end
@@ -58,14 +62,14 @@ defmodule Worker.Functions do
 
   @doc "Forgets a function: cache and code (after any load of it under way)."
   @spec delete(key()) :: :ok
-  def delete(key), do: GenServer.call(__MODULE__, {:delete, key}, :infinity)
+  def delete(key), do: GenServer.call(server(), {:delete, key}, :infinity)
 
   @doc """
   Cache figures: entries, compiled bytes, hits, misses, evictions, and how
   misses were served: compiles, artifact loads.
   """
   @spec info() :: map()
-  def info, do: GenServer.call(__MODULE__, :info)
+  def info, do: GenServer.call(server(), :info)
 
   defp lookup(key) do
     case :ets.lookup(@table, key) do
@@ -107,8 +111,14 @@ defmodule Worker.Functions do
 
   ## Server
 
+  @doc false
+  # For tests and debugging: the loads under way, by key.
+  def loading, do: GenServer.call(server(), :loading)
+
   @impl true
   def init(_opts) do
+    :persistent_term.put({__MODULE__, :server}, self())
+    Store.remove_temporary()
     Store.prune_artifacts()
     :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
     :ets.new(@lru, [:ordered_set, :public, :named_table])
@@ -171,8 +181,21 @@ defmodule Worker.Functions do
      }, state}
   end
 
+  def handle_call(:loading, _from, state), do: {:reply, Map.keys(state.loading), state}
+
+  def handle_call(request, _from, state) do
+    Stray.drop("Worker.Functions", request)
+    {:reply, {:error, {:bad_request, "unknown request"}}, state}
+  end
+
   @impl true
-  def handle_info({ref, result}, state) when is_reference(ref) do
+  def handle_cast(request, state) do
+    Stray.drop("Worker.Functions", request)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_info({:"$fl_loaded", ref, result}, state) when is_reference(ref) do
     Process.demonitor(ref, [:flush])
     finish(state, ref, result)
   end
@@ -182,14 +205,25 @@ defmodule Worker.Functions do
   end
 
   def handle_info(message, state) do
-    Logger.warning("Worker.Functions: ignoring message #{inspect(message, limit: 20)}")
+    Stray.drop("Worker.Functions", message)
     {:noreply, state}
   end
 
+  # A loader is a process of its own, monitored: this server never waits
+  # on a compile, and a loader that crashes fails its load only.
   defp start_load(state, key, code, waiters, queue) do
     :counters.add(counters(), 2, 1)
-    task = Task.Supervisor.async_nolink(Worker.Tasks, fn -> load(key, code) end)
-    load = %{ref: task.ref, code: code, waiters: waiters, queue: queue}
+    server = self()
+
+    {_pid, ref} =
+      spawn_monitor(fn ->
+        receive do
+          {:"$fl_go", ref} -> send(server, {:"$fl_loaded", ref, load(key, code)})
+        end
+      end)
+      |> tap(fn {pid, ref} -> send(pid, {:"$fl_go", ref}) end)
+
+    load = %{ref: ref, code: code, waiters: waiters, queue: queue}
     put_in(state.loading[key], load)
   end
 

@@ -1,6 +1,7 @@
 defmodule Worker.Native do
-  # The NIF stubs, one per `#[rustler::nif]` in native/worker_nif. Nothing
-  # outside Worker.Runtime calls these; see that module for the contract.
+  # The NIF stubs, one per `#[rustler::nif]` in native/worker_nif, for
+  # Worker.Runtime, Worker.Gate, Worker.Store and Worker.JSON; see those
+  # modules for the contract.
   @moduledoc false
 
   @on_load :load_nif
@@ -24,15 +25,27 @@ defmodule Worker.Native do
   def module_serialize(_module), do: err()
   def module_load(_artifact, _wasm_bytes), do: err()
   def engine_fingerprint, do: err()
-  def invocation_start(_module, _args, _timeout_ms, _max_memory, _http_allow), do: err()
+
+  def invocation_start(_module, _args, _encoded, _timeout_ms, _max_memory, _http_allow),
+    do: err()
+
   def invocation_resume(_invocation), do: err()
   def invocation_resume_dirty(_invocation), do: err()
   def invocation_decode(_invocation), do: err()
   def invocation_cancel(_invocation), do: err()
   def runtime_stats, do: err()
+  def args_encode(_term), do: err()
+  def args_encode_dirty(_term), do: err()
   def json_encode(_term), do: err()
   def json_decode(_text), do: err()
   def store_sync_dir(_path), do: err()
+  def gate_new(_max), do: err()
+  def gate_enter(_gate, _weight), do: err()
+  def gate_take(_ticket), do: err()
+  def gate_leave(_ticket), do: err()
+  def gate_reserve(_gate), do: err()
+  def gate_queue(_gate, _waiting, _server), do: err()
+  def gate_info(_gate), do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

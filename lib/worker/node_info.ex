@@ -4,39 +4,81 @@ defmodule Worker.NodeInfo do
 
   Both are persisted in the data directory. Until set, the long name is
   `FL_WORKER_NAME` (otherwise the node name) and the tag `FL_WORKER_TAG`
-  (otherwise the long name).
+  (otherwise the long name). A new value must be UTF-8 text of 1 to
+  #{255} bytes with no control characters; anything else is refused with
+  `{:error, {:bad_request, reason}}` and the previous value stays.
   """
-  use Agent
+  use GenServer
 
-  alias Worker.Store
+  alias Worker.{Store, Stray}
 
   @file_name "node_info"
+  @max_bytes 255
 
-  def start_link(_opts) do
-    Agent.start_link(fn -> publish(initial()) end, name: __MODULE__)
-  end
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
   @doc "`{long_name, tag}`: a read that never waits on a write."
   @spec get() :: {String.t(), String.t()}
   def get, do: :persistent_term.get(__MODULE__)
 
-  defp publish(info) do
-    :persistent_term.put(__MODULE__, info)
-    info
-  end
-
   @doc "Sets the long name, the tag, or both (`nil` keeps a value); persists them."
   @spec set(String.t() | nil, String.t() | nil) ::
           {:ok, {String.t(), String.t()}} | {:error, term()}
   def set(long_name, tag) do
-    Agent.get_and_update(__MODULE__, fn {old_name, old_tag} = old ->
-      new = {long_name || old_name, tag || old_tag}
+    with :ok <- check(long_name, "long name"), :ok <- check(tag, "tag") do
+      GenServer.call(:persistent_term.get({__MODULE__, :server}), {:set, long_name, tag})
+    end
+  end
 
-      case Store.put_term(@file_name, new) do
-        :ok -> {{:ok, new}, publish(new)}
-        error -> {error, old}
-      end
-    end)
+  defp check(nil, _what), do: :ok
+
+  defp check(value, what) when is_binary(value) and byte_size(value) in 1..@max_bytes do
+    if String.valid?(value) and not String.match?(value, ~r/[[:cntrl:]]/u) do
+      :ok
+    else
+      {:error, {:bad_request, "the #{what} must be UTF-8 text without control characters"}}
+    end
+  end
+
+  defp check(_value, what),
+    do: {:error, {:bad_request, "the #{what} must be UTF-8 text of 1 to #{@max_bytes} bytes"}}
+
+  @impl true
+  def init(_opts) do
+    :persistent_term.put({__MODULE__, :server}, self())
+    {:ok, publish(initial())}
+  end
+
+  @impl true
+  def handle_call({:set, long_name, tag}, _from, {old_name, old_tag} = old) do
+    new = {long_name || old_name, tag || old_tag}
+
+    case Store.put_term(@file_name, new) do
+      :ok -> {:reply, {:ok, new}, publish(new)}
+      error -> {:reply, error, old}
+    end
+  end
+
+  def handle_call(request, _from, state) do
+    Stray.drop("Worker.NodeInfo", request)
+    {:reply, {:error, {:bad_request, "unknown request"}}, state}
+  end
+
+  @impl true
+  def handle_cast(request, state) do
+    Stray.drop("Worker.NodeInfo", request)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_info(message, state) do
+    Stray.drop("Worker.NodeInfo", message)
+    {:noreply, state}
+  end
+
+  defp publish(info) do
+    if :persistent_term.get(__MODULE__, nil) != info, do: :persistent_term.put(__MODULE__, info)
+    info
   end
 
   defp initial do

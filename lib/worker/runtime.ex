@@ -37,6 +37,7 @@ defmodule Worker.Runtime do
           | {:exit, integer()}
           | {:instantiate, String.t()}
           | {:panic, String.t()}
+          | :cancelled
           | :busy
 
   @doc """
@@ -87,7 +88,8 @@ defmodule Worker.Runtime do
 
   @doc """
   Invokes a compiled function with `args`, which become the JSON text the
-  function reads with `__get_input_data`.
+  function reads with `__get_input_data` (or `{:json, text}` from
+  `encode_args/1`, which is that text already).
 
   `args` may hold maps (string, atom or integer keys), lists, UTF-8
   binaries, integers, floats, booleans, `nil` and other atoms (as strings).
@@ -110,6 +112,9 @@ defmodule Worker.Runtime do
       redirect;
     * `:metadata` - keyword list added to the Logger metadata of the lines
       the function logs, for example `[fl_module: "m", fl_function: "f"]`;
+    * `:caller` - a process the invocation serves: if it dies, the
+      invocation stops within a time slice and returns
+      `{:error, :cancelled}`;
     * `:on_stats` - a function called once, at the end, with
       `%{dropped_lines:, http_ok:, http_failed:, http_refused:}` when the
       invocation dropped log lines or made outbound requests.
@@ -125,6 +130,7 @@ defmodule Worker.Runtime do
     * `{:error, :timeout}` - the deadline passed;
     * `{:error, {:invalid_args, reason}}` - `args` cannot be JSON, or is
       larger than the input cap (4 MiB);
+    * `{:error, :cancelled}` - the `:caller` died;
     * `{:error, {:invalid_response, reason}}` - the response is not JSON;
     * `{:error, :no_response}` - it returned 0 without a response;
     * `{:error, {:bad_return, code}}` - it returned neither 0 nor 1;
@@ -134,7 +140,8 @@ defmodule Worker.Runtime do
     * `{:error, {:panic, reason}}` - a bug in the worker; the runtime stays
       usable.
   """
-  @spec invoke(Module.t(), term(), keyword()) :: {:ok, term()} | {:error, invoke_error()}
+  @spec invoke(Module.t(), term() | {:json, binary()}, keyword()) ::
+          {:ok, term()} | {:error, invoke_error()}
   def invoke(%Module{ref: ref}, args, opts \\ []) do
     {default_timeout, default_memory, default_allow} = Worker.Config.invoke_defaults()
     timeout = Keyword.get(opts, :timeout, default_timeout)
@@ -142,6 +149,7 @@ defmodule Worker.Runtime do
     metadata = Keyword.get(opts, :metadata, [])
     on_stats = Keyword.get(opts, :on_stats)
     http_allow = Keyword.get(opts, :http_allow, default_allow)
+    caller = Keyword.get(opts, :caller)
 
     unless is_integer(timeout) and timeout in 0..@max_timeout do
       raise ArgumentError, ":timeout must be an integer of milliseconds up to #{@max_timeout}"
@@ -163,16 +171,58 @@ defmodule Worker.Runtime do
       raise ArgumentError, ":metadata must be a keyword list"
     end
 
+    unless is_nil(caller) or is_pid(caller) do
+      raise ArgumentError, ":caller must be a pid"
+    end
+
     loop = %{
       deadline: System.monotonic_time(:millisecond) + timeout,
       metadata: metadata,
       on_stats: on_stats,
-      resume: &Native.invocation_resume/1
+      resume: &Native.invocation_resume/1,
+      caller: caller,
+      watch: nil
     }
 
     ref
-    |> Native.invocation_start(args, timeout, max_memory, http_allow)
+    |> start(args, [timeout, max_memory, http_allow])
     |> drive(loop)
+  end
+
+  # Arguments too large to encode on a normal scheduler come back as
+  # :dirty; they are encoded on a dirty one, then the invocation starts.
+  defp start(ref, {:json, text}, limits) when is_binary(text),
+    do: apply(Native, :invocation_start, [ref, text, true | limits])
+
+  defp start(ref, args, limits) do
+    case apply(Native, :invocation_start, [ref, args, false | limits]) do
+      :dirty ->
+        case Native.args_encode_dirty(args) do
+          {:ok, text} -> start(ref, {:json, text}, limits)
+          {:error, _} = error -> {:done, error, []}
+        end
+
+      reply ->
+        reply
+    end
+  end
+
+  @doc """
+  The JSON text `invoke/3` would give the function for `args`, as
+  `{:json, text}`, which `invoke/3` also takes: arguments kept this way are
+  one binary, compact and shared between processes without a copy. Large
+  arguments are encoded on a dirty scheduler; the walk stops at the input
+  cap (4 MiB), however large the term.
+  """
+  @spec encode_args(term()) :: {:ok, {:json, binary()}} | {:error, {:invalid_args, String.t()}}
+  def encode_args(args) do
+    result =
+      case Native.args_encode(args) do
+        :dirty -> Native.args_encode_dirty(args)
+        result -> result
+      end
+
+    with {:ok, text} <- result, do: {:ok, {:json, text}}
   end
 
   @doc """
@@ -187,12 +237,19 @@ defmodule Worker.Runtime do
   # about one time slice.
   defp drive({:done, result, lines}, loop) do
     emit(lines, loop)
+    if loop.watch, do: Process.demonitor(loop.watch, [:flush])
     result
   end
 
   defp drive({:yield, invocation, lines}, loop) do
     emit(lines, loop)
-    invocation |> loop.resume.() |> drive(loop)
+    loop = watch(loop)
+
+    if abandoned?(loop) do
+      cancel(invocation, nil, loop, {:error, :cancelled})
+    else
+      invocation |> loop.resume.() |> drive(loop)
+    end
   end
 
   # A slice ran long (a long host call, a huge bulk memory operation): the
@@ -203,38 +260,68 @@ defmodule Worker.Runtime do
 
   defp drive({:wait, invocation, id, lines}, loop) do
     emit(lines, loop)
+    loop = watch(loop)
 
-    case await_wake(invocation, id, loop.deadline) do
+    case await_wake(invocation, id, loop) do
       :woken -> invocation |> loop.resume.() |> drive(loop)
-      timeout -> timeout
+      stopped -> stopped
     end
   end
 
   defp drive({:decode, invocation, lines}, loop) do
     emit(lines, loop)
+    if loop.watch, do: Process.demonitor(loop.watch, [:flush])
     Native.invocation_decode(invocation)
+  end
+
+  # With a :caller, an invocation that outlives its first slice watches it.
+  defp watch(%{caller: caller, watch: nil} = loop) when is_pid(caller),
+    do: %{loop | watch: Process.monitor(caller)}
+
+  defp watch(loop), do: loop
+
+  defp abandoned?(%{watch: nil}), do: false
+
+  defp abandoned?(%{watch: watch}) do
+    receive do
+      {:DOWN, ^watch, _, _, _} -> true
+    after
+      0 -> false
+    end
   end
 
   # The guest waits on I/O (or a timer): block in receive until the runtime
   # wakes us. The runtime enforces the deadline itself, host calls included;
   # the margin here only matters if it somehow fails to wake us.
-  defp await_wake(invocation, id, deadline) do
-    left = max(deadline - System.monotonic_time(:millisecond), 0) + 1_000
+  defp await_wake(invocation, id, loop) do
+    left = max(loop.deadline - System.monotonic_time(:millisecond), 0) + 1_000
+    watch = loop.watch
 
     receive do
-      {:"$fl_wake", ^id} -> :woken
-    after
-      left ->
-        if Native.invocation_cancel(invocation) == :wake_pending do
-          receive do
-            {:"$fl_wake", ^id} -> :ok
-          after
-            5_000 -> :ok
-          end
-        end
+      {:"$fl_wake", ^id} ->
+        :woken
 
-        {:error, :timeout}
+      {:DOWN, ^watch, _, _, _} ->
+        cancel(invocation, id, %{loop | watch: nil}, {:error, :cancelled})
+    after
+      left -> cancel(invocation, id, loop, {:error, :timeout})
     end
+  end
+
+  # Drops the invocation. One that was waiting may have a wake message on
+  # its way (`:wake_pending`): it is flushed, so it never reaches whatever
+  # this process does next.
+  defp cancel(invocation, wake_id, loop, result) do
+    if Native.invocation_cancel(invocation) == :wake_pending and wake_id do
+      receive do
+        {:"$fl_wake", ^wake_id} -> :ok
+      after
+        5_000 -> :ok
+      end
+    end
+
+    if loop.watch, do: Process.demonitor(loop.watch, [:flush])
+    result
   end
 
   defp emit([], _loop), do: :ok

@@ -85,6 +85,29 @@ defmodule Worker.Store do
     :ok
   end
 
+  @doc """
+  Removes the temporary files that writes interrupted by a crash (or a
+  `kill -9`) left behind. Run at start, before anything writes.
+  """
+  @spec remove_temporary() :: :ok
+  def remove_temporary do
+    artifacts = Path.join(dir(), "artifacts")
+
+    dirs = [
+      dir(),
+      Path.join(dir(), "functions") | Enum.map(ls(artifacts), &Path.join(artifacts, &1))
+    ]
+
+    for dir <- dirs,
+        {:ok, names} <- [File.ls(dir)],
+        name <- names,
+        String.contains?(name, ".tmp.") do
+      File.rm(Path.join(dir, name))
+    end
+
+    :ok
+  end
+
   defp ls(path) do
     case File.ls(path) do
       {:ok, names} -> Enum.reject(names, &String.contains?(&1, ".tmp."))

@@ -82,7 +82,7 @@ defmodule Worker.Test.Cluster do
 
   @doc "Run on a worker node: points its `Worker.Cluster` at another DNS name."
   def set_core_dns(name) do
-    :sys.replace_state(Worker.Cluster, &%{&1 | dns: name})
+    :sys.replace_state(Worker.Cluster.server(), &%{&1 | dns: name})
     :ok
   end
 end

@@ -178,11 +178,21 @@ defmodule Worker.MetricsTest do
     assert {200, _, "ok\n"} = get(base <> "/healthz")
     assert {200, _, "ready\n"} = get(base <> "/readyz")
 
-    :ok = :erpc.call(node, Supervisor, :terminate_child, [Worker.Supervisor, Worker.Server])
+    :ok =
+      :erpc.call(node, Supervisor, :terminate_child, [
+        :erpc.call(node, Worker.Application, :supervisor, []),
+        Worker.Server
+      ])
+
     assert {503, _, _} = get(base <> "/readyz")
     assert {200, _, _} = get(base <> "/healthz")
 
-    {:ok, _} = :erpc.call(node, Supervisor, :restart_child, [Worker.Supervisor, Worker.Server])
+    {:ok, _} =
+      :erpc.call(node, Supervisor, :restart_child, [
+        :erpc.call(node, Worker.Application, :supervisor, []),
+        Worker.Server
+      ])
+
     assert {200, _, "ready\n"} = get(base <> "/readyz")
     assert {404, _, _} = get(base <> "/nope")
   end

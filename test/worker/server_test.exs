@@ -144,7 +144,7 @@ defmodule Worker.ServerTest do
 
   defp wait_until_loading(node, tries \\ 2_000) do
     cond do
-      map_size(remote(node, :sys, :get_state, [Worker.Functions]).loading) > 0 -> true
+      remote(node, Worker.Functions, :loading, []) != [] -> true
       tries == 0 -> false
       true -> wait_until_loading(node, tries - 1)
     end
@@ -215,12 +215,23 @@ defmodule Worker.ServerTest do
     # crash; the next request is served
     echo = function("echo", wasm!("echo"))
     assert call(node, {:store_function, echo}) == :ok
-    :ok = remote(node, Supervisor, :terminate_child, [Worker.Supervisor, Worker.Functions])
+
+    :ok =
+      remote(node, Supervisor, :terminate_child, [
+        remote(node, Worker.Application, :supervisor, []),
+        Worker.Functions
+      ])
+
     level = remote(node, Logger, :level, [])
     :ok = remote(node, Logger, :configure, [[level: :critical]])
     assert {:error, {:internal, _}} = call(node, {:invoke, without_code(echo), %{}})
     :ok = remote(node, Logger, :configure, [[level: level]])
-    {:ok, _} = remote(node, Supervisor, :restart_child, [Worker.Supervisor, Worker.Functions])
+
+    {:ok, _} =
+      remote(node, Supervisor, :restart_child, [
+        remote(node, Worker.Application, :supervisor, []),
+        Worker.Functions
+      ])
 
     # a raw message to the process
     send({:worker, node}, :garbage)

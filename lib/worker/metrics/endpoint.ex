@@ -13,14 +13,16 @@ defmodule Worker.Metrics.Endpoint do
   require Record
   Record.defrecordp(:mod, Record.extract(:mod, from_lib: "inets/include/httpd.hrl"))
 
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
   @doc "The port it listens on, or `nil` when disabled."
   @spec port() :: :inet.port_number() | nil
-  def port, do: GenServer.call(__MODULE__, :port)
+  def port, do: GenServer.call(:persistent_term.get({__MODULE__, :server}), :port)
 
   @impl true
   def init(_opts) do
+    :persistent_term.put({__MODULE__, :server}, self())
+
     case Application.fetch_env!(:worker, :metrics_port) do
       0 ->
         {:ok, nil}
@@ -57,6 +59,23 @@ defmodule Worker.Metrics.Endpoint do
 
   def handle_call(:port, _from, pid) do
     {:reply, :proplists.get_value(:port, :httpd.info(pid)), pid}
+  end
+
+  def handle_call(request, _from, state) do
+    Worker.Stray.drop("Worker.Metrics.Endpoint", request)
+    {:reply, {:error, {:bad_request, "unknown request"}}, state}
+  end
+
+  @impl true
+  def handle_cast(request, state) do
+    Worker.Stray.drop("Worker.Metrics.Endpoint", request)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_info(message, state) do
+    Worker.Stray.drop("Worker.Metrics.Endpoint", message)
+    {:noreply, state}
   end
 
   @impl true

@@ -6,6 +6,7 @@ rustler::atoms! {
     yield_dirty,
     wait,
     decode,
+    dirty,
     wake_pending,
     invalid_module,
     invalid_args,
@@ -29,4 +30,5 @@ rustler::atoms! {
     max_slice_us,
     nil,
     fl_wake = "$fl_wake",
+    fl_gate_free = "$fl_gate_free",
 }

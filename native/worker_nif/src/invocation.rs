@@ -12,11 +12,12 @@
 //! tears the instance down: nothing outlives its owner.
 
 use crate::atoms;
+use crate::mailer::{self, Message};
 use crate::module::ModuleResource;
 use crate::terms;
-use rustler::{Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
+use rustler::{Encoder, Env, LocalPid, ResourceArc, Term};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use worker_runtime::logs::{Line, Stats, Stream};
@@ -81,39 +82,8 @@ impl Wake for WakeState {
             }
         }
         // Went IDLE -> NOTIFIED: the process is waiting for this message.
-        if rustler::thread::is_scheduler_thread() {
-            // A scheduler thread cannot send without a process env of its
-            // own; the mailer thread sends for it.
-            if let Some(mailer) = mailer() {
-                let _ = mailer.send((self.pid, self.id));
-            }
-        } else {
-            send_wake(self.pid, self.id);
-        }
+        mailer::send(self.pid, Message::Wake(self.id));
     }
-}
-
-fn send_wake(pid: LocalPid, id: u64) {
-    let _ = OwnedEnv::new().send_and_clear(&pid, |env| (atoms::fl_wake(), id).encode(env));
-}
-
-/// A thread that sends wake messages on behalf of scheduler threads.
-fn mailer() -> Option<&'static crossbeam_channel::Sender<(LocalPid, u64)>> {
-    static MAILER: OnceLock<Option<crossbeam_channel::Sender<(LocalPid, u64)>>> = OnceLock::new();
-    MAILER
-        .get_or_init(|| {
-            let (tx, rx) = crossbeam_channel::unbounded::<(LocalPid, u64)>();
-            std::thread::Builder::new()
-                .name("fl-mailer".into())
-                .spawn(move || {
-                    for (pid, id) in rx {
-                        send_wake(pid, id);
-                    }
-                })
-                .ok()
-                .map(|_| tx)
-        })
-        .as_ref()
 }
 
 /// Wake ids: unique per invocation, made without a counter that every
@@ -141,23 +111,43 @@ pub fn take_max_slice_us() -> u64 {
     MAX_SLICE_US.swap(0, Ordering::Relaxed)
 }
 
-/// Starts an invocation and runs its first slice.
+/// Starts an invocation and runs its first slice. `arguments` is a term,
+/// or with `encoded` the JSON text of one (from `args_encode/2`). A term
+/// whose text is too long to encode on a normal scheduler gets `:dirty`:
+/// the caller encodes it with `args_encode_dirty/2` and starts again.
 #[rustler::nif]
 fn invocation_start<'a>(
     env: Env<'a>,
     module: ResourceArc<ModuleResource>,
     arguments: Term<'a>,
+    encoded: bool,
     timeout_ms: u64,
     max_memory: u64,
     http_allow: Vec<String>,
 ) -> Term<'a> {
     let started = Instant::now();
-    let invocation = match prepare(&module, arguments, timeout_ms, max_memory, http_allow) {
-        Ok(invocation) => invocation,
-        Err(reason) => {
-            let reply = error(env, (atoms::invalid_args(), reason));
-            return done(env, reply, &[], Stats::default());
+    let limits = match limits(timeout_ms, max_memory, http_allow) {
+        Ok(limits) => limits,
+        Err(reason) => return invalid_args(env, reason),
+    };
+    let input = if encoded {
+        match arguments.decode::<rustler::Binary>() {
+            Ok(text) => text.as_slice().to_vec(),
+            Err(_) => return invalid_args(env, "encoded arguments must be a binary".into()),
         }
+    } else {
+        let budget = limits.max_input_bytes.min(terms::NORMAL_ENCODE_BYTES);
+        match terms::to_json(arguments, budget) {
+            Ok(text) => text,
+            Err(terms::ToJsonError::TooLarge(_)) if limits.max_input_bytes > budget => {
+                return atoms::dirty().encode(env);
+            }
+            Err(reason) => return invalid_args(env, reason.to_string()),
+        }
+    };
+    let invocation = match Invocation::new(&module.0, input, limits) {
+        Ok(invocation) => invocation,
+        Err(reason) => return invalid_args(env, reason),
     };
     let wake = Arc::new(WakeState {
         state: AtomicU8::new(POLLING),
@@ -180,23 +170,19 @@ fn invocation_start<'a>(
     account(env, started, reply)
 }
 
-/// Limits, input JSON and the invocation itself; an error is a reason for
-/// `{:invalid_args, reason}`.
-fn prepare(
-    module: &ModuleResource,
-    arguments: Term,
-    timeout_ms: u64,
-    max_memory: u64,
-    http_allow: Vec<String>,
-) -> Result<Invocation, String> {
-    let limits = Limits {
+fn invalid_args(env: Env, reason: String) -> Term {
+    let reply = error(env, (atoms::invalid_args(), reason));
+    done(env, reply, &[], Stats::default())
+}
+
+/// The invocation's limits; an error is a reason for `{:invalid_args, _}`.
+fn limits(timeout_ms: u64, max_memory: u64, http_allow: Vec<String>) -> Result<Limits, String> {
+    Ok(Limits {
         timeout: Duration::from_millis(timeout_ms),
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
         http_allow: allow_list(http_allow)?,
         ..Limits::default()
-    };
-    let input = terms::to_json(arguments, limits.max_input_bytes)?;
-    Invocation::new(&module.0, input, limits)
+    })
 }
 
 /// The HTTP allow-list; the common empty one is no allocation at all.

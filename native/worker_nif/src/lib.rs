@@ -5,7 +5,9 @@
 //! `Worker.Runtime`, `terms.rs` for JSON <-> term conversion, `store.rs` for `Worker.Store`.
 
 mod atoms;
+mod gate;
 mod invocation;
+mod mailer;
 mod module;
 mod store;
 mod terms;

@@ -10,15 +10,54 @@ use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, NewBinary, Term, TermType};
 use worker_runtime::json::{self, Builder, Writer};
 
-/// Encodes `term` as JSON text of at most `max_bytes`.
-pub fn to_json(term: Term, max_bytes: usize) -> Result<Vec<u8>, String> {
+/// Why a term has no JSON text within the budget.
+pub enum ToJsonError {
+    /// The text would be longer than the budget.
+    TooLarge(usize),
+    /// The term has no JSON form.
+    Invalid(String),
+}
+
+impl From<String> for ToJsonError {
+    fn from(reason: String) -> Self {
+        ToJsonError::Invalid(reason)
+    }
+}
+
+impl From<&str> for ToJsonError {
+    fn from(reason: &str) -> Self {
+        ToJsonError::Invalid(reason.into())
+    }
+}
+
+impl From<json::EncodeError> for ToJsonError {
+    fn from(e: json::EncodeError) -> Self {
+        match e {
+            json::EncodeError::TooLarge(max) => ToJsonError::TooLarge(max),
+            other => ToJsonError::Invalid(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ToJsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToJsonError::TooLarge(max) => write!(f, "JSON text larger than {max} bytes"),
+            ToJsonError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Encodes `term` as JSON text of at most `max_bytes`. The walk stops as
+/// soon as the text passes the budget, however large the term.
+pub fn to_json(term: Term, max_bytes: usize) -> Result<Vec<u8>, ToJsonError> {
     let mut writer = Writer::new(max_bytes);
     write(term, &mut writer)?;
     Ok(writer.into_bytes())
 }
 
-fn write(term: Term, w: &mut Writer) -> Result<(), String> {
-    let e = |err: json::EncodeError| err.to_string();
+fn write(term: Term, w: &mut Writer) -> Result<(), ToJsonError> {
+    let e = ToJsonError::from;
     match term.get_type() {
         TermType::Atom => match term.atom_to_string().map_err(|_| "bad atom")?.as_str() {
             "nil" => w.null().map_err(e),
@@ -75,24 +114,27 @@ fn write(term: Term, w: &mut Writer) -> Result<(), String> {
                         };
                         w.key(&text).map_err(e)?
                     }
-                    other => return Err(format!("map key of type {other:?} cannot be a JSON key")),
+                    other => {
+                        return Err(
+                            format!("map key of type {other:?} cannot be a JSON key").into()
+                        );
+                    }
                 }
                 write(value, w)?;
             }
             w.end_object();
             Ok(())
         }
-        other => Err(format!(
-            "a term of type {other:?} cannot be encoded as JSON"
-        )),
+        other => Err(format!("a term of type {other:?} cannot be encoded as JSON").into()),
     }
 }
 
-fn utf8<'a>(term: Term<'a>) -> Result<&'a str, String> {
+fn utf8<'a>(term: Term<'a>) -> Result<&'a str, ToJsonError> {
     let binary = term
         .decode_as_binary()
-        .map_err(|_| "bitstrings cannot be encoded as JSON".to_string())?;
-    std::str::from_utf8(binary.as_slice()).map_err(|_| "binary is not valid UTF-8".to_string())
+        .map_err(|_| ToJsonError::from("bitstrings cannot be encoded as JSON"))?;
+    std::str::from_utf8(binary.as_slice())
+        .map_err(|_| ToJsonError::from("binary is not valid UTF-8"))
 }
 
 /// Decodes JSON text into terms.
@@ -160,7 +202,52 @@ fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
             binary.as_mut_slice().copy_from_slice(&bytes);
             (atoms::ok(), Term::from(binary)).encode(env)
         }
-        Err(reason) => (atoms::error(), reason).encode(env),
+        Err(reason) => (atoms::error(), reason.to_string()).encode(env),
+    }
+}
+
+/// Invocation arguments up to this much JSON text are encoded on a normal
+/// scheduler; larger ones on a dirty one.
+pub const NORMAL_ENCODE_BYTES: usize = 64 << 10;
+
+/// The input cap of every invocation.
+fn max_input_bytes() -> usize {
+    worker_runtime::Limits::default().max_input_bytes
+}
+
+/// Invocation arguments as JSON text: `{:ok, text}`,
+/// `{:error, {:invalid_args, reason}}`, or `:dirty` when the text is over
+/// [`NORMAL_ENCODE_BYTES`], for `args_encode_dirty/1`.
+#[rustler::nif]
+fn args_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    let max_bytes = max_input_bytes();
+    match to_json(term, max_bytes.min(NORMAL_ENCODE_BYTES)) {
+        Err(ToJsonError::TooLarge(_)) if max_bytes > NORMAL_ENCODE_BYTES => {
+            atoms::dirty().encode(env)
+        }
+        result => args_reply(env, result, max_bytes),
+    }
+}
+
+/// `args_encode/1` for large arguments, on a dirty scheduler.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn args_encode_dirty<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    let max_bytes = max_input_bytes();
+    args_reply(env, to_json(term, max_bytes), max_bytes)
+}
+
+fn args_reply<'a>(env: Env<'a>, result: Result<Vec<u8>, ToJsonError>, max: usize) -> Term<'a> {
+    match result {
+        Ok(bytes) => {
+            let mut binary = NewBinary::new(env, bytes.len());
+            binary.as_mut_slice().copy_from_slice(&bytes);
+            (atoms::ok(), Term::from(binary)).encode(env)
+        }
+        Err(ToJsonError::TooLarge(_)) => {
+            let reason = format!("arguments: JSON text larger than {max} bytes (the input cap)");
+            (atoms::error(), (atoms::invalid_args(), reason)).encode(env)
+        }
+        Err(reason) => (atoms::error(), (atoms::invalid_args(), reason.to_string())).encode(env),
     }
 }
 

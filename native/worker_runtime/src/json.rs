@@ -124,11 +124,16 @@ impl Writer {
     }
 
     pub fn i64(&mut self, value: i64) -> Result<(), EncodeError> {
-        self.raw(value.to_string().as_bytes())
+        self.separator();
+        // Writing into a Vec cannot fail, and needs no String per number.
+        let _ = std::io::Write::write_fmt(&mut self.out, format_args!("{value}"));
+        self.check_size()
     }
 
     pub fn u64(&mut self, value: u64) -> Result<(), EncodeError> {
-        self.raw(value.to_string().as_bytes())
+        self.separator();
+        let _ = std::io::Write::write_fmt(&mut self.out, format_args!("{value}"));
+        self.check_size()
     }
 
     pub fn f64(&mut self, value: f64) -> Result<(), EncodeError> {

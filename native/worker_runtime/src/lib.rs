@@ -2,6 +2,7 @@
 //! crate (`worker_nif`) wraps it for Elixir, and the `floor` binary measures
 //! it alone.
 
+pub mod bulk;
 pub mod engine;
 pub mod host;
 pub mod http;

@@ -1,0 +1,159 @@
+defmodule Worker.Handler do
+  @moduledoc """
+  A process per Core request: it serves the request, replies to the Core
+  itself, and ends.
+
+  * It holds a ticket of the request gate (`FL_MAX_REQUESTS`) while it
+    lives, so requests of every kind are bounded together, and the ticket
+    goes back however the process ends.
+  * An invocation passes the function to `Worker.Functions`, then to
+    `Worker.Invocation`. If the Core's calling process dies, a queued or
+    running invocation is cancelled.
+  * An invocation of a function this worker has no code for replies
+    `{:error, :code_not_found, self()}` and the process becomes the code
+    handler: it keeps the arguments (as JSON text, one binary, counted
+    against `FL_HANDLER_MAX_MB`) until the Core calls it with
+    `{:invoke, function_with_code}`, then stores the code, runs the
+    function with those arguments, and replies as an invocation does. It
+    ends after answering, or after `FL_HANDLER_TIMEOUT_MS` without a call.
+
+  A crash while serving a request answers that request with
+  `{:error, {:internal, _}}`, and nothing else.
+  """
+
+  alias Worker.{Functions, Gate, Invocation, NodeInfo, Request, Stray}
+
+  require Logger
+
+  @doc false
+  def init_gates do
+    unless :persistent_term.get({__MODULE__, :gate}, nil) do
+      requests = Application.fetch_env!(:worker, :max_requests)
+      handler_bytes = Application.fetch_env!(:worker, :handler_max_bytes)
+      :persistent_term.put({__MODULE__, :gate}, Gate.new(requests))
+      :persistent_term.put({__MODULE__, :bytes}, Gate.new(handler_bytes))
+    end
+
+    :ok
+  end
+
+  @doc "The gate of requests being served."
+  @spec gate() :: Gate.t()
+  def gate, do: :persistent_term.get({__MODULE__, :gate})
+
+  @doc "Whether `request` is one this module serves (besides invocations)."
+  @spec request?(term()) :: boolean()
+  def request?({:invoke, _function}), do: true
+  def request?({:store_function, _function}), do: true
+  def request?({:update_function, _prev_hash, _function}), do: true
+  def request?({:delete_function, _name, _module, _hash}), do: true
+  def request?({:set_long_name, _name}), do: true
+  def request?({:set_tag, _tag}), do: true
+  def request?(_), do: false
+
+  @doc false
+  # Runs in the process `Worker.Server` spawned; `ticket` is its slot in
+  # the request gate, made by `:worker` and taken over here.
+  def run(from, ticket, request) do
+    Gate.take(ticket)
+    serve(from, request)
+  end
+
+  defp serve({caller, _} = from, {:invoke, function, input}) do
+    case safely(fn -> invoke(function, input, caller) end) do
+      {:error, :code_not_found} -> await_code(from, function, input)
+      result -> reply(from, result)
+    end
+  end
+
+  defp serve(from, request), do: reply(from, safely(fn -> handle(request, from) end))
+
+  defp invoke(function, input, caller, code_required \\ false) do
+    with {:ok, request} <- Request.function(function, code_required),
+         {:ok, module} <- Functions.fetch(request.key, request.code) do
+      Invocation.run(request, module, input, caller)
+    end
+  end
+
+  defp handle({:invoke, function}, {caller, _}), do: invoke(function, {:json, "{}"}, caller, true)
+
+  defp handle({:store_function, function}, _from) do
+    with {:ok, request} <- Request.function(function, true) do
+      Functions.store(request.key, request.code)
+    end
+  end
+
+  defp handle({:update_function, prev_hash, function}, _from) do
+    with {:ok, request} <- Request.function(function, true),
+         true <- is_binary(prev_hash) || {:error, {:bad_request, "prev_hash must be a binary"}},
+         :ok <- Functions.store(request.key, request.code) do
+      {module, name, hash} = request.key
+      if prev_hash != hash, do: Functions.delete({module, name, prev_hash})
+      :ok
+    end
+  end
+
+  defp handle({:delete_function, name, module, hash}, _from)
+       when is_binary(name) and is_binary(module) and is_binary(hash),
+       do: Functions.delete({module, name, hash})
+
+  defp handle({:delete_function, _, _, _}, _from),
+    do: {:error, {:bad_request, "name, module and hash must be binaries"}}
+
+  defp handle({:set_long_name, name}, _from) do
+    with {:ok, {name, tag}} <- NodeInfo.set(name, nil), do: {:ok, name, tag}
+  end
+
+  defp handle({:set_tag, tag}, _from) do
+    with {:ok, {name, tag}} <- NodeInfo.set(nil, tag), do: {:ok, name, tag}
+  end
+
+  # The code handler: holds the arguments until the Core sends the code.
+  defp await_code(from, function, {:json, text} = input) do
+    bytes = :persistent_term.get({__MODULE__, :bytes})
+
+    case Gate.enter(bytes, byte_size(text)) do
+      nil ->
+        reply(from, {:error, :overloaded})
+
+      _ticket ->
+        reply(from, {:error, :code_not_found, self()})
+        timeout = Application.fetch_env!(:worker, :handler_timeout_ms)
+        await_code(function, input, System.monotonic_time(:millisecond) + timeout)
+    end
+  end
+
+  defp await_code(function, input, deadline) do
+    left = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {:"$gen_call", {caller, _} = from, {:invoke, function_with_code}} when is_pid(caller) ->
+        reply(from, safely(fn -> invoke(function_with_code, input, caller, true) end))
+
+      {:"$gen_call", {caller, _} = from, request} when is_pid(caller) ->
+        Stray.drop("Worker code handler", request)
+        reply(from, {:error, {:bad_request, "expected {:invoke, function_with_code}"}})
+        await_code(function, input, deadline)
+
+      message ->
+        Stray.drop("Worker code handler", message)
+        await_code(function, input, deadline)
+    after
+      left -> :ok
+    end
+  end
+
+  # Raises, throws and exits (a dependency restarting, say) alike.
+  defp safely(fun) do
+    fun.()
+  catch
+    kind, reason ->
+      Logger.error(
+        "Worker.Handler: request failed: " <> Exception.format(kind, reason, __STACKTRACE__)
+      )
+
+      {:error, {:internal, Exception.format_banner(kind, reason)}}
+  end
+
+  defp reply(from, reply), do: GenServer.reply(from, reply)
+end

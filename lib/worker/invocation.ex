@@ -1,0 +1,76 @@
+defmodule Worker.Invocation do
+  @moduledoc """
+  Runs one Core invocation of a compiled function: an admission slot
+  around the invocation itself (`Worker.Admission`), then the metrics and
+  the log line of its outcome. `Worker.Handler` calls it, for requests
+  with and without code alike.
+  """
+
+  alias Worker.{Admission, Metrics, Runtime}
+
+  require Logger
+
+  @doc """
+  Invokes `module` for `request` (from `Worker.Request.function/2`) with
+  `input` (a term, or `{:json, text}`). `caller` is the process the
+  invocation serves: if it dies, a queued or running invocation is
+  cancelled.
+  """
+  @spec run(Worker.Request.t(), Runtime.Module.t(), term(), pid() | nil) ::
+          {:ok, term()} | {:error, term()}
+  def run(%{key: {module_name, name, _}} = request, module, input, caller) do
+    id = {module_name, name}
+    invocation = System.unique_integer([:positive])
+    metadata = [fl_module: module_name, fl_function: name, fl_invocation: invocation]
+
+    opts = [metadata: metadata, caller: caller, on_stats: &Metrics.invocation_stats(id, &1)]
+    opts = if mb = request.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
+
+    Admission.run(fn -> invoke(id, module, input, opts) end, caller: caller)
+    |> log_outcome(metadata)
+  end
+
+  defp invoke(id, module, input, opts) do
+    Metrics.started(id)
+    started = System.monotonic_time()
+
+    result =
+      try do
+        Runtime.invoke(module, input, opts)
+      catch
+        kind, reason ->
+          Metrics.invocation(id, :crashed, System.monotonic_time() - started)
+          :erlang.raise(kind, reason, __STACKTRACE__)
+      end
+
+    duration = System.monotonic_time() - started
+    Metrics.invocation(id, result, duration)
+    {:ran, result, duration}
+  end
+
+  defp log_outcome({:ran, result, duration}, metadata) do
+    outcome = Metrics.outcome(result)
+    metadata = [fl_outcome: outcome] ++ metadata
+
+    case result do
+      {:ok, _} ->
+        Logger.debug(fn -> "invocation ok in #{us(duration)} us" end, metadata)
+
+      {:error, {:exec_error, message}} ->
+        Logger.info("invocation failed in the function: #{message}", metadata)
+
+      {:error, reason} ->
+        Logger.warning("invocation failed: #{inspect(reason)}", metadata)
+    end
+
+    result
+  end
+
+  # refused by admission, and counted there: it never ran
+  defp log_outcome({:error, _} = refused, _metadata), do: refused
+
+  defp us(duration), do: System.convert_time_unit(duration, :native, :microsecond)
+
+  defp capacity_bytes(mb),
+    do: min(mb, Application.fetch_env!(:worker, :max_capacity_mb)) * 1024 * 1024
+end
