@@ -2,7 +2,9 @@ defmodule Mix.Tasks.Compile.WorkerNative do
   @shortdoc "Builds the worker's Rust NIF with cargo"
   @moduledoc """
   Builds the `worker_nif` crate with cargo and installs it as
-  `priv/native/worker_nif.so`, where `Worker.Native` loads it.
+  `priv/native/worker_nif.so`, where `Worker.Native` loads it, beside the
+  compiler child `priv/native/fl-compile` (from `worker_runtime`), which
+  `Worker.Runtime.compile/1` runs.
 
   It stands in for rustler's Mix compiler, which lives on hex.pm. It runs as
   part of `mix compile` (see `:compilers` in `mix.exs`) and:
@@ -24,6 +26,7 @@ defmodule Mix.Tasks.Compile.WorkerNative do
   use Mix.Task.Compiler
 
   @crate "worker_nif"
+  @compiler "fl-compile"
 
   @impl true
   def run(args) do
@@ -45,6 +48,7 @@ defmodule Mix.Tasks.Compile.WorkerNative do
   @impl true
   def clean do
     File.rm(Path.join(["priv", "native", @crate <> ".so"]))
+    File.rm(Path.join(["priv", "native", @compiler]))
     :ok
   end
 
@@ -73,7 +77,10 @@ defmodule Mix.Tasks.Compile.WorkerNative do
     Mix.shell().info("Compiling NIF crate #{@crate} (cargo build --release)")
 
     {_, status} =
-      System.cmd(cargo, ["build", "--release", "--package", @crate],
+      System.cmd(
+        cargo,
+        ["build", "--release", "--package", @crate, "--package", "worker_runtime"] ++
+          ["--lib", "--bin", @compiler],
         cd: root,
         into: IO.stream(:stdio, :line),
         stderr_to_stdout: true
@@ -95,7 +102,17 @@ defmodule Mix.Tasks.Compile.WorkerNative do
       Mix.raise("cargo reported success but #{built} does not exist")
     end
 
+    compiler = Path.join([target_dir, "release", @compiler])
+
+    unless File.exists?(compiler) do
+      Mix.raise("cargo reported success but #{compiler} does not exist")
+    end
+
     File.mkdir_p!(Path.dirname(installed))
+    installed_compiler = Path.join(Path.dirname(installed), @compiler)
+    File.rm(installed_compiler)
+    File.cp!(compiler, installed_compiler)
+    File.chmod!(installed_compiler, 0o755)
     File.rm(installed)
     File.cp!(built, installed)
   end

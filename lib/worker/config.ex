@@ -11,6 +11,8 @@ defmodule Worker.Config do
   | `:queue_timeout_ms` | `FL_QUEUE_TIMEOUT_MS` | 10 000 |
   | `:max_requests` | `FL_MAX_REQUESTS` | 4 096 |
   | `:handler_max_bytes` | `FL_HANDLER_MAX_MB` | 256 MiB |
+  | `:compile_timeout_ms` | `FL_COMPILE_TIMEOUT_MS` | 60 000 |
+  | `:compile_max_mb` | `FL_COMPILE_MAX_MB` | 2 048 |
   | `:cache_max_entries` | `FL_CACHE_MAX_ENTRIES` | 256 |
   | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB |
   | `:max_capacity_mb` | `FL_MAX_CAPACITY_MB` | 512 |
@@ -83,6 +85,8 @@ defmodule Worker.Config do
       queue_timeout_ms: 10_000,
       max_requests: 4_096,
       handler_max_bytes: 256 * 1024 * 1024,
+      compile_timeout_ms: 60_000,
+      compile_max_mb: 2_048,
       cache_max_entries: 256,
       cache_max_bytes: 512 * 1024 * 1024,
       max_capacity_mb: 512,
@@ -110,6 +114,8 @@ defmodule Worker.Config do
       queue_timeout_ms: int(env["FL_QUEUE_TIMEOUT_MS"]),
       max_requests: int(env["FL_MAX_REQUESTS"]),
       handler_max_bytes: mb(env["FL_HANDLER_MAX_MB"]),
+      compile_timeout_ms: int(env["FL_COMPILE_TIMEOUT_MS"]),
+      compile_max_mb: int(env["FL_COMPILE_MAX_MB"]),
       cache_max_entries: int(env["FL_CACHE_MAX_ENTRIES"]),
       cache_max_bytes: mb(env["FL_CACHE_MAX_MB"]),
       max_capacity_mb: int(env["FL_MAX_CAPACITY_MB"]),

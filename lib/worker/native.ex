@@ -21,7 +21,7 @@ defmodule Worker.Native do
     end
   end
 
-  def module_compile(_wasm), do: err()
+  def module_compile(_wasm, _reply_to, _compiler, _timeout_ms, _max_memory_mb), do: err()
   def module_serialize(_module), do: err()
   def module_load(_artifact, _wasm_bytes), do: err()
   def engine_fingerprint, do: err()

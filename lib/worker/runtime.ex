@@ -43,20 +43,40 @@ defmodule Worker.Runtime do
   @doc """
   Compiles a Wasm module (binary, or WAT text).
 
+  The compile runs in a child process (`priv/native/fl-compile`) under OS
+  limits: its address space is at most `FL_COMPILE_MAX_MB` (default
+  2048), and it is killed after `FL_COMPILE_TIMEOUT_MS` (default 60 000).
+  No scheduler waits for it: the calling process waits in `receive`.
+
   Returns `{:error, {:invalid_module, reason}}` when the module is not valid
   Wasm, imports something the worker does not provide (or with the wrong
   type), lacks `__invoke: (i32) -> i32` or an exported `memory`, asks for
-  more memory than the worker's cap, or is larger than `FL_MAX_MODULE_MB`.
+  more memory than the worker's cap, is larger than `FL_MAX_MODULE_MB`, or
+  needs more memory or time to compile than the limits above (the reason
+  names the limit).
   `{:error, {:runtime_unavailable, reason}}` means the engine itself could
   not start.
   """
   @spec compile(binary()) ::
           {:ok, Module.t()}
           | {:error, {:invalid_module, String.t()} | {:runtime_unavailable, String.t()}}
-  def compile(wasm) when is_binary(wasm),
-    do: wasm |> Native.module_compile() |> Module.from_native()
+  def compile(wasm) when is_binary(wasm) do
+    timeout = Application.get_env(:worker, :compile_timeout_ms, 60_000)
+    max_mb = Application.get_env(:worker, :compile_max_mb, 2_048)
+    ref = make_ref()
+    :ok = Native.module_compile(wasm, ref, compiler(), timeout, max_mb)
+
+    # The native side always answers: it kills the compiler at `timeout`.
+    receive do
+      {^ref, reply} -> Module.from_native(reply)
+    after
+      timeout + 60_000 -> {:error, {:runtime_unavailable, "the compiler did not answer"}}
+    end
+  end
 
   def compile(_), do: {:error, {:invalid_module, "expected the module as a binary"}}
+
+  defp compiler, do: Path.join(:code.priv_dir(:worker), "native/fl-compile")
 
   @doc """
   The compiled form of a module (machine code), to keep and `load/2` later

@@ -21,6 +21,7 @@ defmodule Mix.Tasks.Compile.WorkerNativeTest do
     if [ -f "#{dir}/cargo-fails" ]; then echo "error[E0425]: cannot find value"; exit 101; fi
     mkdir -p "#{dir}/target/release"
     echo "library built at $(date +%s%N)" > "#{dir}/target/release/libworker_nif.so"
+    echo "compiler built" > "#{dir}/target/release/fl-compile"
     """)
 
     File.chmod!(cargo, 0o755)
@@ -54,8 +55,13 @@ defmodule Mix.Tasks.Compile.WorkerNativeTest do
 
   test "builds the release profile of the crate and installs it under priv/native", %{dir: dir} do
     assert compile(dir) == {:ok, []}
-    assert calls(dir) == ["build --release --package worker_nif"]
+
+    assert calls(dir) == [
+             "build --release --package worker_nif --package worker_runtime --lib --bin fl-compile"
+           ]
+
     assert installed(dir) =~ "library built"
+    assert File.read!(Path.join(dir, "priv/native/fl-compile")) =~ "compiler built"
   end
 
   test "does nothing while the library is newer than every source", %{dir: dir} do

@@ -1,7 +1,8 @@
 //! `Worker.Runtime.Module`: compiling a function into a shared resource.
 
 use crate::atoms;
-use rustler::{Binary, Encoder, Env, NewBinary, ResourceArc, Term};
+use rustler::{Binary, Encoder, Env, NewBinary, OwnedEnv, ResourceArc, Term};
+use worker_runtime::module::Isolation;
 use worker_runtime::{CompileError, CompiledModule};
 
 /// A compiled, linked function. Any process may invoke it concurrently; it
@@ -11,29 +12,41 @@ pub struct ModuleResource(pub CompiledModule);
 #[rustler::resource_impl]
 impl rustler::Resource for ModuleResource {}
 
-/// Compiling runs the Wasm validator and Cranelift, whose stack use a hostile
-/// module can drive up; a dirty scheduler has only a few hundred KiB of
-/// stack, so the work happens on a thread of its own.
-const COMPILE_STACK: usize = 32 << 20;
-
-/// `{:ok, module, {wasm_bytes, native_bytes, initial_memory}}` or
-/// `{:error, reason}`.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn module_compile<'a>(env: Env<'a>, wasm: Binary) -> Term<'a> {
-    let bytes = wasm.as_slice();
-    let result = std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("fl-compile".into())
-            .stack_size(COMPILE_STACK)
-            .spawn_scoped(scope, || worker_runtime::compile(bytes))
-            .map_err(|e| CompileError::Runtime(format!("cannot start a compile thread: {e}")))
-            .and_then(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(CompileError::Invalid("the compiler panicked".into())))
+/// Compiles a module in a child process (`worker_runtime::compile_isolated`)
+/// on a thread of its own, so that no scheduler, dirty or normal, waits on
+/// a compile. Returns `:ok` at once; the caller then receives
+/// `{ref, {:ok, module, sizes} | {:error, reason}}`.
+#[rustler::nif]
+fn module_compile(
+    env: Env,
+    wasm: Binary,
+    reply_to: Term,
+    compiler: String,
+    timeout_ms: u64,
+    max_memory_mb: u64,
+) -> rustler::NifResult<rustler::Atom> {
+    let bytes = wasm.as_slice().to_vec();
+    let pid = env.pid();
+    let mut owned = OwnedEnv::new();
+    let reply_to = owned.save(reply_to);
+    let isolation = Isolation {
+        program: compiler.into(),
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        max_memory_mb,
+    };
+    std::thread::Builder::new()
+        .name("fl-compile".into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(|| {
+                worker_runtime::module::compile_isolated(&bytes, &isolation)
             })
-    });
-    module_reply(env, result)
+            .unwrap_or_else(|_| Err(CompileError::Runtime("the compile thread panicked".into())));
+            let _ = owned.send_and_clear(&pid, |env| {
+                (reply_to.load(env), module_reply(env, result)).encode(env)
+            });
+        })
+        .map_err(|e| rustler::Error::Term(Box::new(format!("cannot start a compile thread: {e}"))))?;
+    Ok(atoms::ok())
 }
 
 /// `{:ok, artifact}`: the module's compiled form, for `module_load/2`.

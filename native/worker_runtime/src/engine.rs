@@ -91,6 +91,21 @@ pub fn runtime() -> Result<&'static Runtime, String> {
         .map_err(Clone::clone)
 }
 
+/// The engine configuration every module is compiled for, without the
+/// instance allocator: the compiler child (`fl-compile`) builds its engine
+/// from this alone, so its artifacts load in the worker's engine.
+pub fn compiler_config() -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        // Guests run on fiber stacks of this size, whatever thread polls
+        // them: the BEAM's small scheduler stacks never see wasm frames.
+        .async_stack_size(2 << 20)
+        .max_wasm_stack(512 << 10)
+        .wasm_backtrace_max_frames(NonZeroUsize::new(16));
+    config
+}
+
 impl Runtime {
     fn new(settings: Settings) -> Result<Runtime, String> {
         let mut pool = PoolingAllocationConfig::default();
@@ -113,15 +128,8 @@ impl Runtime {
                 .pagemap_scan(wasmtime::Enabled::Auto);
         }
 
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            // Guests run on fiber stacks of this size, whatever thread polls
-            // them: the BEAM's small scheduler stacks never see wasm frames.
-            .async_stack_size(2 << 20)
-            .max_wasm_stack(512 << 10)
-            .wasm_backtrace_max_frames(NonZeroUsize::new(16))
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut config = compiler_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
 
         let mut linker = Linker::new(&engine);

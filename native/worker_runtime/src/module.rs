@@ -1,9 +1,16 @@
 //! Compiling a function: validate, compile, check the ABI and link once.
 
+use crate::bulk;
 use crate::engine::runtime;
 use crate::host::HostState;
 use std::fmt;
-use wasmtime::{ExternType, InstancePre, Module, ModuleExport, ValType};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport, ValType};
 
 pub const INVOKE: &str = "__invoke";
 pub const MEMORY: &str = "memory";
@@ -41,29 +48,210 @@ fn invalid(message: impl Into<String>) -> CompileError {
     CompileError::Invalid(message.into())
 }
 
-/// Compiles `bytes` (a Wasm binary, or WAT text) into a linked module.
+/// Compiles `bytes` (a Wasm binary, or WAT text) into a linked module, in
+/// this process. The worker compiles in a child process instead
+/// ([`compile_isolated`]); this is for tests, tools and benchmarks.
 ///
 /// Import and export problems surface here, with a reason: an unknown import,
 /// an import of the wrong type, a missing or mistyped `__invoke`, no exported
 /// `memory`, or a memory that can never fit under the memory cap.
 pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
     let rt = runtime().map_err(CompileError::Runtime)?;
-    let max = rt.settings.max_module_bytes;
+    check_size(bytes, rt.settings.max_module_bytes)?;
+    let binary = prepare(&rt.engine, bytes)?;
+    // Also refuses a memory whose minimum is over the cap (the pool's limit).
+    let module = Module::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
+    link(module, bytes.len())
+}
+
+fn check_size(bytes: &[u8], max: usize) -> Result<(), CompileError> {
     if bytes.len() > max {
         return Err(invalid(format!(
-            "module of {} bytes is over the limit of {max} bytes",
+            "module of {} bytes is over the limit of {max} bytes (FL_MAX_MODULE_MB)",
             bytes.len()
         )));
     }
+    Ok(())
+}
+
+/// What the compiler child of `fl-compile` does: parses (WAT text too),
+/// validates, makes bulk memory operations preemptible ([`crate::bulk`]),
+/// and compiles for `engine`, returning the artifact.
+pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
+    let binary = prepare(engine, bytes)?;
+    engine
+        .precompile_module(&binary)
+        .map_err(|e| invalid(format!("{e:#}")))
+}
+
+/// The binary that is compiled: parsed, validated, and rewritten.
+fn prepare(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
     // A binary (with its \0asm header) passes through untouched.
     let binary = wat::parse_bytes(bytes).map_err(|e| {
         invalid(format!(
             "not a WebAssembly module (no \\0asm header), nor WAT text: {e}"
         ))
     })?;
-    // Also refuses a memory whose minimum is over the cap (the pool's limit).
-    let module = Module::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
+    // Validate the module as given, so that errors name its own offsets.
+    Module::validate(engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
+    let rewritten = bulk::make_interruptible(&binary).map_err(invalid)?;
+    Ok(rewritten.into_owned())
+}
+
+/// How the worker compiles: in a child process (`program`, the
+/// `fl-compile` binary) under OS limits, so that no module, however it is
+/// shaped, can take the worker's memory or time.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    pub program: PathBuf,
+    /// Wall-clock time for the whole compile (`FL_COMPILE_TIMEOUT_MS`).
+    pub timeout: Duration,
+    /// Address space of the child, in MiB (`FL_COMPILE_MAX_MB`).
+    pub max_memory_mb: u64,
+}
+
+/// Compiles in a child process under `isolation`'s limits, then loads the
+/// artifact it made and links it here. A module over a limit is
+/// `CompileError::Invalid` with a reason that names the limit.
+pub fn compile_isolated(
+    bytes: &[u8],
+    isolation: &Isolation,
+) -> Result<CompiledModule, CompileError> {
+    let rt = runtime().map_err(CompileError::Runtime)?;
+    check_size(bytes, rt.settings.max_module_bytes)?;
+    let artifact = {
+        let _slot = compile_slot();
+        run_compiler(bytes, isolation, rt.settings.max_module_bytes)?
+    };
+    // SAFETY: made by the fl-compile child with this engine's configuration
+    // (Wasmtime checks the version and configuration); the child is our own
+    // program, as trusted as compiling here.
+    let module = unsafe { Module::deserialize(&rt.engine, &artifact) }
+        .map_err(|e| invalid(format!("{e:#}")))?;
     link(module, bytes.len())
+}
+
+/// At most one compile per core at a time; the rest wait (on threads of
+/// their own, never on a scheduler).
+fn compile_slot() -> impl Drop {
+    struct Slot(&'static (Mutex<usize>, Condvar));
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            self.0.1.notify_one();
+        }
+    }
+    static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+    let max = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut used = SLOTS.0.lock().unwrap_or_else(|e| e.into_inner());
+    while *used >= max {
+        used = SLOTS.1.wait(used).unwrap_or_else(|e| e.into_inner());
+    }
+    *used += 1;
+    Slot(&SLOTS)
+}
+
+/// How the child's stdout starts: an artifact (then its length, as a
+/// little-endian u64, and its bytes), or the reason the module is refused.
+pub const TAG_ARTIFACT: u8 = b'A';
+pub const TAG_INVALID: u8 = b'E';
+
+/// The child ended without saying how: killed by a limit, most likely.
+fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> CompileError {
+    if stderr.contains("memory allocation") || stderr.contains("out of memory") {
+        return invalid(format!(
+            "compiling needs more than the limit of {limit_mb} MiB (FL_COMPILE_MAX_MB)"
+        ));
+    }
+    let tail = stderr.lines().last().unwrap_or("no message");
+    invalid(format!(
+        "the compiler stopped under the limits of {limit_mb} MiB (FL_COMPILE_MAX_MB) and \
+         {timeout_ms} ms (FL_COMPILE_TIMEOUT_MS): {tail}"
+    ))
+}
+
+fn run_compiler(
+    bytes: &[u8],
+    isolation: &Isolation,
+    max_module_bytes: usize,
+) -> Result<Vec<u8>, CompileError> {
+    let limit_mb = isolation.max_memory_mb;
+    let timeout_ms = isolation.timeout.as_millis();
+    let cpu_s = isolation.timeout.as_secs() * 2 + 2;
+    let mut child = Command::new(&isolation.program)
+        .args(["--max-mb", &limit_mb.to_string(), "--cpu-s", &cpu_s.to_string()])
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            CompileError::Runtime(format!(
+                "cannot start the compiler {}: {e}",
+                isolation.program.display()
+            ))
+        })?;
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        return Err(CompileError::Runtime("compiler pipes missing".into()));
+    };
+    // Artifacts are larger than their modules; this bounds a runaway child.
+    let max_artifact = (max_module_bytes as u64).saturating_mul(16).max(256 << 20);
+    let (done, finished) = mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let _ = stdin.write_all(bytes);
+        });
+        let out = done.clone();
+        scope.spawn(move || {
+            let mut artifact = Vec::new();
+            let read = stdout.take(max_artifact + 1).read_to_end(&mut artifact);
+            let _ = out.send(read.map(|_| artifact));
+        });
+        let errors = scope.spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.take(64 << 10).read_to_end(&mut text);
+            text
+        });
+        let output = match finished.recv_timeout(isolation.timeout) {
+            Ok(output) => output,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(invalid(format!(
+                    "compiling took longer than the limit of {timeout_ms} ms (FL_COMPILE_TIMEOUT_MS)"
+                )));
+            }
+        };
+        // The VM ignores SIGCHLD, so the kernel reaps the child and its exit
+        // status cannot be read: the child says on stdout how it ended.
+        let _ = child.wait();
+        let stderr = String::from_utf8_lossy(&errors.join().unwrap_or_default()).into_owned();
+        let output = output.map_err(|e| CompileError::Runtime(format!("compiler: {e}")))?;
+        match output.split_first() {
+            Some((&TAG_ARTIFACT, rest)) if rest.len() >= 8 => {
+                let (len, artifact) = rest.split_at(8);
+                let len = u64::from_le_bytes(len.try_into().unwrap_or_default());
+                if len == artifact.len() as u64 {
+                    return Ok(artifact.to_vec());
+                }
+                Err(crashed(limit_mb, timeout_ms, &stderr))
+            }
+            Some((&TAG_INVALID, reason)) => {
+                let reason = String::from_utf8_lossy(reason).into_owned();
+                if reason.contains("allocat") || reason.contains("out of memory") {
+                    Err(invalid(format!(
+                        "compiling needs more than the limit of {limit_mb} MiB (FL_COMPILE_MAX_MB): {reason}"
+                    )))
+                } else {
+                    Err(invalid(reason))
+                }
+            }
+            _ => Err(crashed(limit_mb, timeout_ms, &stderr)),
+        }
+    })
 }
 
 /// The compiled form of a module, to keep on disk (see [`deserialize`]).

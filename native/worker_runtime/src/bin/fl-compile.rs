@@ -1,0 +1,84 @@
+//! The worker's compiler child: reads a module (Wasm or WAT) on stdin and
+//! writes its compiled artifact on stdout, under OS limits it sets on
+//! itself before it reads a byte:
+//!
+//!     fl-compile --max-mb MiB --cpu-s SECONDS < module.wasm > artifact
+//!
+//! `--max-mb` bounds its address space (RLIMIT_AS) and `--cpu-s` its CPU
+//! time (RLIMIT_CPU); the worker also kills it at its wall-clock timeout.
+//! Stdout says how it ended (the worker cannot read exit statuses: the VM
+//! ignores SIGCHLD): `A`, the artifact's length (u64, little-endian) and
+//! the artifact; or `E` and why the module is refused. Anything else, an
+//! empty or cut output included, is the compiler stopped by a limit.
+
+use std::io::{Read, Write};
+use worker_runtime::engine::compiler_config;
+use worker_runtime::module::{CompileError, TAG_ARTIFACT, TAG_INVALID, precompile};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut max_mb, mut cpu_s) = (None, None);
+    while let Some(flag) = args.next() {
+        let value = args.next().and_then(|v| v.parse::<u64>().ok());
+        match flag.as_str() {
+            "--max-mb" => max_mb = value,
+            "--cpu-s" => cpu_s = value,
+            _ => fail(&format!("unknown option {flag}")),
+        }
+    }
+    if let Some(mb) = max_mb {
+        limit(libc::RLIMIT_AS, mb.saturating_mul(1 << 20));
+    }
+    if let Some(s) = cpu_s {
+        limit(libc::RLIMIT_CPU, s);
+    }
+    limit(libc::RLIMIT_CORE, 0);
+
+    let mut module = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut module) {
+        fail(&format!("reading the module: {e}"));
+    }
+    let engine = wasmtime::Engine::new(&compiler_config())
+        .unwrap_or_else(|e| fail(&format!("wasmtime engine: {e:#}")));
+    match precompile(&engine, &module) {
+        Ok(artifact) => {
+            let mut out = std::io::stdout().lock();
+            let written = out
+                .write_all(&[TAG_ARTIFACT])
+                .and_then(|_| out.write_all(&(artifact.len() as u64).to_le_bytes()))
+                .and_then(|_| out.write_all(&artifact))
+                .and_then(|_| out.flush());
+            if written.is_err() {
+                std::process::exit(1);
+            }
+        }
+        Err(CompileError::Invalid(reason)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out
+                .write_all(&[TAG_INVALID])
+                .and_then(|_| out.write_all(reason.as_bytes()))
+                .and_then(|_| out.flush());
+            std::process::exit(2);
+        }
+        Err(CompileError::Runtime(reason)) => fail(&reason),
+    }
+}
+
+fn limit(resource: libc::__rlimit_resource_t, value: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: a plain libc call with a valid struct.
+    if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+        fail(&format!(
+            "setrlimit: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("fl-compile: {message}");
+    std::process::exit(1)
+}
