@@ -41,6 +41,14 @@ defmodule Worker.Handler do
   @spec gate() :: Gate.t()
   def gate, do: :persistent_term.get({__MODULE__, :gate})
 
+  @doc "Requests being served, and bytes of arguments held by code handlers."
+  @spec info() :: %{requests: integer(), max_requests: integer(), handler_bytes: integer()}
+  def info do
+    %{used: used, max: max} = Gate.info(gate())
+    %{used: bytes} = Gate.info(:persistent_term.get({__MODULE__, :bytes}))
+    %{requests: used, max_requests: max, handler_bytes: bytes}
+  end
+
   @doc "Whether `request` is one this module serves (besides invocations)."
   @spec request?(term()) :: boolean()
   def request?({:invoke, _function}), do: true
