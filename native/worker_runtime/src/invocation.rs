@@ -42,6 +42,9 @@ pub struct Limits {
     /// for none (no shared reference count to touch on every invocation).
     pub http_allow: Option<Arc<Policy>>,
     pub log: LogLimits,
+    /// The function's guest log line rate, shared by all its invocations;
+    /// `None` for no rate limit (see [`LineBudget`](crate::logs::LineBudget)).
+    pub log_budget: Option<Arc<crate::logs::LineBudget>>,
 }
 
 impl Default for Limits {
@@ -56,6 +59,7 @@ impl Default for Limits {
             max_http_body_bytes: 8 << 20,
             http_allow: None,
             log: LogLimits::default(),
+            log_budget: None,
         }
     }
 }
@@ -146,7 +150,7 @@ impl Invocation {
                 limits.max_input_bytes
             ));
         }
-        let logs = LogSink::new(limits.log);
+        let logs = LogSink::new(limits.log, limits.log_budget.clone());
         let wasi = WasiCtxBuilder::new()
             .stdout(WasiLog {
                 sink: logs.clone(),
