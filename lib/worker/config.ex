@@ -27,6 +27,7 @@ defmodule Worker.Config do
   | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB |
   | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none |
   | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 |
+  | `:metrics_max_functions` | `FL_METRICS_MAX_FUNCTIONS` | 1 000 |
   """
 
   @doc "Fills in every setting not already in the application environment."
@@ -97,7 +98,8 @@ defmodule Worker.Config do
       invoke_timeout_ms: 30_000,
       max_memory_bytes: 128 * 1024 * 1024,
       http_allow: [],
-      metrics_port: 4021
+      metrics_port: 4021,
+      metrics_max_functions: 1_000
     ]
   end
 
@@ -129,7 +131,8 @@ defmodule Worker.Config do
       invoke_timeout_ms: int(env["FL_INVOKE_TIMEOUT_MS"]),
       max_memory_bytes: mb(env["FL_MAX_MEMORY_MB"]),
       http_allow: list(env["FL_HTTP_ALLOW"]),
-      metrics_port: int(env["FL_METRICS_PORT"])
+      metrics_port: int(env["FL_METRICS_PORT"]),
+      metrics_max_functions: int(env["FL_METRICS_MAX_FUNCTIONS"])
     ]
     |> Enum.reject(fn {_, v} -> v in [nil, ""] end)
   end

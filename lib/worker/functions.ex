@@ -279,6 +279,7 @@ defmodule Worker.Functions do
   defp delete_now(state, key) do
     state = evict(state, key)
     Store.delete_code(key)
+    Metrics.forget(id(key))
     state
   end
 

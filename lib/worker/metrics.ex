@@ -16,11 +16,45 @@ defmodule Worker.Metrics do
 
   Whole node: BEAM memory, process count, run queue, admission queue and
   `:overloaded` count, and the OS figures the FunLess Core reads, under the
-  names the FunLess worker exports (`worker_prom_ex_os_mon_resources_*`).
+  names the FunLess worker exports (`worker_prom_ex_os_mon_resources_*`);
+  and `worker_metrics_functions_folded_total` (below).
+
+  ## Rows
 
   Each function has one ETS row of counters, so recording an invocation is
-  one `:ets.update_counter/4` when it starts and one when it ends: cheap
-  enough for every invocation.
+  one `:ets.update_counter/3` when it starts and one when it ends: cheap
+  enough for every invocation. A row is made when the function is loaded
+  into the cache (its compile or its cache miss), never by a later event:
+  an event of a function without a row is counted in the shared row below.
+
+  **The cap.** At most `FL_METRICS_MAX_FUNCTIONS` functions (default 1 000)
+  have rows of their own, so that neither the table nor the page grows with
+  the functions a Core sends. A function loaded when the cap is reached
+  gets none: its figures go to one shared row, labelled
+  `module="_other",function="_other"`, and the load is counted in
+  `worker_metrics_functions_folded_total` (a function evicted and loaded
+  again counts again). It keeps counting there until it is next loaded
+  with room for a row (after deletions free some, or on a restart).
+  Concurrent loads may overshoot the cap by the few that check at once.
+
+  **Deletion.** `forget/1` (from `Worker.Functions` when a function is
+  deleted) removes its row at once when nothing of it is in flight;
+  otherwise it marks the row deleted, and the invocation that ends last
+  removes it. An invocation's end always counts in the row its start
+  counted in (it is remembered in the invoking process's dictionary), and
+  a row is only ever removed with nothing in flight, atomically
+  (`:ets.select_delete/2` on the in-flight counter being 0): so an
+  invocation that outlives its function never makes a row again, nor a
+  negative in-flight figure. A late event of a deleted function (an
+  invocation admitted after the deletion, say) counts in the `_other` row.
+  A function stored again gets a fresh row: its load clears a row still
+  marked deleted, keeping only the in-flight count.
+
+  **Scrapes.** `Worker.Metrics.Endpoint` renders one page at a time, in a
+  process of its own, and serves it for a second after: concurrent scrapes
+  wait for the render under way and get the same binary. So the figures
+  read and reset per page (`worker_runtime_max_slice_seconds`) are per
+  render, which may serve several scrapes.
   """
 
   @table __MODULE__
@@ -31,6 +65,13 @@ defmodule Worker.Metrics do
   @invoke_buckets_us Enum.map(@invoke_buckets, &round(&1 * 1_000_000))
   @compile_buckets_us Enum.map(@compile_buckets, &round(&1 * 1_000_000))
 
+  # The shared row of the functions without one (see the moduledoc).
+  @other {:fn, :other}
+
+  # node-wide counters
+  @renders 1
+  @folded 2
+
   @doc false
   def init do
     :ets.new(@table, [
@@ -40,6 +81,12 @@ defmodule Worker.Metrics do
       write_concurrency: true,
       read_concurrency: true
     ])
+
+    :ets.insert(@table, empty_row(@other))
+
+    unless :persistent_term.get({__MODULE__, :counters}, nil) do
+      :persistent_term.put({__MODULE__, :counters}, :counters.new(2, [:write_concurrency]))
+    end
 
     :ok
   end
@@ -64,11 +111,46 @@ defmodule Worker.Metrics do
   @http_failed @http_ok + 1
   @http_refused @http_ok + 2
   @dropped @http_ok + 3
-  @row_size @dropped
+  # 1 once the function is deleted (see forget/1); not a counter
+  @deleted @dropped + 1
+  @row_size @deleted
 
-  @doc "Counts an invocation as started (in flight)."
+  @outcome_samples for {outcome, i} <- Enum.with_index(@outcomes),
+                       do: {~s(,outcome="#{outcome}"}), @first_outcome + i}
+
+  # `,le="BOUND"}` for each bucket, then +Inf; formatted as number/1 does
+  le = fn buckets ->
+    Enum.map(buckets, fn
+      b when is_integer(b) -> ~s(,le="#{b}"})
+      b -> ~s(,le="#{:erlang.float_to_binary(b, [:short])}"})
+    end) ++ [~s(,le="+Inf"})]
+  end
+
+  @invoke_les le.(@invoke_buckets)
+  @compile_les le.(@compile_buckets)
+
+  @doc """
+  Counts an invocation as started (in flight). Pairs with `invocation/3`,
+  which must be called by the same process: the row counted in is kept in
+  its dictionary until then.
+  """
   @spec started(function_id()) :: :ok
-  def started(id), do: bump(id, [{@in_flight, 1}])
+  def started(id) do
+    key = {:fn, id}
+
+    key =
+      try do
+        :ets.update_counter(@table, key, {@in_flight, 1})
+        key
+      rescue
+        ArgumentError ->
+          :ets.update_counter(@table, @other, {@in_flight, 1})
+          @other
+      end
+
+    Process.put({__MODULE__, id}, key)
+    :ok
+  end
 
   @doc """
   Records an invocation's end: its outcome and duration (native time units).
@@ -78,12 +160,32 @@ defmodule Worker.Metrics do
   def invocation(id, result, duration) do
     micros = System.convert_time_unit(duration, :native, :microsecond)
 
-    bump(id, [
-      {@in_flight, -1},
+    ops = [
       {@first_outcome + outcome_index(result), 1},
       {@invoke_sum, micros},
       {@first_invoke_bucket + bucket(micros, @invoke_buckets_us, 0), 1}
-    ])
+    ]
+
+    case Process.delete({__MODULE__, id}) do
+      # not counted as started: the in-flight figure is left alone
+      nil -> record(id, ops)
+      key -> finish(key, ops)
+    end
+  end
+
+  # The row holds this invocation's in-flight count, so it is still there.
+  # Reading the mark in the same update_counter makes the decrement and the
+  # check one atomic step: of the invocations of a deleted function, the
+  # one that brings the count to 0 removes the row (or forget/1 does).
+  defp finish(key, ops) do
+    case :ets.update_counter(@table, key, [{@in_flight, -1}, {@deleted, 0} | ops]) do
+      [0, 1 | _] -> delete_idle(key)
+      _ -> :ok
+    end
+
+    :ok
+  rescue
+    ArgumentError -> :ok
   end
 
   defp outcome_index({:ok, _}), do: 0
@@ -105,39 +207,117 @@ defmodule Worker.Metrics do
   def compile(id, duration) do
     micros = System.convert_time_unit(duration, :native, :microsecond)
     bucket = bucket(micros, @compile_buckets_us, 0)
-    bump(id, [{@compiles, 1}, {@compile_sum, micros}, {@first_compile_bucket + bucket, 1}])
+
+    loaded(
+      id,
+      [{@compiles, 1}, {@compile_sum, micros}, {@first_compile_bucket + bucket, 1}],
+      false
+    )
   end
 
-  @doc "Counts a cache hit, miss or eviction."
+  @doc """
+  Counts a cache hit, miss or eviction. A miss is a load into the cache:
+  it makes the function's row (see the moduledoc).
+  """
   @spec cache(function_id(), :hit | :miss | :eviction) :: :ok
-  def cache(id, :hit), do: bump(id, [{@hits, 1}])
-  def cache(id, :miss), do: bump(id, [{@misses, 1}])
-  def cache(id, :eviction), do: bump(id, [{@evictions, 1}])
+  def cache(id, :hit), do: record(id, [{@hits, 1}])
+  def cache(id, :miss), do: loaded(id, [{@misses, 1}], true)
+  def cache(id, :eviction), do: record(id, [{@evictions, 1}])
 
   @doc "Records what `Worker.Runtime.invoke/3` reports through `:on_stats`."
   @spec invocation_stats(function_id(), map()) :: :ok
   def invocation_stats(id, stats) do
-    bump(id, [
+    ops = [
       {@http_ok, stats.http_ok},
       {@http_failed, stats.http_failed},
       {@http_refused, stats.http_refused},
       {@dropped, stats.dropped_lines}
-    ])
+    ]
+
+    # in the row the invocation's start counted in, while it runs
+    case Process.get({__MODULE__, id}) do
+      nil -> record(id, ops)
+      key -> record_at(key, ops)
+    end
   end
 
-  # The row exists after a function's first event: only then is the default
-  # row built.
-  defp bump(id, ops) do
+  @doc """
+  Forgets a deleted function's row: at once if nothing of it is in flight,
+  else when its last invocation in flight ends (see the moduledoc).
+  """
+  @spec forget(function_id()) :: :ok
+  def forget({_module, _name} = id) do
     key = {:fn, id}
+    # Marked first, then removed if idle: an invocation that ends between
+    # the two sees the mark and removes the row itself.
+    if :ets.update_element(@table, key, {@deleted, 1}), do: delete_idle(key)
+    :ok
+  end
+
+  @doc false
+  # For tests: how many pages were rendered on this node.
+  @spec renders() :: non_neg_integer()
+  def renders, do: :counters.get(counters(), @renders)
+
+  defp counters, do: :persistent_term.get({__MODULE__, :counters})
+
+  # An event of a function that has a row, else of the shared row.
+  defp record(id, ops), do: record_at({:fn, id}, ops)
+
+  defp record_at(key, ops) do
+    :ets.update_counter(@table, key, ops)
+    :ok
+  rescue
+    ArgumentError ->
+      :ets.update_counter(@table, @other, ops)
+      :ok
+  end
+
+  # A load (compile, miss): makes the row, room permitting. A row still
+  # marked deleted is a function stored again: it starts afresh, keeping
+  # only what is in flight (whose ends count in it).
+  defp loaded(id, ops, count_fold?) do
+    key = {:fn, id}
+    _ = :ets.select_replace(@table, [{deleted_pattern(key), [], [revived_row(key)]}])
 
     try do
       :ets.update_counter(@table, key, ops)
     rescue
       ArgumentError ->
-        :ets.update_counter(@table, key, ops, put_elem(Tuple.duplicate(0, @row_size), 0, key))
+        # the shared row is not a function's
+        if :ets.info(@table, :size) - 1 < Application.fetch_env!(:worker, :metrics_max_functions) do
+          :ets.update_counter(@table, key, ops, empty_row(key))
+        else
+          if count_fold?, do: :counters.add(counters(), @folded, 1)
+          :ets.update_counter(@table, @other, ops)
+        end
     end
 
     :ok
+  end
+
+  defp empty_row(key), do: put_elem(Tuple.duplicate(0, @row_size), 0, key)
+
+  # Match specifications on one row: keyed on `key` (a literal: function
+  # ids are strings), whatever its counters but these.
+  defp row_pattern(key, fixed) do
+    Enum.reduce(fixed, put_elem(Tuple.duplicate(:_, @row_size), 0, key), fn {pos, value}, row ->
+      put_elem(row, pos - 1, value)
+    end)
+  end
+
+  defp delete_idle(key) do
+    pattern = row_pattern(key, [{@in_flight, 0}, {@deleted, 1}])
+    _ = :ets.select_delete(@table, [{pattern, [], [true]}])
+    :ok
+  end
+
+  defp deleted_pattern(key), do: row_pattern(key, [{@in_flight, :"$1"}, {@deleted, 1}])
+
+  # the body of a match specification: a fresh row, with the in-flight
+  # count of the row matched
+  defp revived_row(key) do
+    {key |> empty_row() |> put_elem(0, {:const, key}) |> put_elem(@in_flight - 1, :"$1")}
   end
 
   # The index of the first bucket whose bound (in microseconds) is at least
@@ -146,127 +326,155 @@ defmodule Worker.Metrics do
   defp bucket(micros, [_ | bounds], i), do: bucket(micros, bounds, i + 1)
   defp bucket(_micros, [], i), do: i
 
-  # The rows, spelled out as one counter each, for rendering.
-  defp counters(row) do
-    {:fn, id} = elem(row, 0)
-    at = &elem(row, &1 - 1)
-
-    Enum.concat([
-      [{{:in_flight, id}, at.(@in_flight)}],
-      for {outcome, i} <- Enum.with_index(@outcomes), at.(@first_outcome + i) > 0 do
-        {{:invocations, id, outcome}, at.(@first_outcome + i)}
-      end,
-      histogram_rows(:invoke, id, at, @invoke_sum, @first_invoke_bucket, length(@invoke_buckets)),
-      histogram_rows(
-        :compile,
-        id,
-        at,
-        @compile_sum,
-        @first_compile_bucket,
-        length(@compile_buckets)
-      ),
-      for {event, pos} <- [hit: @hits, miss: @misses, eviction: @evictions], at.(pos) > 0 do
-        {{:cache, id, event}, at.(pos)}
-      end,
-      if(at.(@compiles) > 0, do: [{{:compiles, id}, at.(@compiles)}], else: []),
-      for {outcome, pos} <- [
-            {"ok", @http_ok},
-            {"failed", @http_failed},
-            {"refused", @http_refused}
-          ],
-          at.(pos) > 0 do
-        {{:http, id, outcome}, at.(pos)}
-      end,
-      if(at.(@dropped) > 0, do: [{{:dropped, id}, at.(@dropped)}], else: [])
-    ])
-  end
-
-  defp histogram_rows(kind, id, at, sum, first, n) do
-    if Enum.any?(0..n, &(at.(first + &1) > 0)) do
-      [
-        {{kind, :sum_us, id}, at.(sum)}
-        | for(i <- 0..n, do: {{kind, :bucket, id, i}, at.(first + i)})
-      ]
-    else
-      []
-    end
-  end
-
   ## Rendering
 
-  @doc "The whole page, in the Prometheus text exposition format 0.0.4."
-  @spec render() :: iodata()
-  def render do
-    rows = @table |> :ets.tab2list() |> Enum.flat_map(&counters/1)
+  @doc """
+  The CPU utilization for the page. `:cpu_sup` measures it since the
+  calling process's last call: call it from a long-lived process.
+  """
+  @spec cpu_utilization() :: number()
+  def cpu_utilization, do: safe(fn -> :cpu_sup.util() end, 0)
+
+  @doc """
+  The whole page, in the Prometheus text exposition format 0.0.4. Option
+  `:cpu_utilization`: the figure to show, as `cpu_utilization/0` read it
+  in a long-lived process (a render in a fresh one would read garbage).
+  """
+  @spec render(keyword()) :: iodata()
+  def render(opts \\ []) do
+    :counters.add(counters(), @renders, 1)
+    cpu = Keyword.get_lazy(opts, :cpu_utilization, &cpu_utilization/0)
+
+    # each row once, its labels escaped once, shared by all its lines
+    rows =
+      for row <- @table |> :ets.tab2list() |> Enum.sort_by(&elem(&1, 0)), shown?(row) do
+        {row_labels(elem(row, 0)), row}
+      end
 
     [
-      os_metrics(),
+      os_metrics(cpu),
       node_metrics(),
-      counter(rows, "worker_invocations_total", "Invocations by outcome.", fn
-        {{:invocations, id, outcome}, n} -> {labels(id, outcome: outcome), n}
-        _ -> nil
-      end),
+      counter(rows, "worker_invocations_total", "Invocations by outcome.", @outcome_samples),
       histogram(
         rows,
-        :invoke,
         "worker_invocation_duration_seconds",
         "Invocation duration.",
-        @invoke_buckets
+        @invoke_sum,
+        @first_invoke_bucket,
+        @invoke_les
       ),
       counter(
         rows,
         "worker_compiles_total",
         "Compiles (a miss served from an artifact is not one).",
-        fn
-          {{:compiles, id}, n} -> {labels(id), n}
-          _ -> nil
-        end
+        [{"}", @compiles}]
       ),
       histogram(
         rows,
-        :compile,
         "worker_compile_duration_seconds",
         "Compile duration.",
-        @compile_buckets
+        @compile_sum,
+        @first_compile_bucket,
+        @compile_les
       ),
-      for {event, name} <- [hit: "hits", miss: "misses", eviction: "evictions"] do
-        counter(rows, "worker_cache_#{name}_total", "Compiled-module cache #{name}.", fn
-          {{:cache, id, ^event}, n} -> {labels(id), n}
-          _ -> nil
-        end)
+      for {pos, name} <- [{@hits, "hits"}, {@misses, "misses"}, {@evictions, "evictions"}] do
+        counter(rows, "worker_cache_#{name}_total", "Compiled-module cache #{name}.", [{"}", pos}])
       end,
-      gauge_rows(rows, "worker_invocations_in_flight", "Invocations running now.", fn
-        {{:in_flight, id}, n} -> {labels(id), n}
-        _ -> nil
-      end),
-      counter(rows, "worker_http_requests_total", "Outbound HTTP requests by outcome.", fn
-        {{:http, id, outcome}, n} -> {labels(id, outcome: outcome), n}
-        _ -> nil
-      end),
+      [
+        header("worker_invocations_in_flight", "Invocations running now.", "gauge")
+        | for {labels, row} <- rows do
+            sample("worker_invocations_in_flight", labels, "}", elem(row, @in_flight - 1))
+          end
+      ],
+      counter(
+        rows,
+        "worker_http_requests_total",
+        "Outbound HTTP requests by outcome.",
+        [{",outcome=\"ok\"}", @http_ok}] ++
+          [{",outcome=\"failed\"}", @http_failed}, {",outcome=\"refused\"}", @http_refused}]
+      ),
       counter(
         rows,
         "worker_log_lines_dropped_total",
         "Function log lines dropped over the caps.",
-        fn
-          {{:dropped, id}, n} -> {labels(id), n}
-          _ -> nil
+        [{"}", @dropped}]
+      ),
+      [
+        header(
+          "worker_metrics_functions_folded_total",
+          "Loads of functions with no room for a row of their own (FL_METRICS_MAX_FUNCTIONS): their figures go to the _other row.",
+          "counter"
+        ),
+        "worker_metrics_functions_folded_total ",
+        Integer.to_string(:counters.get(counters(), @folded)),
+        "\n"
+      ]
+    ]
+  end
+
+  # A deleted function's row is gone from the page once nothing of it is in
+  # flight (even before it leaves the table); the shared row shows once used.
+  defp shown?(row) when elem(row, 0) == @other,
+    do: Enum.any?(@in_flight..@dropped, &(elem(row, &1 - 1) != 0))
+
+  defp shown?(row), do: elem(row, @deleted - 1) == 0 or elem(row, @in_flight - 1) != 0
+
+  # `{module="...",function="..."`: the labels of a row's lines, open for
+  # more, one binary
+  defp row_labels(@other), do: ~s({module="_other",function="_other")
+
+  defp row_labels({:fn, {module, function}}) do
+    IO.iodata_to_binary([~s({module="), escape(module), ~s(",function="), escape(function), ~s(")])
+  end
+
+  defp header(name, help, type), do: "# HELP #{name} #{help}\n# TYPE #{name} #{type}\n"
+
+  defp sample(name, labels, rest, n), do: [name, labels, rest, " ", Integer.to_string(n), "\n"]
+
+  # A counter family: for each row, a line per `{labels_rest, position}`
+  # whose count is above 0.
+  defp counter(rows, name, help, samples) do
+    lines =
+      for {labels, row} <- rows, {rest, pos} <- samples, n = elem(row, pos - 1), n > 0 do
+        sample(name, labels, rest, n)
+      end
+
+    [header(name, help, "counter") | lines]
+  end
+
+  # Cumulative buckets, sum and count, for each row with any bucket above 0.
+  defp histogram(rows, name, help, sum_pos, first, les) do
+    {bucket, sum, count} = {name <> "_bucket", name <> "_sum", name <> "_count"}
+    last = first + length(les) - 1
+
+    [
+      header(name, help, "histogram")
+      | for {labels, row} <- rows, Enum.any?(first..last, &(elem(row, &1 - 1) > 0)) do
+          {lines, total} =
+            les
+            |> Enum.with_index(first - 1)
+            |> Enum.map_reduce(0, fn {le, i}, acc ->
+              acc = acc + elem(row, i)
+              {sample(bucket, labels, le, acc), acc}
+            end)
+
+          [
+            lines,
+            [sum, labels, "} ", number(elem(row, sum_pos - 1) / 1_000_000), "\n"],
+            sample(count, labels, "}", total)
+          ]
         end
-      )
     ]
   end
 
   # The names the FunLess Core reads from Prometheus, as the FunLess worker
   # (PromEx's os_mon plugin) exports them.
-  defp os_metrics do
+  defp os_metrics(cpu_utilization) do
     memory = safe(fn -> :memsup.get_system_memory_data() end, [])
     prefix = "worker_prom_ex_os_mon_resources_"
 
     [
-      gauge(
-        prefix <> "cpu_utilization",
-        "CPU utilization, percent.",
-        safe(fn -> :cpu_sup.util() end, 0)
-      ),
+      gauge(prefix <> "cpu_utilization", "CPU utilization, percent.", cpu_utilization),
       gauge(
         prefix <> "available_mem",
         "Available memory, bytes.",
@@ -348,57 +556,7 @@ defmodule Worker.Metrics do
   end
 
   defp gauge(name, help, value) do
-    ["# HELP #{name} #{help}\n# TYPE #{name} gauge\n", name, " ", number(value), "\n"]
-  end
-
-  defp counter(rows, name, help, select), do: family(rows, name, help, "counter", select)
-  defp gauge_rows(rows, name, help, select), do: family(rows, name, help, "gauge", select)
-
-  defp family(rows, name, help, type, select) do
-    samples = rows |> Enum.map(select) |> Enum.reject(&is_nil/1) |> Enum.sort()
-
-    [
-      "# HELP #{name} #{help}\n# TYPE #{name} #{type}\n"
-      | Enum.map(samples, fn {labels, n} -> [name, labels, " ", number(n), "\n"] end)
-    ]
-  end
-
-  defp histogram(rows, kind, name, help, buckets) do
-    by_id =
-      Enum.reduce(rows, %{}, fn
-        {{^kind, :bucket, id, index}, n}, acc ->
-          update_in(acc, [Access.key(id, %{})], &Map.put(&1, index, n))
-
-        _, acc ->
-          acc
-      end)
-
-    sums = for {{^kind, :sum_us, id}, us} <- rows, into: %{}, do: {id, us}
-    bounds = Enum.map(buckets, &number/1) ++ ["+Inf"]
-
-    [
-      "# HELP #{name} #{help}\n# TYPE #{name} histogram\n"
-      | for {id, counts} <- Enum.sort(by_id) do
-          {lines, total} =
-            bounds
-            |> Enum.with_index()
-            |> Enum.map_reduce(0, fn {bound, index}, acc ->
-              acc = acc + Map.get(counts, index, 0)
-              {[name, "_bucket", labels(id, le: bound), " ", Integer.to_string(acc), "\n"], acc}
-            end)
-
-          [
-            lines,
-            [name, "_sum", labels(id), " ", number(Map.get(sums, id, 0) / 1_000_000), "\n"],
-            [name, "_count", labels(id), " ", Integer.to_string(total), "\n"]
-          ]
-        end
-    ]
-  end
-
-  defp labels({module, function}, extra \\ []) do
-    pairs = [module: module, function: function] ++ extra
-    ["{", Enum.map_join(pairs, ",", fn {k, v} -> ~s(#{k}="#{escape(v)}") end), "}"]
+    [header(name, help, "gauge"), name, " ", number(value), "\n"]
   end
 
   @doc "Escapes a label value: backslash, double quote and newline."

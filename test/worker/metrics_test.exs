@@ -13,7 +13,7 @@ defmodule Worker.MetricsTest do
     {peer, node} = Cluster.start_worker!(dir, metrics_port: port)
     on_exit(fn -> Cluster.stop(peer) end)
     {:ok, _} = Application.ensure_all_started(:inets)
-    %{node: node, base: "http://127.0.0.1:#{port}"}
+    %{node: node, base: "http://127.0.0.1:#{port}", port: port}
   end
 
   defp free_port do
@@ -36,6 +36,18 @@ defmodule Worker.MetricsTest do
     Prometheus.parse!(body)
   end
 
+  # A page is served for 1 s after its render (Worker.Metrics.Endpoint): a
+  # scrape that must see what happened since the last one waits that out.
+  defp fresh_metrics!(base) do
+    Process.sleep(1_100)
+    metrics!(base)
+  end
+
+  # A render on the node itself, bypassing the endpoint and its cache.
+  defp rendered!(node) do
+    Prometheus.parse!(IO.iodata_to_binary(:erpc.call(node, Worker.Metrics, :render, [])))
+  end
+
   defp call(node, msg), do: GenServer.call({:worker, node}, msg, 60_000)
 
   defp function(name, wasm, module \\ "obs") do
@@ -43,6 +55,55 @@ defmodule Worker.MetricsTest do
   end
 
   defp invoke(node, fun, args), do: call(node, {:invoke, Map.delete(fun, :code), args})
+
+  defp delete(node, fun), do: call(node, {:delete_function, fun.name, fun.module, fun.hash})
+
+  # Functions with 1 KB names, all of the same code.
+  defp long_functions(n, code, tag) do
+    for i <- 1..n, do: function(String.duplicate("n", 1_000) <> "#{tag}#{i}", code)
+  end
+
+  defp store_and_invoke!(node, funs) do
+    funs
+    |> Task.async_stream(
+      fn f ->
+        :ok = call(node, {:store_function, f})
+        {:ok, _} = invoke(node, f, %{})
+      end,
+      max_concurrency: 8,
+      timeout: 60_000
+    )
+    |> Stream.run()
+  end
+
+  # The body of a GET /metrics over a connection of its own (HTTP/1.0: the
+  # server closes it after the response), so that scrapes are concurrent.
+  defp raw_scrape(port) do
+    {:ok, socket} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], 5_000)
+    :ok = :gen_tcp.send(socket, "GET /metrics HTTP/1.0\r\n\r\n")
+    [head, body] = socket |> recv_all([]) |> :binary.split("\r\n\r\n")
+    assert head =~ ~r{^HTTP/1\.[01] 200 }
+    body
+  end
+
+  defp recv_all(socket, acc) do
+    case :gen_tcp.recv(socket, 0, 30_000) do
+      {:ok, data} -> recv_all(socket, [acc | data])
+      {:error, :closed} -> IO.iodata_to_binary(acc)
+    end
+  end
+
+  defp wait_until(fun, tries \\ 400) do
+    cond do
+      fun.() -> :ok
+      tries == 0 -> flunk("never came true")
+      true -> Process.sleep(25) && wait_until(fun, tries - 1)
+    end
+  end
+
+  defp function_samples(page, name) do
+    for {_, %{"function" => ^name} = labels, value} <- page.samples, do: {labels, value}
+  end
 
   test "exact counts by outcome, histograms, cache and compile figures", %{node: node, base: base} do
     hello = function("hello", wasm!("hello"))
@@ -95,7 +156,12 @@ defmodule Worker.MetricsTest do
     assert at.("worker_invocations_in_flight", hello_l) == 0.0
     # spin ran in slices until its timeout; the figure is per scrape
     assert at.("worker_runtime_max_slice_seconds", %{}) > 0
-    assert Prometheus.value(metrics!(base), "worker_runtime_max_slice_seconds", %{}) == 0.0
+    # (per render: a scrape within the second after gets the same page)
+    assert Prometheus.value(metrics!(base), "worker_runtime_max_slice_seconds", %{}) ==
+             at.("worker_runtime_max_slice_seconds", %{})
+
+    assert Prometheus.value(fresh_metrics!(base), "worker_runtime_max_slice_seconds", %{}) ==
+             0.0
 
     # node and the names the FunLess Core reads
     for name <-
@@ -221,11 +287,170 @@ defmodule Worker.MetricsTest do
     seen = Enum.map(scrapes, &(Prometheus.value(&1, "worker_invocations_total", labels) || 0.0))
     assert seen == Enum.sort(seen) and List.last(seen) <= 10_000.0
 
-    page = metrics!(base)
+    page = fresh_metrics!(base)
     assert Prometheus.value(page, "worker_invocations_total", labels) == 10_000.0
 
     assert Prometheus.value(page, "worker_invocation_duration_seconds_count", %{
              "function" => "echo"
            }) == 10_000.0
+  end
+
+  test "deleted functions leave the page: 300 with 1 KB names, then a fresh node's page size",
+       %{node: node, base: base} do
+    {200, _, fresh} = get(base <> "/metrics")
+    funs = long_functions(300, wasm!("hello"), "deleted")
+    store_and_invoke!(node, funs)
+
+    page = fresh_metrics!(base)
+    rows = for {"worker_invocations_in_flight", %{"function" => _}, _} <- page.samples, do: 1
+    assert length(rows) == 300
+
+    for f <- funs, do: assert(delete(node, f) == :ok)
+
+    {200, _, body} = fresh_metrics!(base) && get(base <> "/metrics")
+    page = Prometheus.parse!(body)
+    assert for({name, %{"function" => _} = l, _} <- page.samples, do: {name, l}) == []
+    assert byte_size(body) < byte_size(fresh) + 512, "#{byte_size(body)} vs #{byte_size(fresh)}"
+  end
+
+  test "a function deleted while it runs leaves no row, and counts afresh when stored again",
+       %{node: node} do
+    sleeper = function("sleeper", wat!("wasi_sleep"))
+    labels = %{"module" => "obs", "function" => "sleeper"}
+    assert call(node, {:store_function, sleeper}) == :ok
+    :ok = :erpc.call(node, Worker.Config, :put, [:invoke_timeout_ms, 1_500])
+    running = Task.async(fn -> invoke(node, sleeper, %{}) end)
+
+    wait_until(fn ->
+      Prometheus.value(rendered!(node), "worker_invocations_in_flight", labels) == 1.0
+    end)
+
+    assert delete(node, sleeper) == :ok
+    # still shown while it runs
+    assert Prometheus.value(rendered!(node), "worker_invocations_in_flight", labels) == 1.0
+    assert {:error, :timeout} = Task.await(running, 10_000)
+
+    page = rendered!(node)
+    assert function_samples(page, "sleeper") == []
+    assert for({"worker_invocations_in_flight", l, v} <- page.samples, v != 0, do: {l, v}) == []
+
+    # stored again, other code: a fresh row
+    hello = function("sleeper", wasm!("hello"))
+    assert call(node, {:store_function, hello}) == :ok
+    assert {:ok, _} = invoke(node, hello, %{})
+    page = rendered!(node)
+    at = fn name, extra -> Prometheus.value(page, name, Map.merge(labels, extra)) end
+    assert at.("worker_invocations_total", %{"outcome" => "ok"}) == 1.0
+    assert at.("worker_invocations_total", %{"outcome" => "timeout"}) == nil
+    assert at.("worker_invocation_duration_seconds_count", %{}) == 1.0
+    assert at.("worker_invocations_in_flight", %{}) == 0.0
+    assert at.("worker_cache_misses_total", %{}) == 1.0
+  end
+
+  test "an invocation admitted after its function's deletion makes no row", %{tmp_dir: dir} do
+    {peer, node} =
+      Cluster.start_worker!(Path.join(dir, "one_slot"),
+        max_concurrency: 1,
+        invoke_timeout_ms: 1_000
+      )
+
+    on_exit(fn -> Cluster.stop(peer) end)
+    sleeper = function("sleeper", wat!("wasi_sleep"))
+    labels = %{"module" => "obs", "function" => "sleeper"}
+    assert call(node, {:store_function, sleeper}) == :ok
+    first = Task.async(fn -> invoke(node, sleeper, %{}) end)
+
+    wait_until(fn ->
+      Prometheus.value(rendered!(node), "worker_invocations_in_flight", labels) == 1.0
+    end)
+
+    # the second has its module (a cache hit) and waits for the slot
+    second = Task.async(fn -> invoke(node, sleeper, %{}) end)
+    wait_until(fn -> :erpc.call(node, Worker.Admission, :info, []).waiting == 1 end)
+    assert delete(node, sleeper) == :ok
+    assert {:error, :timeout} = Task.await(first, 10_000)
+    assert {:error, :timeout} = Task.await(second, 10_000)
+
+    page = rendered!(node)
+    assert function_samples(page, "sleeper") == []
+    # the second's start and end both counted in the shared row
+    other = %{"module" => "_other", "function" => "_other"}
+    assert Prometheus.value(page, "worker_invocations_in_flight", other) == 0.0
+
+    assert Prometheus.value(
+             page,
+             "worker_invocations_total",
+             Map.put(other, "outcome", "timeout")
+           ) ==
+             1.0
+
+    hello = function("sleeper", wasm!("hello"))
+    assert call(node, {:store_function, hello}) == :ok
+    assert {:ok, _} = invoke(node, hello, %{})
+
+    assert Prometheus.value(
+             rendered!(node),
+             "worker_invocations_total",
+             Map.put(labels, "outcome", "ok")
+           ) ==
+             1.0
+  end
+
+  test "over metrics_max_functions, further functions share the _other row", %{tmp_dir: dir} do
+    port = free_port()
+
+    {peer, node} =
+      Cluster.start_worker!(Path.join(dir, "capped"), metrics_port: port, metrics_max_functions: 5)
+
+    on_exit(fn -> Cluster.stop(peer) end)
+    code = wasm!("hello")
+
+    for i <- 1..12 do
+      f = function("f#{String.pad_leading("#{i}", 2, "0")}", code)
+      assert call(node, {:store_function, f}) == :ok
+      for _ <- 1..i, do: assert({:ok, _} = invoke(node, f, %{}))
+    end
+
+    page = metrics!("http://127.0.0.1:#{port}")
+    rows = for {"worker_invocations_in_flight", l, _} <- page.samples, do: l["function"]
+    assert Enum.sort(rows) == ~w(_other f01 f02 f03 f04 f05)
+    ok = fn function -> %{"function" => function, "outcome" => "ok"} end
+
+    for i <- 1..5 do
+      assert Prometheus.value(page, "worker_invocations_total", ok.("f0#{i}")) == i * 1.0
+    end
+
+    other = %{"module" => "_other", "function" => "_other"}
+
+    assert Prometheus.value(page, "worker_invocations_total", ok.("_other")) ==
+             Enum.sum(6..12) * 1.0
+
+    assert Prometheus.value(page, "worker_invocation_duration_seconds_count", other) == 63.0
+    assert Prometheus.value(page, "worker_cache_misses_total", other) == 7.0
+    assert Prometheus.value(page, "worker_metrics_functions_folded_total") == 7.0
+  end
+
+  test "16 concurrent scrapes while a page renders: one render, byte-identical pages",
+       %{node: node, port: port} do
+    # a page of megabytes, so that its render takes a while
+    store_and_invoke!(node, long_functions(200, wasm!("hello"), "scraped"))
+    renders = :erpc.call(node, Worker.Metrics, :renders, [])
+
+    scrapes =
+      for _ <- 1..16 do
+        Task.async(fn ->
+          receive do
+            :go -> raw_scrape(port)
+          end
+        end)
+      end
+
+    Enum.each(scrapes, &send(&1.pid, :go))
+    bodies = Task.await_many(scrapes, 60_000)
+    assert byte_size(hd(bodies)) > 1_000_000
+    assert bodies |> Enum.uniq() |> length() == 1
+    assert :erpc.call(node, Worker.Metrics, :renders, []) - renders <= 2
+    page = Prometheus.parse!(hd(bodies))
+    assert length(Prometheus.samples(page, "worker_invocations_in_flight")) == 200
   end
 end

@@ -3,29 +3,53 @@ defmodule Worker.Metrics.Endpoint do
   The worker's HTTP endpoint, on `:inets` httpd (`FL_METRICS_PORT`, default
   4021 as in FunLess; 0 disables it):
 
-    * `GET /metrics` - `Worker.Metrics.render/0`, Prometheus text 0.0.4;
+    * `GET /metrics` - `Worker.Metrics.render/1`, Prometheus text 0.0.4;
     * `GET /healthz` - 200 while the node is up;
     * `GET /readyz` - 200 once the native runtime is loaded and `:worker`
       is registered, 503 before.
+
+  One page is rendered at a time, in a process of its own (its garbage
+  goes with it), as one binary, which then serves every scrape for 1 s
+  after the render ends: scrapes that arrive while it renders wait for it,
+  and all get that same binary. So however many scrapes come at once, the
+  node holds one page, and renders at most once per second plus the time
+  a render takes. `:cpu_sup` measures since its caller's last call, so
+  this long-lived server reads the CPU figure for each render.
   """
   use GenServer
 
   require Record
   Record.defrecordp(:mod, Record.extract(:mod, from_lib: "inets/include/httpd.hrl"))
 
+  # how long a rendered page is served, from the end of its render
+  @page_ms 1_000
+  # how long a scrape waits for its page
+  @scrape_timeout_ms 60_000
+
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
   @doc "The port it listens on, or `nil` when disabled."
   @spec port() :: :inet.port_number() | nil
-  def port, do: GenServer.call(:persistent_term.get({__MODULE__, :server}), :port)
+  def port, do: GenServer.call(server(), :port)
+
+  defp server, do: :persistent_term.get({__MODULE__, :server})
+
+  # The page, rendered or reused (see the moduledoc).
+  defp page do
+    GenServer.call(server(), :page, @scrape_timeout_ms)
+  catch
+    :exit, reason -> {:error, {:exit, reason}}
+  end
 
   @impl true
   def init(_opts) do
     :persistent_term.put({__MODULE__, :server}, self())
 
+    state = %{httpd: nil, page: nil, page_ref: nil, render: nil, waiters: []}
+
     case Application.fetch_env!(:worker, :metrics_port) do
       0 ->
-        {:ok, nil}
+        {:ok, state}
 
       port ->
         # CPU and memory figures for the page
@@ -50,16 +74,33 @@ defmodule Worker.Metrics.Endpoint do
             :stand_alone
           )
 
-        {:ok, pid}
+        {:ok, %{state | httpd: pid}}
     end
   end
 
   @impl true
-  def handle_call(:port, _from, nil), do: {:reply, nil, nil}
+  def handle_call(:port, _from, %{httpd: nil} = state), do: {:reply, nil, state}
 
-  def handle_call(:port, _from, pid) do
-    {:reply, :proplists.get_value(:port, :httpd.info(pid)), pid}
+  def handle_call(:port, _from, state) do
+    {:reply, :proplists.get_value(:port, :httpd.info(state.httpd)), state}
   end
+
+  def handle_call(:page, _from, %{page: page} = state) when is_binary(page),
+    do: {:reply, {:ok, page}, state}
+
+  def handle_call(:page, from, %{render: nil} = state) do
+    # read here, in this long-lived process (see the moduledoc)
+    cpu = Worker.Metrics.cpu_utilization()
+
+    {_pid, ref} =
+      spawn_monitor(fn ->
+        exit({:"$fl_page", IO.iodata_to_binary(Worker.Metrics.render(cpu_utilization: cpu))})
+      end)
+
+    {:noreply, %{state | render: ref, waiters: [from]}}
+  end
+
+  def handle_call(:page, from, state), do: {:noreply, %{state | waiters: [from | state.waiters]}}
 
   def handle_call(request, _from, state) do
     Worker.Stray.drop("Worker.Metrics.Endpoint", request)
@@ -72,21 +113,39 @@ defmodule Worker.Metrics.Endpoint do
     {:noreply, state}
   end
 
+  # The render is done: its page (one binary, shared by the replies) serves
+  # every waiter, then the scrapes of the next @page_ms.
   @impl true
+  def handle_info({:DOWN, ref, :process, _pid, reason}, %{render: ref} = state) do
+    {reply, page} =
+      case reason do
+        {:"$fl_page", page} -> {{:ok, page}, page}
+        other -> {{:error, other}, nil}
+      end
+
+    Enum.each(state.waiters, &GenServer.reply(&1, reply))
+    if page, do: Process.send_after(self(), {:"$fl_page_expired", ref}, @page_ms)
+    {:noreply, %{state | page: page, page_ref: ref, render: nil, waiters: []}}
+  end
+
+  # Dropped, and garbage collected (hibernation) so that this process
+  # holds no reference to it.
+  def handle_info({:"$fl_page_expired", ref}, %{page_ref: ref} = state),
+    do: {:noreply, %{state | page: nil, page_ref: nil}, :hibernate}
+
   def handle_info(message, state) do
     Worker.Stray.drop("Worker.Metrics.Endpoint", message)
     {:noreply, state}
   end
 
   @impl true
-  def terminate(_reason, nil), do: :ok
-  def terminate(_reason, pid), do: :inets.stop(:stand_alone, pid)
+  def terminate(_reason, %{httpd: nil}), do: :ok
+  def terminate(_reason, %{httpd: pid}), do: :inets.stop(:stand_alone, pid)
 
   @doc false
   # The httpd module callback: one request in, one response out.
   def unquote(:do)(request) do
     {status, type, body} = respond(mod(request, :method), path(mod(request, :request_uri)))
-    body = IO.iodata_to_binary(body)
 
     head = [
       code: status,
@@ -99,8 +158,12 @@ defmodule Worker.Metrics.Endpoint do
 
   defp path(uri), do: uri |> List.to_string() |> String.split("?") |> hd()
 
-  defp respond(~c"GET", "/metrics"),
-    do: {200, "text/plain; version=0.0.4; charset=utf-8", Worker.Metrics.render()}
+  defp respond(~c"GET", "/metrics") do
+    case page() do
+      {:ok, page} -> {200, "text/plain; version=0.0.4; charset=utf-8", page}
+      {:error, _} -> {503, "text/plain", "metrics unavailable\n"}
+    end
+  end
 
   defp respond(~c"GET", "/healthz"), do: {200, "text/plain", "ok\n"}
 
