@@ -26,6 +26,7 @@ defmodule Worker.Config do
   | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 |
   | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB |
   | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none |
+  | `:log_lines_per_s` | `FL_LOG_LINES_PER_S` (0: no limit) | 1 000 per function |
   | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 |
   | `:metrics_max_functions` | `FL_METRICS_MAX_FUNCTIONS` | 1 000 |
   """
@@ -50,11 +51,12 @@ defmodule Worker.Config do
   end
 
   @doc """
-  `{timeout_ms, max_memory_bytes, http_allow}`: the defaults of
+  `{timeout_ms, max_memory_bytes, http_allow, log_lines_per_s}`: the defaults of
   `Worker.Runtime.invoke/3`, read on every invocation, so kept in
   `:persistent_term` rather than looked up in the application environment.
   """
-  @spec invoke_defaults() :: {non_neg_integer(), non_neg_integer(), [String.t()]}
+  @spec invoke_defaults() ::
+          {non_neg_integer(), non_neg_integer(), [String.t()], non_neg_integer()}
   def invoke_defaults do
     case :persistent_term.get({__MODULE__, :invoke}, nil) do
       nil ->
@@ -69,7 +71,10 @@ defmodule Worker.Config do
   defp refresh do
     builtin = defaults()
     get = fn key -> Application.get_env(:worker, key, builtin[key]) end
-    defaults = {get.(:invoke_timeout_ms), get.(:max_memory_bytes), get.(:http_allow)}
+
+    defaults =
+      {get.(:invoke_timeout_ms), get.(:max_memory_bytes), get.(:http_allow),
+       get.(:log_lines_per_s)}
 
     if :persistent_term.get({__MODULE__, :invoke}, nil) != defaults do
       :persistent_term.put({__MODULE__, :invoke}, defaults)
@@ -98,6 +103,7 @@ defmodule Worker.Config do
       invoke_timeout_ms: 30_000,
       max_memory_bytes: 128 * 1024 * 1024,
       http_allow: [],
+      log_lines_per_s: 1_000,
       metrics_port: 4021,
       metrics_max_functions: 1_000
     ]
@@ -131,6 +137,7 @@ defmodule Worker.Config do
       invoke_timeout_ms: int(env["FL_INVOKE_TIMEOUT_MS"]),
       max_memory_bytes: mb(env["FL_MAX_MEMORY_MB"]),
       http_allow: list(env["FL_HTTP_ALLOW"]),
+      log_lines_per_s: int(env["FL_LOG_LINES_PER_S"]),
       metrics_port: int(env["FL_METRICS_PORT"]),
       metrics_max_functions: int(env["FL_METRICS_MAX_FUNCTIONS"])
     ]

@@ -32,6 +32,7 @@ defmodule Worker.Handler do
       handler_bytes = Application.fetch_env!(:worker, :handler_max_bytes)
       :persistent_term.put({__MODULE__, :gate}, Gate.new(requests))
       :persistent_term.put({__MODULE__, :bytes}, Gate.new(handler_bytes))
+      :persistent_term.put({__MODULE__, :overloaded}, :counters.new(1, [:write_concurrency]))
     end
 
     :ok
@@ -41,12 +42,28 @@ defmodule Worker.Handler do
   @spec gate() :: Gate.t()
   def gate, do: :persistent_term.get({__MODULE__, :gate})
 
-  @doc "Requests being served, and bytes of arguments held by code handlers."
-  @spec info() :: %{requests: integer(), max_requests: integer(), handler_bytes: integer()}
+  @doc """
+  Requests being served, bytes of arguments held by code handlers, and
+  requests refused so far at either bound.
+  """
+  @spec info() :: %{
+          requests: integer(),
+          max_requests: integer(),
+          handler_bytes: integer(),
+          overloaded: integer()
+        }
   def info do
     %{used: used, max: max} = Gate.info(gate())
     %{used: bytes} = Gate.info(:persistent_term.get({__MODULE__, :bytes}))
-    %{requests: used, max_requests: max, handler_bytes: bytes}
+    overloaded = :counters.get(:persistent_term.get({__MODULE__, :overloaded}), 1)
+    %{requests: used, max_requests: max, handler_bytes: bytes, overloaded: overloaded}
+  end
+
+  @doc false
+  # `{:error, :overloaded}`, counted.
+  def overloaded do
+    :counters.add(:persistent_term.get({__MODULE__, :overloaded}), 1, 1)
+    {:error, :overloaded}
   end
 
   @doc "Whether `request` is one this module serves (besides invocations)."
@@ -122,7 +139,7 @@ defmodule Worker.Handler do
 
     case Gate.enter(bytes, byte_size(text)) do
       nil ->
-        reply(from, {:error, :overloaded})
+        reply(from, overloaded())
 
       _ticket ->
         reply(from, {:error, :code_not_found, self()})

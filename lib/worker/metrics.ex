@@ -501,7 +501,19 @@ defmodule Worker.Metrics do
   end
 
   defp node_metrics do
-    admission = safe(fn -> Worker.Admission.info() end, %{running: 0, waiting: 0, overloaded: 0})
+    admission =
+      safe(fn -> Worker.Admission.info() end, %{
+        running: 0,
+        waiting: 0,
+        overloaded: 0,
+        expired: 0,
+        cancelled: 0
+      })
+
+    requests =
+      safe(fn -> Worker.Handler.info() end, %{requests: 0, handler_bytes: 0, overloaded: 0})
+
+    stray = safe(fn -> Worker.Stray.count() end, 0)
     runtime = safe(fn -> Worker.Runtime.stats() end, %{in_flight: 0, max_slice_us: 0})
 
     [
@@ -531,6 +543,36 @@ defmodule Worker.Metrics do
         "# TYPE worker_admission_overloaded_total counter\n",
         "worker_admission_overloaded_total #{admission.overloaded}\n"
       ],
+      node_counter(
+        "worker_admission_expired_total",
+        "Invocations that waited FL_QUEUE_TIMEOUT_MS for a slot and were dropped.",
+        admission.expired
+      ),
+      node_counter(
+        "worker_admission_cancelled_total",
+        "Queued invocations whose caller died.",
+        admission.cancelled
+      ),
+      gauge(
+        "worker_requests_in_flight",
+        "Core requests being served, code handlers included (at most FL_MAX_REQUESTS).",
+        requests.requests
+      ),
+      node_counter(
+        "worker_requests_overloaded_total",
+        "Core requests refused with :overloaded at FL_MAX_REQUESTS or FL_HANDLER_MAX_MB.",
+        requests.overloaded
+      ),
+      gauge(
+        "worker_handler_bytes",
+        "Bytes of arguments held by code_not_found handlers.",
+        requests.handler_bytes
+      ),
+      node_counter(
+        "worker_stray_messages_total",
+        "Messages nobody asked for, dropped (casts, malformed calls, system messages).",
+        stray
+      ),
       gauge(
         "worker_runtime_in_flight",
         "Invocations alive in the native runtime.",
@@ -553,6 +595,10 @@ defmodule Worker.Metrics do
     end
   catch
     _, _ -> default
+  end
+
+  defp node_counter(name, help, value) do
+    [header(name, help, "counter"), name, " ", number(value), "\n"]
   end
 
   defp gauge(name, help, value) do

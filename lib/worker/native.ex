@@ -26,8 +26,7 @@ defmodule Worker.Native do
   def module_load(_artifact, _wasm_bytes), do: err()
   def engine_fingerprint, do: err()
 
-  def invocation_start(_module, _args, _encoded, _timeout_ms, _max_memory, _http_allow),
-    do: err()
+  def invocation_start(_module, _args, _encoded, _limits), do: err()
 
   def invocation_resume(_invocation), do: err()
   def invocation_resume_dirty(_invocation), do: err()

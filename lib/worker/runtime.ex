@@ -132,6 +132,11 @@ defmodule Worker.Runtime do
       redirect;
     * `:metadata` - keyword list added to the Logger metadata of the lines
       the function logs, for example `[fl_module: "m", fl_function: "f"]`;
+    * `:log_lines_per_s` - log lines a second that all invocations of this
+      module may write together; the rest are dropped and counted. The
+      module's budget is made by its first invocation, with that
+      invocation's rate (default: the `:log_lines_per_s` setting,
+      `FL_LOG_LINES_PER_S`, 1 000; 0 for no limit);
     * `:caller` - a process the invocation serves: if it dies, the
       invocation stops within a time slice and returns
       `{:error, :cancelled}`;
@@ -163,13 +168,16 @@ defmodule Worker.Runtime do
   @spec invoke(Module.t(), term() | {:json, binary()}, keyword()) ::
           {:ok, term()} | {:error, invoke_error()}
   def invoke(%Module{ref: ref}, args, opts \\ []) do
-    {default_timeout, default_memory, default_allow} = Worker.Config.invoke_defaults()
+    {default_timeout, default_memory, default_allow, default_rate} =
+      Worker.Config.invoke_defaults()
+
     timeout = Keyword.get(opts, :timeout, default_timeout)
     max_memory = Keyword.get(opts, :max_memory, default_memory)
     metadata = Keyword.get(opts, :metadata, [])
     on_stats = Keyword.get(opts, :on_stats)
     http_allow = Keyword.get(opts, :http_allow, default_allow)
     caller = Keyword.get(opts, :caller)
+    log_rate = Keyword.get(opts, :log_lines_per_s, default_rate)
 
     unless is_integer(timeout) and timeout in 0..@max_timeout do
       raise ArgumentError, ":timeout must be an integer of milliseconds up to #{@max_timeout}"
@@ -195,6 +203,10 @@ defmodule Worker.Runtime do
       raise ArgumentError, ":caller must be a pid"
     end
 
+    unless is_integer(log_rate) and log_rate in 0..4_294_967_295 do
+      raise ArgumentError, ":log_lines_per_s must be a non-negative integer"
+    end
+
     loop = %{
       deadline: System.monotonic_time(:millisecond) + timeout,
       metadata: metadata,
@@ -205,17 +217,17 @@ defmodule Worker.Runtime do
     }
 
     ref
-    |> start(args, [timeout, max_memory, http_allow])
+    |> start(args, {timeout, max_memory, http_allow, log_rate})
     |> drive(loop)
   end
 
   # Arguments too large to encode on a normal scheduler come back as
   # :dirty; they are encoded on a dirty one, then the invocation starts.
   defp start(ref, {:json, text}, limits) when is_binary(text),
-    do: apply(Native, :invocation_start, [ref, text, true | limits])
+    do: Native.invocation_start(ref, text, true, limits)
 
   defp start(ref, args, limits) do
-    case apply(Native, :invocation_start, [ref, args, false | limits]) do
+    case Native.invocation_start(ref, args, false, limits) do
       :dirty ->
         case Native.args_encode_dirty(args) do
           {:ok, text} -> start(ref, {:json, text}, limits)

@@ -82,7 +82,7 @@ defmodule Worker.Server do
   defp spawn_handler(from, request) do
     case Gate.enter(Handler.gate()) do
       nil ->
-        reply(from, {:error, :overloaded})
+        reply(from, Handler.overloaded())
 
       ticket ->
         :erlang.spawn_opt(Handler, :run, [from, ticket, request], min_heap_size: 1024)

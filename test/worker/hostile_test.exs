@@ -91,6 +91,7 @@ defmodule Worker.HostileTest do
   } do
     {peer, node} = Cluster.start_worker!(dir, max_concurrency: 2, invoke_timeout_ms: 60_000)
     on_exit(fn -> Cluster.stop(peer) end)
+
     for i <- 1..4 do
       # a new name each time: the handler stores the code it is sent
       spin = function("spin#{i}", wat!("spin"))
@@ -230,8 +231,7 @@ defmodule Worker.HostileTest do
 
   describe "compile bombs" do
     test "are refused at the limits, and the worker stays well", %{tmp_dir: dir} do
-      {peer, node} =
-        Cluster.start_worker!(dir, compile_timeout_ms: 4_000, compile_max_mb: 256)
+      {peer, node} = Cluster.start_worker!(dir, compile_timeout_ms: 4_000, compile_max_mb: 256)
 
       on_exit(fn -> Cluster.stop(peer) end)
       echo = function("echo", wasm!("echo"))

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
-use worker_runtime::logs::{Line, Stats, Stream};
+use worker_runtime::logs::{Line, LineBudget, Stats, Stream};
 use worker_runtime::policy::Policy;
 use worker_runtime::{Invocation, Limits, Outcome};
 
@@ -111,7 +111,8 @@ pub fn take_max_slice_us() -> u64 {
     MAX_SLICE_US.swap(0, Ordering::Relaxed)
 }
 
-/// Starts an invocation and runs its first slice. `arguments` is a term,
+/// Starts an invocation and runs its first slice, under
+/// `{timeout_ms, max_memory, http_allow, log_lines_per_s}`. `arguments` is a term,
 /// or with `encoded` the JSON text of one (from `args_encode/2`). A term
 /// whose text is too long to encode on a normal scheduler gets `:dirty`:
 /// the caller encodes it with `args_encode_dirty/2` and starts again.
@@ -121,15 +122,17 @@ fn invocation_start<'a>(
     module: ResourceArc<ModuleResource>,
     arguments: Term<'a>,
     encoded: bool,
-    timeout_ms: u64,
-    max_memory: u64,
-    http_allow: Vec<String>,
+    (timeout_ms, max_memory, http_allow, log_lines_per_s): (u64, u64, Vec<String>, u32),
 ) -> Term<'a> {
     let started = Instant::now();
-    let limits = match limits(timeout_ms, max_memory, http_allow) {
+    let mut limits = match limits(timeout_ms, max_memory, http_allow) {
         Ok(limits) => limits,
         Err(reason) => return invalid_args(env, reason),
     };
+    if log_lines_per_s > 0 {
+        let budget = module.1.get_or_init(|| LineBudget::new(log_lines_per_s));
+        limits.log_budget = Some(budget.clone());
+    }
     let input = if encoded {
         match arguments.decode::<rustler::Binary>() {
             Ok(text) => text.as_slice().to_vec(),

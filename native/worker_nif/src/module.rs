@@ -2,12 +2,15 @@
 
 use crate::atoms;
 use rustler::{Binary, Encoder, Env, NewBinary, OwnedEnv, ResourceArc, Term};
+use std::sync::{Arc, OnceLock};
+use worker_runtime::logs::LineBudget;
 use worker_runtime::module::Isolation;
 use worker_runtime::{CompileError, CompiledModule};
 
 /// A compiled, linked function. Any process may invoke it concurrently; it
-/// lives as long as some process holds a reference.
-pub struct ModuleResource(pub CompiledModule);
+/// lives as long as some process holds a reference. Its invocations share
+/// one budget of log lines a second, made at the first that asks for one.
+pub struct ModuleResource(pub CompiledModule, pub OnceLock<Arc<LineBudget>>);
 
 #[rustler::resource_impl]
 impl rustler::Resource for ModuleResource {}
@@ -45,7 +48,9 @@ fn module_compile(
                 (reply_to.load(env), module_reply(env, result)).encode(env)
             });
         })
-        .map_err(|e| rustler::Error::Term(Box::new(format!("cannot start a compile thread: {e}"))))?;
+        .map_err(|e| {
+            rustler::Error::Term(Box::new(format!("cannot start a compile thread: {e}")))
+        })?;
     Ok(atoms::ok())
 }
 
@@ -93,7 +98,12 @@ fn module_reply(env: Env, result: Result<CompiledModule, CompileError>) -> Term 
                 module.native_bytes,
                 module.initial_memory,
             );
-            (atoms::ok(), ResourceArc::new(ModuleResource(module)), sizes).encode(env)
+            (
+                atoms::ok(),
+                ResourceArc::new(ModuleResource(module, OnceLock::new())),
+                sizes,
+            )
+                .encode(env)
         }
         Err(CompileError::Invalid(reason)) => {
             (atoms::error(), (atoms::invalid_module(), reason)).encode(env)

@@ -101,7 +101,7 @@ impl std::fmt::Display for DeadlineReached {
 impl std::error::Error for DeadlineReached {}
 
 pub struct Invocation {
-    future: Pin<Box<dyn Future<Output = Outcome> + Send>>,
+    future: Pin<Box<dyn Future<Output = (Outcome, Store<HostState>)> + Send>>,
     logs: Arc<LogSink>,
     slice: Arc<SliceClock>,
     _running: Running,
@@ -217,11 +217,14 @@ impl Invocation {
         };
         let _tokio = rt.tokio.enter();
         self.slice.start();
-        let result = self.future.as_mut().poll(cx);
-        if result.is_ready() {
-            self.logs.finish();
+        match self.future.as_mut().poll(cx) {
+            Poll::Ready((outcome, store)) => {
+                self.logs.finish();
+                release(store);
+                Poll::Ready(outcome)
+            }
+            Poll::Pending => Poll::Pending,
         }
-        result
     }
 
     /// What the guest printed since the last call.
@@ -257,19 +260,29 @@ async fn run(
     pre: wasmtime::InstancePre<HostState>,
     invoke: wasmtime::ModuleExport,
     memory: wasmtime::ModuleExport,
+) -> (Outcome, Store<HostState>) {
+    let outcome = call(&mut store, pre, invoke, memory).await;
+    (outcome, store)
+}
+
+async fn call(
+    store: &mut Store<HostState>,
+    pre: wasmtime::InstancePre<HostState>,
+    invoke: wasmtime::ModuleExport,
+    memory: wasmtime::ModuleExport,
 ) -> Outcome {
-    let instance = match pre.instantiate_async(&mut store).await {
+    let instance = match pre.instantiate_async(&mut *store).await {
         Ok(instance) => instance,
         Err(e) => return classify(e, true),
     };
-    let Some(Extern::Memory(memory)) = instance.get_module_export(&mut store, &memory) else {
+    let Some(Extern::Memory(memory)) = instance.get_module_export(&mut *store, &memory) else {
         return Outcome::Instantiate("exported memory missing".into());
     };
     store.data_mut().memory = Some(memory);
     let func = match instance
-        .get_module_export(&mut store, &invoke)
+        .get_module_export(&mut *store, &invoke)
         .and_then(Extern::into_func)
-        .map(|f| f.typed::<i32, i32>(&store))
+        .map(|f| f.typed::<i32, i32>(&*store))
     {
         Some(Ok(func)) => func,
         _ => return Outcome::Instantiate("exported __invoke missing".into()),
@@ -278,7 +291,7 @@ async fn run(
     // The epoch callback enforces the deadline while wasm runs; this timer
     // enforces it while the guest is suspended in a host call (a WASI sleep).
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
-    let call = tokio::time::timeout_at(deadline, func.call_async(&mut store, len)).await;
+    let call = tokio::time::timeout_at(deadline, func.call_async(&mut *store, len)).await;
     let Ok(call) = call else {
         return Outcome::Timeout;
     };
@@ -293,6 +306,36 @@ async fn run(
         }),
         Ok(other) => Outcome::BadReturn(other),
         Err(e) => classify(e, false),
+    }
+}
+
+/// Memory past this much is returned to the OS when a store is dropped,
+/// page by page: for a guest that grew to hundreds of MiB that takes tens
+/// of milliseconds, so such stores are dropped on a thread of their own,
+/// never on the scheduler that ran the guest.
+const RELEASE_ELSEWHERE_BYTES: usize = 16 << 20;
+
+fn release(store: Store<HostState>) {
+    let big = store
+        .data()
+        .memory
+        .is_some_and(|memory| memory.data_size(&store) > RELEASE_ELSEWHERE_BYTES);
+    if !big {
+        return;
+    }
+    static RELEASER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Store<HostState>>>> =
+        std::sync::OnceLock::new();
+    let releaser = RELEASER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Store<HostState>>();
+        std::thread::Builder::new()
+            .name("fl-release".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(releaser) = releaser {
+        // If the thread is gone, the store comes back and drops here.
+        let _ = releaser.send(store);
     }
 }
 

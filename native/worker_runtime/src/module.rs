@@ -179,7 +179,12 @@ fn run_compiler(
     let timeout_ms = isolation.timeout.as_millis();
     let cpu_s = isolation.timeout.as_secs() * 2 + 2;
     let mut child = Command::new(&isolation.program)
-        .args(["--max-mb", &limit_mb.to_string(), "--cpu-s", &cpu_s.to_string()])
+        .args([
+            "--max-mb",
+            &limit_mb.to_string(),
+            "--cpu-s",
+            &cpu_s.to_string(),
+        ])
         .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

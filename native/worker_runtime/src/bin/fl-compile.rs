@@ -71,10 +71,7 @@ fn limit(resource: libc::__rlimit_resource_t, value: u64) {
     };
     // SAFETY: a plain libc call with a valid struct.
     if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-        fail(&format!(
-            "setrlimit: {}",
-            std::io::Error::last_os_error()
-        ));
+        fail(&format!("setrlimit: {}", std::io::Error::last_os_error()));
     }
 }
 
