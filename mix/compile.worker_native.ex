@@ -53,9 +53,11 @@ defmodule Mix.Tasks.Compile.WorkerNative do
   end
 
   defp stale?(root, installed) do
-    case File.stat(installed, time: :posix) do
+    compiler = Path.join(Path.dirname(installed), @compiler)
+
+    case File.exists?(compiler) && File.stat(installed, time: :posix) do
       {:ok, %{mtime: built}} -> Enum.any?(sources(root), &(mtime(&1) >= built))
-      {:error, _} -> true
+      _missing -> true
     end
   end
 

@@ -225,22 +225,13 @@ defmodule Worker.Admission do
     end
   end
 
-  def handle_info(message, state) do
-    Stray.drop("Worker.Admission", message)
-    {:noreply, state}
-  end
+  def handle_info(message, state), do: Stray.info(__MODULE__, message, state)
 
   @impl true
-  def handle_call(request, _from, state) do
-    Stray.drop("Worker.Admission", request)
-    {:reply, {:error, {:bad_request, "not a public interface"}}, state}
-  end
+  def handle_call(request, _from, state), do: Stray.call(__MODULE__, request, state)
 
   @impl true
-  def handle_cast(request, state) do
-    Stray.drop("Worker.Admission", request)
-    {:noreply, state}
-  end
+  def handle_cast(request, state), do: Stray.cast(__MODULE__, request, state)
 
   # Reserves free slots for the first waiters, in order.
   defp grant(state) do

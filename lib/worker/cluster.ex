@@ -50,6 +50,9 @@ defmodule Worker.Cluster do
       connecting: MapSet.new(),
       dns_names: MapSet.new(),
       dns: Application.get_env(:worker, :core_dns),
+      # {module, function}, called with the name as a charlist; a test can
+      # put its own in the state
+      resolver: {__MODULE__, :getaddrs},
       basename: Application.get_env(:worker, :core_basename, "core"),
       dns_interval: Application.get_env(:worker, :core_dns_interval_ms, 10_000)
     }
@@ -68,16 +71,10 @@ defmodule Worker.Cluster do
     {:reply, Map.new(state.targets, &{&1, &1 in Node.list()}), state}
   end
 
-  def handle_call(request, _from, state) do
-    Stray.drop("Worker.Cluster", request)
-    {:reply, {:error, {:bad_request, "unknown request"}}, state}
-  end
+  def handle_call(request, _from, state), do: Stray.call(__MODULE__, request, state)
 
   @impl true
-  def handle_cast(request, state) do
-    Stray.drop("Worker.Cluster", request)
-    {:noreply, state}
-  end
+  def handle_cast(request, state), do: Stray.cast(__MODULE__, request, state)
 
   @impl true
   def handle_info({:connect, node}, state) when is_atom(node) do
@@ -114,8 +111,10 @@ defmodule Worker.Cluster do
   end
 
   def handle_info(:resolve, state) when is_binary(state.dns) do
+    {module, function} = state.resolver
+
     {found, state} =
-      case :inet.getaddrs(String.to_charlist(state.dns), :inet) do
+      case apply(module, function, [String.to_charlist(state.dns)]) do
         {:ok, ips} -> names(ips, state)
         {:error, reason} -> {log_dns_failure(state, reason), state}
       end
@@ -143,10 +142,10 @@ defmodule Worker.Cluster do
     {:noreply, state}
   end
 
-  def handle_info(message, state) do
-    Stray.drop("Worker.Cluster", message)
-    {:noreply, state}
-  end
+  def handle_info(message, state), do: Stray.info(__MODULE__, message, state)
+
+  @doc false
+  def getaddrs(name), do: :inet.getaddrs(name, :inet)
 
   # Node names for the addresses, making new atoms only under the cap.
   defp names(ips, state) do

@@ -183,16 +183,10 @@ defmodule Worker.Functions do
 
   def handle_call(:loading, _from, state), do: {:reply, Map.keys(state.loading), state}
 
-  def handle_call(request, _from, state) do
-    Stray.drop("Worker.Functions", request)
-    {:reply, {:error, {:bad_request, "unknown request"}}, state}
-  end
+  def handle_call(request, _from, state), do: Stray.call(__MODULE__, request, state)
 
   @impl true
-  def handle_cast(request, state) do
-    Stray.drop("Worker.Functions", request)
-    {:noreply, state}
-  end
+  def handle_cast(request, state), do: Stray.cast(__MODULE__, request, state)
 
   @impl true
   def handle_info({:"$fl_loaded", ref, result}, state) when is_reference(ref) do
@@ -204,10 +198,7 @@ defmodule Worker.Functions do
     finish(state, ref, {:error, {:load_crashed, inspect(reason)}})
   end
 
-  def handle_info(message, state) do
-    Stray.drop("Worker.Functions", message)
-    {:noreply, state}
-  end
+  def handle_info(message, state), do: Stray.info(__MODULE__, message, state)
 
   # A loader is a process of its own, monitored: this server never waits
   # on a compile, and a loader that crashes fails its load only.

@@ -59,22 +59,13 @@ defmodule Worker.NodeInfo do
     end
   end
 
-  def handle_call(request, _from, state) do
-    Stray.drop("Worker.NodeInfo", request)
-    {:reply, {:error, {:bad_request, "unknown request"}}, state}
-  end
+  def handle_call(request, _from, state), do: Stray.call(__MODULE__, request, state)
 
   @impl true
-  def handle_cast(request, state) do
-    Stray.drop("Worker.NodeInfo", request)
-    {:noreply, state}
-  end
+  def handle_cast(request, state), do: Stray.cast(__MODULE__, request, state)
 
   @impl true
-  def handle_info(message, state) do
-    Stray.drop("Worker.NodeInfo", message)
-    {:noreply, state}
-  end
+  def handle_info(message, state), do: Stray.info(__MODULE__, message, state)
 
   defp publish(info) do
     if :persistent_term.get(__MODULE__, nil) != info, do: :persistent_term.put(__MODULE__, info)

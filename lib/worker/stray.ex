@@ -48,6 +48,30 @@ defmodule Worker.Stray do
     :ok
   end
 
+  @doc """
+  The catch-all clauses of the worker's GenServers, one line each:
+  `def handle_call(request, _from, state), do: Stray.call(__MODULE__, request, state)`
+  (and `cast/3`, `info/3`). A stray call is answered
+  `{:error, {:bad_request, "unknown request"}}`.
+  """
+  @spec call(module(), term(), state) :: {:reply, {:error, {:bad_request, String.t()}}, state}
+        when state: term()
+  def call(module, request, state) do
+    drop(inspect(module), request)
+    {:reply, {:error, {:bad_request, "unknown request"}}, state}
+  end
+
+  @doc "See `call/3`."
+  @spec cast(module(), term(), state) :: {:noreply, state} when state: term()
+  def cast(module, request, state) do
+    drop(inspect(module), request)
+    {:noreply, state}
+  end
+
+  @doc "See `call/3`."
+  @spec info(module(), term(), state) :: {:noreply, state} when state: term()
+  def info(module, message, state), do: cast(module, message, state)
+
   @doc "Stray messages so far."
   @spec count() :: non_neg_integer()
   def count, do: :atomics.get(:persistent_term.get(__MODULE__), @total)

@@ -80,6 +80,21 @@ defmodule Worker.Test.Cluster do
     _, _ -> :ok
   end
 
+  @doc "Run on a worker node: a DNS answer of 300 new loopback addresses every time."
+  def set_changing_dns do
+    :sys.replace_state(Worker.Cluster.server(), fn state ->
+      %{state | dns: "changing.test", resolver: {__MODULE__, :changing_addresses}}
+    end)
+
+    send(Worker.Cluster.server(), :resolve)
+    :ok
+  end
+
+  @doc false
+  def changing_addresses(_name) do
+    {:ok, for(_ <- 1..300, do: {127, :rand.uniform(254), :rand.uniform(254), :rand.uniform(254)})}
+  end
+
   @doc "Run on a worker node: points its `Worker.Cluster` at another DNS name."
   def set_core_dns(name) do
     :sys.replace_state(Worker.Cluster.server(), &%{&1 | dns: name})

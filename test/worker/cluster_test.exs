@@ -66,4 +66,26 @@ defmodule Worker.ClusterTest do
     Process.sleep(500)
     assert %{^core => true} = :erpc.call(worker, Worker.Cluster, :status, [])
   end
+
+  test "DNS answers that keep changing make a bounded number of atoms, and never block", %{
+    tmp_dir: dir
+  } do
+    {peer, worker} = Cluster.start_worker!(dir, [core_dns_interval_ms: 50], isolated: true)
+    on_exit(fn -> Cluster.stop(peer) end)
+    :ok = :erpc.call(worker, Cluster, :set_changing_dns, [])
+    # the first answers reach the cap of 256 names (and load what a connect
+    # attempt needs); from then on, no answer makes an atom
+    Process.sleep(500)
+    atoms = :erpc.call(worker, :erlang, :system_info, [:atom_count])
+
+    # 300 new addresses every 50 ms; the server answers meanwhile
+    for _ <- 1..20 do
+      Process.sleep(50)
+      {micros, status} = :timer.tc(fn -> :erpc.call(worker, Worker.Cluster, :status, []) end)
+      assert is_map(status)
+      assert micros < 200_000
+    end
+
+    assert :erpc.call(worker, :erlang, :system_info, [:atom_count]) - atoms < 50
+  end
 end

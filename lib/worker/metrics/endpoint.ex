@@ -18,6 +18,8 @@ defmodule Worker.Metrics.Endpoint do
   """
   use GenServer
 
+  alias Worker.Stray
+
   require Record
   Record.defrecordp(:mod, Record.extract(:mod, from_lib: "inets/include/httpd.hrl"))
 
@@ -102,16 +104,10 @@ defmodule Worker.Metrics.Endpoint do
 
   def handle_call(:page, from, state), do: {:noreply, %{state | waiters: [from | state.waiters]}}
 
-  def handle_call(request, _from, state) do
-    Worker.Stray.drop("Worker.Metrics.Endpoint", request)
-    {:reply, {:error, {:bad_request, "unknown request"}}, state}
-  end
+  def handle_call(request, _from, state), do: Stray.call(__MODULE__, request, state)
 
   @impl true
-  def handle_cast(request, state) do
-    Worker.Stray.drop("Worker.Metrics.Endpoint", request)
-    {:noreply, state}
-  end
+  def handle_cast(request, state), do: Stray.cast(__MODULE__, request, state)
 
   # The render is done: its page (one binary, shared by the replies) serves
   # every waiter, then the scrapes of the next @page_ms.
@@ -133,10 +129,7 @@ defmodule Worker.Metrics.Endpoint do
   def handle_info({:"$fl_page_expired", ref}, %{page_ref: ref} = state),
     do: {:noreply, %{state | page: nil, page_ref: nil}, :hibernate}
 
-  def handle_info(message, state) do
-    Worker.Stray.drop("Worker.Metrics.Endpoint", message)
-    {:noreply, state}
-  end
+  def handle_info(message, state), do: Stray.info(__MODULE__, message, state)
 
   @impl true
   def terminate(_reason, %{httpd: nil}), do: :ok
