@@ -149,6 +149,8 @@ defmodule Worker.Admission do
 
       {:DOWN, ^ref, _, _, _} ->
         :ok
+    after
+      5_000 -> :ok
     end
   end
 

@@ -6,6 +6,8 @@ defmodule Worker.Application do
   def start(_type, _args) do
     Worker.Config.apply_defaults()
     File.mkdir_p!(Worker.Store.dir())
+    # before anything writes
+    Worker.Store.remove_temporary()
     Worker.Metrics.init()
     Worker.Stray.init()
     Worker.Admission.init_gate()

@@ -118,7 +118,6 @@ defmodule Worker.Functions do
   @impl true
   def init(_opts) do
     :persistent_term.put({__MODULE__, :server}, self())
-    Store.remove_temporary()
     Store.prune_artifacts()
     :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
     :ets.new(@lru, [:ordered_set, :public, :named_table])
@@ -270,7 +269,11 @@ defmodule Worker.Functions do
   defp delete_now(state, key) do
     state = evict(state, key)
     Store.delete_code(key)
-    Metrics.forget(id(key))
+    # the metrics are by {module, name}: keep them while another hash of
+    # the function is loaded (an update deletes the old hash after storing
+    # the new one)
+    {module, name, _hash} = key
+    if :ets.match(@table, {{module, name, :_}, :_, :_, :_}) == [], do: Metrics.forget(id(key))
     state
   end
 

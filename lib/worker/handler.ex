@@ -80,8 +80,12 @@ defmodule Worker.Handler do
   # Runs in the process `Worker.Server` spawned; `ticket` is its slot in
   # the request gate, made by `:worker` and taken over here.
   def run(from, ticket, request) do
-    Gate.take(ticket)
+    # The ticket must stay referenced until the end: a ticket that is
+    # garbage is freed at the next collection, and its slot with it.
+    ticket = Gate.take(ticket)
+    Process.put(:"$fl_request_ticket", ticket)
     serve(from, request)
+    if ticket, do: Gate.leave(ticket)
   end
 
   defp serve({caller, _} = from, {:invoke, function, input}) do
@@ -141,19 +145,34 @@ defmodule Worker.Handler do
       nil ->
         reply(from, overloaded())
 
-      _ticket ->
+      held ->
         reply(from, {:error, :code_not_found, self()})
         timeout = Application.fetch_env!(:worker, :handler_timeout_ms)
         await_code(function, input, System.monotonic_time(:millisecond) + timeout)
+        Gate.leave(held)
     end
   end
 
+  # The Core knows this process's pid and may send it anything; so the
+  # invocation, once the code comes, runs in a new process whose mailbox
+  # nobody else can reach, which takes over the request ticket. This one
+  # stays until it ends (the Core's call watches this pid), consuming
+  # whatever else arrives.
   defp await_code(function, input, deadline) do
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
       {:"$gen_call", {caller, _} = from, {:invoke, function_with_code}} when is_pid(caller) ->
-        reply(from, safely(fn -> invoke(function_with_code, input, caller, true) end))
+        ticket = Process.get(:"$fl_request_ticket")
+        run = fn -> invoke(function_with_code, input, caller, true) end
+
+        {_pid, monitor} =
+          :erlang.spawn_opt(__MODULE__, :run_code, [from, ticket, run], [
+            :monitor,
+            min_heap_size: 1024
+          ])
+
+        await_run(monitor)
 
       {:"$gen_call", {caller, _} = from, request} when is_pid(caller) ->
         Stray.drop("Worker code handler", request)
@@ -166,6 +185,21 @@ defmodule Worker.Handler do
     after
       left -> :ok
     end
+  end
+
+  defp await_run(monitor) do
+    receive do
+      {:DOWN, ^monitor, _, _, _} -> :ok
+      message -> Stray.drop("Worker code handler", message) && await_run(monitor)
+    end
+  end
+
+  @doc false
+  # Runs the invocation a code handler was sent the code for.
+  def run_code(from, ticket, run) do
+    ticket = Gate.take(ticket)
+    reply(from, safely(run))
+    if ticket, do: Gate.leave(ticket)
   end
 
   # Raises, throws and exits (a dependency restarting, say) alike.

@@ -44,7 +44,10 @@ defmodule Worker.Server do
     loop()
   end
 
-  defp loop do
+  @doc false
+  # Called fully qualified, so that a new version of this module, once
+  # loaded, takes over at the next message.
+  def loop do
     receive do
       {:"$gen_call", {pid, _tag} = from, request} when is_pid(pid) ->
         handle(request, from)
@@ -53,7 +56,7 @@ defmodule Worker.Server do
         Stray.drop("Worker.Server", message)
     end
 
-    loop()
+    __MODULE__.loop()
   end
 
   defp handle(:get_info, from) do
@@ -85,7 +88,12 @@ defmodule Worker.Server do
         reply(from, Handler.overloaded())
 
       ticket ->
-        :erlang.spawn_opt(Handler, :run, [from, ticket, request], min_heap_size: 1024)
+        try do
+          :erlang.spawn_opt(Handler, :run, [from, ticket, request], min_heap_size: 1024)
+        rescue
+          # the VM's process table is full
+          SystemLimitError -> reply(from, Handler.overloaded())
+        end
     end
   end
 

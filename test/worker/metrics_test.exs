@@ -453,4 +453,20 @@ defmodule Worker.MetricsTest do
     page = Prometheus.parse!(hd(bodies))
     assert length(Prometheus.samples(page, "worker_invocations_in_flight")) == 200
   end
+
+  test "an update keeps the function's rows; deleting a hash nobody runs keeps them too", %{
+    node: node
+  } do
+    old = function("greeter", wasm!("hello"))
+    new = function("greeter", wasm!("echo"))
+    assert call(node, {:store_function, old}) == :ok
+    assert {:ok, _} = invoke(node, old, %{})
+    assert call(node, {:update_function, old.hash, new}) == :ok
+    assert {:ok, _} = invoke(node, new, %{})
+    assert call(node, {:delete_function, "greeter", "obs", "no such hash"}) == :ok
+    assert {:ok, _} = invoke(node, new, %{})
+
+    labels = %{"module" => "obs", "function" => "greeter", "outcome" => "ok"}
+    assert Prometheus.value(rendered!(node), "worker_invocations_total", labels) == 3.0
+  end
 end

@@ -23,6 +23,8 @@ defmodule Worker.Metrics.Endpoint do
   require Record
   Record.defrecordp(:mod, Record.extract(:mod, from_lib: "inets/include/httpd.hrl"))
 
+  # the longest a render may take
+  @render_deadline_ms 10_000
   # how long a rendered page is served, from the end of its render
   @page_ms 1_000
   # how long a scrape waits for its page
@@ -94,11 +96,13 @@ defmodule Worker.Metrics.Endpoint do
     # read here, in this long-lived process (see the moduledoc)
     cpu = Worker.Metrics.cpu_utilization()
 
-    {_pid, ref} =
+    {pid, ref} =
       spawn_monitor(fn ->
         exit({:"$fl_page", IO.iodata_to_binary(Worker.Metrics.render(cpu_utilization: cpu))})
       end)
 
+    # a render that hangs (os_mon stuck, say) is killed, and answered
+    Process.send_after(self(), {:"$fl_render_deadline", ref, pid}, @render_deadline_ms)
     {:noreply, %{state | render: ref, waiters: [from]}}
   end
 
@@ -128,6 +132,14 @@ defmodule Worker.Metrics.Endpoint do
   # holds no reference to it.
   def handle_info({:"$fl_page_expired", ref}, %{page_ref: ref} = state),
     do: {:noreply, %{state | page: nil, page_ref: nil}, :hibernate}
+
+  def handle_info({:"$fl_render_deadline", ref, pid}, %{render: ref} = state) do
+    # its :DOWN (:killed) answers the waiters
+    Process.exit(pid, :kill)
+    {:noreply, state}
+  end
+
+  def handle_info({:"$fl_render_deadline", _ref, _pid}, state), do: {:noreply, state}
 
   def handle_info(message, state), do: Stray.info(__MODULE__, message, state)
 

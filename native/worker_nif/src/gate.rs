@@ -28,13 +28,15 @@ struct Gate {
 }
 
 impl Gate {
+    /// Takes `weight` units if they are free. Never counts past `max`, not
+    /// even for a moment: a take that fails changes nothing, so it neither
+    /// refuses others nor tells the server of a slot that was never free.
     fn take(&self, weight: i64) -> bool {
-        if self.used.fetch_add(weight, Ordering::SeqCst) + weight <= self.max {
-            true
-        } else {
-            self.give_back(weight);
-            false
-        }
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(weight).filter(|&total| total <= self.max)
+            })
+            .is_ok()
     }
 
     fn give_back(&self, weight: i64) {

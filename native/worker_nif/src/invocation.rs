@@ -135,6 +135,13 @@ fn invocation_start<'a>(
     }
     let input = if encoded {
         match arguments.decode::<rustler::Binary>() {
+            Ok(text) if text.len() > limits.max_input_bytes => {
+                let reason = format!(
+                    "JSON text larger than {} bytes (the input cap)",
+                    limits.max_input_bytes
+                );
+                return invalid_args(env, reason);
+            }
             Ok(text) => text.as_slice().to_vec(),
             Err(_) => return invalid_args(env, "encoded arguments must be a binary".into()),
         }

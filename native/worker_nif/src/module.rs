@@ -28,9 +28,10 @@ fn module_compile(
     timeout_ms: u64,
     max_memory_mb: u64,
 ) -> rustler::NifResult<rustler::Atom> {
-    let bytes = wasm.as_slice().to_vec();
     let pid = env.pid();
     let mut owned = OwnedEnv::new();
+    // The binary is kept alive, not copied: nothing here scales with its size.
+    let wasm = owned.save(wasm.to_term(env));
     let reply_to = owned.save(reply_to);
     let isolation = Isolation {
         program: compiler.into(),
@@ -40,10 +41,18 @@ fn module_compile(
     std::thread::Builder::new()
         .name("fl-compile".into())
         .spawn(move || {
-            let result = std::panic::catch_unwind(|| {
-                worker_runtime::module::compile_isolated(&bytes, &isolation)
-            })
-            .unwrap_or_else(|_| Err(CompileError::Runtime("the compile thread panicked".into())));
+            let result = owned.run(|env| {
+                let wasm: Binary = wasm
+                    .load(env)
+                    .decode()
+                    .map_err(|_| CompileError::Runtime("the module is not a binary".into()))?;
+                std::panic::catch_unwind(|| {
+                    worker_runtime::module::compile_isolated(wasm.as_slice(), &isolation)
+                })
+                .unwrap_or_else(|_| {
+                    Err(CompileError::Runtime("the compile thread panicked".into()))
+                })
+            });
             let _ = owned.send_and_clear(&pid, |env| {
                 (reply_to.load(env), module_reply(env, result)).encode(env)
             });

@@ -65,7 +65,14 @@ fn write(term: Term, w: &mut Writer) -> Result<(), ToJsonError> {
             "false" => w.bool(false).map_err(e),
             other => w.string(other).map_err(e),
         },
-        TermType::Binary => w.string(utf8(term)?).map_err(e),
+        TermType::Binary => {
+            // the budget first: validating UTF-8 reads the whole binary
+            let len = term.decode_as_binary().map_or(0, |b| b.len());
+            if !w.fits(len + 2) {
+                return Err(ToJsonError::TooLarge(w.max_bytes()));
+            }
+            w.string(utf8(term)?).map_err(e)
+        }
         TermType::Integer => {
             if let Ok(i) = term.decode::<i64>() {
                 w.i64(i).map_err(e)

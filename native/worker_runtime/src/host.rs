@@ -111,7 +111,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                 // as wasmtime-wasi's own glue does: the store's host-call
                 // fuel, the memory, then WASI's poll_oneoff
                 let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
-                let (memory, state) = memory_of(&mut caller)?;
+                // the caller's memory, as the glue finds it (a start function
+                // runs before HostState::memory is set)
+                let Some(wasmtime::Extern::Memory(memory)) = caller.get_export("memory") else {
+                    return Err(fault("poll_oneoff: the module exports no memory".into()));
+                };
+                let (memory, state) = memory.data_and_store_mut(&mut caller);
                 state.wasi.set_hostcall_fuel(fuel);
                 let mut memory = wiggle::GuestMemory::Unshared(memory);
                 wasmtime_wasi::p1::wasi_snapshot_preview1::poll_oneoff(

@@ -100,8 +100,11 @@ impl std::fmt::Display for DeadlineReached {
 
 impl std::error::Error for DeadlineReached {}
 
+type Run = Pin<Box<dyn Future<Output = (Outcome, Store<HostState>)> + Send>>;
+
 pub struct Invocation {
-    future: Pin<Box<dyn Future<Output = (Outcome, Store<HostState>)> + Send>>,
+    /// `None` once finished.
+    future: Option<Run>,
     logs: Arc<LogSink>,
     slice: Arc<SliceClock>,
     _running: Running,
@@ -201,7 +204,7 @@ impl Invocation {
         });
         let future = Box::pin(run(store, module.pre.clone(), module.invoke, module.memory));
         Ok(Invocation {
-            future,
+            future: Some(future),
             logs,
             slice,
             _running: rt.running(),
@@ -217,8 +220,12 @@ impl Invocation {
         };
         let _tokio = rt.tokio.enter();
         self.slice.start();
-        match self.future.as_mut().poll(cx) {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Ready(Outcome::Instantiate("the invocation is over".into()));
+        };
+        match future.as_mut().poll(cx) {
             Poll::Ready((outcome, store)) => {
+                self.future = None;
                 self.logs.finish();
                 release(store);
                 Poll::Ready(outcome)
@@ -320,13 +327,27 @@ fn release(store: Store<HostState>) {
         .data()
         .memory
         .is_some_and(|memory| memory.data_size(&store) > RELEASE_ELSEWHERE_BYTES);
-    if !big {
-        return;
+    if big {
+        elsewhere(Box::new(store));
     }
-    static RELEASER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Store<HostState>>>> =
-        std::sync::OnceLock::new();
+}
+
+/// An invocation dropped before it finished (a timeout in the embedder, a
+/// caller that died): its store, whatever its size, is freed elsewhere.
+impl Drop for Invocation {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            elsewhere(Box::new(future));
+        }
+    }
+}
+
+/// Drops `value` on the release thread (or here, if it cannot start).
+fn elsewhere(value: Box<dyn Send>) {
+    type Releaser = std::sync::mpsc::Sender<Box<dyn Send>>;
+    static RELEASER: std::sync::OnceLock<Option<Releaser>> = std::sync::OnceLock::new();
     let releaser = RELEASER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Store<HostState>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Send>>();
         std::thread::Builder::new()
             .name("fl-release".into())
             .spawn(move || rx.into_iter().for_each(drop))
@@ -334,8 +355,8 @@ fn release(store: Store<HostState>) {
             .map(|_| tx)
     });
     if let Some(releaser) = releaser {
-        // If the thread is gone, the store comes back and drops here.
-        let _ = releaser.send(store);
+        // If the thread is gone, the value comes back and drops here.
+        let _ = releaser.send(value);
     }
 }
 

@@ -57,6 +57,16 @@ impl Writer {
         self.out
     }
 
+    /// Whether `bytes` more would stay within the budget.
+    pub fn fits(&self, bytes: usize) -> bool {
+        self.out.len().saturating_add(bytes) <= self.max_bytes
+    }
+
+    /// The budget.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     fn check_size(&self) -> Result<(), EncodeError> {
         if self.out.len() > self.max_bytes {
             Err(EncodeError::TooLarge(self.max_bytes))

@@ -119,9 +119,16 @@ pub fn compile_isolated(
 ) -> Result<CompiledModule, CompileError> {
     let rt = runtime().map_err(CompileError::Runtime)?;
     check_size(bytes, rt.settings.max_module_bytes)?;
+    let deadline = std::time::Instant::now() + isolation.timeout;
     let artifact = {
-        let _slot = compile_slot();
-        run_compiler(bytes, isolation, rt.settings.max_module_bytes)?
+        let Some(_slot) = compile_slot(deadline) else {
+            return Err(invalid(format!(
+                "compiling took longer than the limit of {} ms (FL_COMPILE_TIMEOUT_MS), \
+                 all of it waiting for other compiles",
+                isolation.timeout.as_millis()
+            )));
+        };
+        run_compiler(bytes, isolation, deadline)?
     };
     // SAFETY: made by the fl-compile child with this engine's configuration
     // (Wasmtime checks the version and configuration); the child is our own
@@ -132,8 +139,8 @@ pub fn compile_isolated(
 }
 
 /// At most one compile per core at a time; the rest wait (on threads of
-/// their own, never on a scheduler).
-fn compile_slot() -> impl Drop {
+/// their own, never on a scheduler), until `deadline` at the latest.
+fn compile_slot(deadline: std::time::Instant) -> Option<impl Drop> {
     struct Slot(&'static (Mutex<usize>, Condvar));
     impl Drop for Slot {
         fn drop(&mut self) {
@@ -145,16 +152,63 @@ fn compile_slot() -> impl Drop {
     let max = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut used = SLOTS.0.lock().unwrap_or_else(|e| e.into_inner());
     while *used >= max {
-        used = SLOTS.1.wait(used).unwrap_or_else(|e| e.into_inner());
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        used = SLOTS
+            .1
+            .wait_timeout(used, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
     *used += 1;
-    Slot(&SLOTS)
+    Some(Slot(&SLOTS))
 }
 
 /// How the child's stdout starts: an artifact (then its length, as a
 /// little-endian u64, and its bytes), or the reason the module is refused.
 pub const TAG_ARTIFACT: u8 = b'A';
 pub const TAG_INVALID: u8 = b'E';
+
+/// What the child said on stdout.
+enum Output {
+    Artifact(Vec<u8>),
+    Invalid(Vec<u8>),
+    TooLarge,
+    /// It ended without saying how: killed by a limit, most likely.
+    Cut,
+}
+
+/// Reads the tag, then an artifact's length, then exactly that many bytes
+/// into a buffer of that size: the worker never holds more than one copy,
+/// nor more than `max` bytes.
+fn read_output(mut stdout: impl Read, max: u64) -> std::io::Result<Output> {
+    let mut tag = [0u8; 1];
+    if stdout.read(&mut tag)? == 0 {
+        return Ok(Output::Cut);
+    }
+    match tag[0] {
+        TAG_ARTIFACT => {
+            let mut len = [0u8; 8];
+            if stdout.read_exact(&mut len).is_err() {
+                return Ok(Output::Cut);
+            }
+            let len = u64::from_le_bytes(len);
+            if len > max {
+                return Ok(Output::TooLarge);
+            }
+            let mut artifact = vec![0u8; len as usize];
+            if stdout.read_exact(&mut artifact).is_err() {
+                return Ok(Output::Cut);
+            }
+            Ok(Output::Artifact(artifact))
+        }
+        TAG_INVALID => {
+            let mut reason = Vec::new();
+            stdout.take(64 << 10).read_to_end(&mut reason)?;
+            Ok(Output::Invalid(reason))
+        }
+        _ => Ok(Output::Cut),
+    }
+}
 
 /// The child ended without saying how: killed by a limit, most likely.
 fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> CompileError {
@@ -173,11 +227,12 @@ fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> CompileError {
 fn run_compiler(
     bytes: &[u8],
     isolation: &Isolation,
-    max_module_bytes: usize,
+    deadline: std::time::Instant,
 ) -> Result<Vec<u8>, CompileError> {
     let limit_mb = isolation.max_memory_mb;
     let timeout_ms = isolation.timeout.as_millis();
-    let cpu_s = isolation.timeout.as_secs() * 2 + 2;
+    // the child compiles on one thread: its CPU time is at most its wall time
+    let cpu_s = isolation.timeout.as_secs() + 1;
     let mut child = Command::new(&isolation.program)
         .args([
             "--max-mb",
@@ -202,8 +257,9 @@ fn run_compiler(
         let _ = child.kill();
         return Err(CompileError::Runtime("compiler pipes missing".into()));
     };
-    // Artifacts are larger than their modules; this bounds a runaway child.
-    let max_artifact = (max_module_bytes as u64).saturating_mul(16).max(256 << 20);
+    // Artifacts are larger than their modules, but not by this much: this
+    // bounds what a runaway child can make the worker hold.
+    let max_artifact = (bytes.len() as u64).saturating_mul(16).max(64 << 20);
     let (done, finished) = mpsc::channel();
     std::thread::scope(|scope| {
         scope.spawn(move || {
@@ -211,16 +267,15 @@ fn run_compiler(
         });
         let out = done.clone();
         scope.spawn(move || {
-            let mut artifact = Vec::new();
-            let read = stdout.take(max_artifact + 1).read_to_end(&mut artifact);
-            let _ = out.send(read.map(|_| artifact));
+            let _ = out.send(read_output(stdout, max_artifact));
         });
         let errors = scope.spawn(move || {
             let mut text = Vec::new();
             let _ = stderr.take(64 << 10).read_to_end(&mut text);
             text
         });
-        let output = match finished.recv_timeout(isolation.timeout) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let output = match finished.recv_timeout(left) {
             Ok(output) => output,
             Err(_) => {
                 let _ = child.kill();
@@ -235,17 +290,13 @@ fn run_compiler(
         let _ = child.wait();
         let stderr = String::from_utf8_lossy(&errors.join().unwrap_or_default()).into_owned();
         let output = output.map_err(|e| CompileError::Runtime(format!("compiler: {e}")))?;
-        match output.split_first() {
-            Some((&TAG_ARTIFACT, rest)) if rest.len() >= 8 => {
-                let (len, artifact) = rest.split_at(8);
-                let len = u64::from_le_bytes(len.try_into().unwrap_or_default());
-                if len == artifact.len() as u64 {
-                    return Ok(artifact.to_vec());
-                }
-                Err(crashed(limit_mb, timeout_ms, &stderr))
-            }
-            Some((&TAG_INVALID, reason)) => {
-                let reason = String::from_utf8_lossy(reason).into_owned();
+        match output {
+            Output::Artifact(artifact) => Ok(artifact),
+            Output::TooLarge => Err(invalid(format!(
+                "the compiled module is over {max_artifact} bytes"
+            ))),
+            Output::Invalid(reason) => {
+                let reason = String::from_utf8_lossy(&reason).into_owned();
                 if reason.contains("allocat") || reason.contains("out of memory") {
                     Err(invalid(format!(
                         "compiling needs more than the limit of {limit_mb} MiB (FL_COMPILE_MAX_MB): {reason}"
@@ -254,7 +305,7 @@ fn run_compiler(
                     Err(invalid(reason))
                 }
             }
-            _ => Err(crashed(limit_mb, timeout_ms, &stderr)),
+            Output::Cut => Err(crashed(limit_mb, timeout_ms, &stderr)),
         }
     })
 }

@@ -19,27 +19,34 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (mut max_mb, mut cpu_s) = (None, None);
     while let Some(flag) = args.next() {
-        let value = args.next().and_then(|v| v.parse::<u64>().ok());
+        let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
+            fail(&format!("{flag} needs a number"));
+        };
         match flag.as_str() {
-            "--max-mb" => max_mb = value,
-            "--cpu-s" => cpu_s = value,
+            "--max-mb" => max_mb = Some(value),
+            "--cpu-s" => cpu_s = Some(value),
             _ => fail(&format!("unknown option {flag}")),
         }
     }
-    if let Some(mb) = max_mb {
-        limit(libc::RLIMIT_AS, mb.saturating_mul(1 << 20));
-    }
-    if let Some(s) = cpu_s {
-        limit(libc::RLIMIT_CPU, s);
-    }
+    // No limits, no compile: the module is read only once they hold.
+    let (Some(max_mb), Some(cpu_s)) = (max_mb, cpu_s) else {
+        fail("--max-mb and --cpu-s are both required");
+    };
+    limit(libc::RLIMIT_AS, max_mb.saturating_mul(1 << 20));
+    limit(libc::RLIMIT_CPU, cpu_s);
     limit(libc::RLIMIT_CORE, 0);
 
     let mut module = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut module) {
         fail(&format!("reading the module: {e}"));
     }
-    let engine = wasmtime::Engine::new(&compiler_config())
-        .unwrap_or_else(|e| fail(&format!("wasmtime engine: {e:#}")));
+    // One thread: the worker runs one compile per core at a time, and the
+    // CPU limit then means what it says. Not part of an artifact's
+    // compatibility: the worker's engine loads what this one makes.
+    let mut config = compiler_config();
+    config.parallel_compilation(false);
+    let engine =
+        wasmtime::Engine::new(&config).unwrap_or_else(|e| fail(&format!("wasmtime engine: {e:#}")));
     match precompile(&engine, &module) {
         Ok(artifact) => {
             let mut out = std::io::stdout().lock();
