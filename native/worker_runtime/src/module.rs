@@ -163,6 +163,11 @@ fn compile_slot(deadline: std::time::Instant) -> Option<impl Drop> {
     Some(Slot(&SLOTS))
 }
 
+/// Threads one compile may use.
+fn compile_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// How the child's stdout starts: an artifact (then its length, as a
 /// little-endian u64, and its bytes), or the reason the module is refused.
 pub const TAG_ARTIFACT: u8 = b'A';
@@ -231,8 +236,11 @@ fn run_compiler(
 ) -> Result<Vec<u8>, CompileError> {
     let limit_mb = isolation.max_memory_mb;
     let timeout_ms = isolation.timeout.as_millis();
-    // the child compiles on one thread: its CPU time is at most its wall time
-    let cpu_s = isolation.timeout.as_secs() + 1;
+    // a few threads per compile: faster than one, and with one compile per
+    // core at a time, compiles never take every core from the schedulers
+    // for long; the CPU limit counts every thread
+    let threads = compile_threads();
+    let cpu_s = isolation.timeout.as_secs() * threads as u64 + 1;
     let mut child = Command::new(&isolation.program)
         .args([
             "--max-mb",
@@ -241,6 +249,7 @@ fn run_compiler(
             &cpu_s.to_string(),
         ])
         .env("MALLOC_ARENA_MAX", "2")
+        .env("RAYON_NUM_THREADS", threads.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

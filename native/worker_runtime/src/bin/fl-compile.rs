@@ -40,11 +40,15 @@ fn main() {
     if let Err(e) = std::io::stdin().read_to_end(&mut module) {
         fail(&format!("reading the module: {e}"));
     }
-    // One thread: the worker runs one compile per core at a time, and the
-    // CPU limit then means what it says. Not part of an artifact's
-    // compatibility: the worker's engine loads what this one makes.
+    // The worker sets RAYON_NUM_THREADS, the threads this compile may use
+    // (and its CPU limit counts them); one means no parallel compilation.
+    // Neither is part of an artifact's compatibility.
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1);
     let mut config = compiler_config();
-    config.parallel_compilation(false);
+    config.parallel_compilation(threads > 1);
     let engine =
         wasmtime::Engine::new(&config).unwrap_or_else(|e| fail(&format!("wasmtime engine: {e:#}")));
     match precompile(&engine, &module) {
