@@ -9,6 +9,10 @@ config :logger, :console,
 # are not needed.
 config :os_mon, start_disksup: false, start_os_sup: false
 
+# As documented: `info` unless FL_LOG_LEVEL says otherwise (config/runtime.exs).
+# At `debug`, every invocation is logged, which costs more than it does.
+config :logger, level: :info
+
 if config_env() == :test do
   config :logger, level: :warning
   config :worker, data_dir: Path.expand("../tmp/test_data", __DIR__), metrics_port: 0

@@ -88,23 +88,30 @@ defmodule Worker.Handler do
     if ticket, do: Gate.leave(ticket)
   end
 
-  defp serve({caller, _} = from, {:invoke, function, input}) do
-    case safely(fn -> invoke(function, input, caller) end) do
-      {:error, :code_not_found} -> await_code(from, function, input)
+  # `request` was parsed by :worker already (Worker.Request.function/2)
+  defp serve({caller, _} = from, {:invoke, %{key: _} = request, input}) do
+    case safely(fn -> fetch_and_run(request, input, caller) end) do
+      {:error, :code_not_found} -> await_code(from, request, input)
       result -> reply(from, result)
     end
   end
 
   defp serve(from, request), do: reply(from, safely(fn -> handle(request, from) end))
 
-  defp invoke(function, input, caller, code_required \\ false) do
-    with {:ok, request} <- Request.function(function, code_required),
-         {:ok, module} <- Functions.fetch(request.key, request.code) do
+  # an invocation whose request must carry the code
+  defp invoke_with_code(function, input, caller) do
+    with {:ok, request} <- Request.function(function, true),
+         do: fetch_and_run(request, input, caller)
+  end
+
+  defp fetch_and_run(request, input, caller) do
+    with {:ok, module} <- Functions.fetch(request.key, request.code) do
       Invocation.run(request, module, input, caller)
     end
   end
 
-  defp handle({:invoke, function}, {caller, _}), do: invoke(function, {:json, "{}"}, caller, true)
+  defp handle({:invoke, function}, {caller, _}),
+    do: invoke_with_code(function, {:json, "{}"}, caller)
 
   defp handle({:store_function, function}, _from) do
     with {:ok, request} <- Request.function(function, true) do
@@ -138,7 +145,7 @@ defmodule Worker.Handler do
   end
 
   # The code handler: holds the arguments until the Core sends the code.
-  defp await_code(from, function, {:json, text} = input) do
+  defp await_code(from, request, {:json, text} = input) do
     bytes = :persistent_term.get({__MODULE__, :bytes})
 
     case Gate.enter(bytes, byte_size(text)) do
@@ -148,7 +155,7 @@ defmodule Worker.Handler do
       held ->
         reply(from, {:error, :code_not_found, self()})
         timeout = Application.fetch_env!(:worker, :handler_timeout_ms)
-        await_code(function, input, System.monotonic_time(:millisecond) + timeout)
+        await_code(request, input, System.monotonic_time(:millisecond) + timeout)
         Gate.leave(held)
     end
   end
@@ -158,13 +165,13 @@ defmodule Worker.Handler do
   # nobody else can reach, which takes over the request ticket. This one
   # stays until it ends (the Core's call watches this pid), consuming
   # whatever else arrives.
-  defp await_code(function, input, deadline) do
+  defp await_code(request, input, deadline) do
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
       {:"$gen_call", {caller, _} = from, {:invoke, function_with_code}} when is_pid(caller) ->
         ticket = Process.get(:"$fl_request_ticket")
-        run = fn -> invoke(function_with_code, input, caller, true) end
+        run = fn -> invoke_with_code(function_with_code, input, caller) end
 
         {_pid, monitor} =
           :erlang.spawn_opt(__MODULE__, :run_code, [from, ticket, run], [
@@ -174,14 +181,14 @@ defmodule Worker.Handler do
 
         await_run(monitor)
 
-      {:"$gen_call", {caller, _} = from, request} when is_pid(caller) ->
-        Stray.drop("Worker code handler", request)
+      {:"$gen_call", {caller, _} = from, other} when is_pid(caller) ->
+        Stray.drop("Worker code handler", other)
         reply(from, {:error, {:bad_request, "expected {:invoke, function_with_code}"}})
-        await_code(function, input, deadline)
+        await_code(request, input, deadline)
 
       message ->
         Stray.drop("Worker code handler", message)
-        await_code(function, input, deadline)
+        await_code(request, input, deadline)
     after
       left -> :ok
     end

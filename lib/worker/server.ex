@@ -38,7 +38,6 @@ defmodule Worker.Server do
 
   @doc false
   def init do
-    Process.flag(:message_queue_data, :off_heap)
     true = Process.register(self(), :worker)
     :proc_lib.init_ack({:ok, self()})
     loop()
@@ -65,9 +64,9 @@ defmodule Worker.Server do
   end
 
   defp handle({:invoke, function, args}, from) do
-    with {:ok, _} <- Request.function(function),
+    with {:ok, request} <- Request.function(function),
          {:ok, input} <- Runtime.encode_args(args) do
-      spawn_handler(from, {:invoke, function, input})
+      spawn_handler(from, {:invoke, request, input})
     else
       error -> reply(from, error)
     end
