@@ -14,7 +14,10 @@ defmodule Worker.Handler do
     handler: it keeps the arguments (as JSON text, one binary, counted
     against `FL_HANDLER_MAX_MB`) until the Core calls it with
     `{:invoke, function_with_code}`, then stores the code, runs the
-    function with those arguments, and replies as an invocation does. It
+    function with those arguments, and replies as an invocation does. The
+    Core knows the handler's pid and may send it anything, so that
+    invocation runs in a new process of its own, whose mailbox nobody else
+    can reach; the handler waits for it, dropping whatever else comes. It
     ends after answering, or after `FL_HANDLER_TIMEOUT_MS` without a call.
 
   A crash while serving a request answers that request with

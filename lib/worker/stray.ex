@@ -36,7 +36,9 @@ defmodule Worker.Stray do
 
     case :atomics.add_get(atomics, @logged, 1) do
       n when n <= @per_second ->
-        Logger.warning("#{where}: dropped an unexpected message: #{inspect(message, limit: 8)}")
+        Logger.warning(
+          "#{where}: dropped an unexpected message: #{inspect(message, limit: 8, printable_limit: 200)}"
+        )
 
       n when n == @per_second + 1 ->
         Logger.warning("#{where}: more unexpected messages this second; not logging them")
