@@ -16,7 +16,7 @@ defmodule Worker.Admission do
   """
   use GenServer
 
-  alias Worker.{Gate, Native, Stray}
+  alias Worker.{Gate, Stray}
 
   @overloaded 1
   @expired 2
@@ -241,7 +241,7 @@ defmodule Worker.Admission do
       {{:value, ref}, rest} ->
         case state.entries do
           %{^ref => {pid, monitor, :queued}} ->
-            case Native.gate_reserve(state.gate) do
+            case Gate.reserve(state.gate) do
               nil ->
                 state
 
@@ -288,7 +288,7 @@ defmodule Worker.Admission do
   end
 
   defp publish(state) do
-    Native.gate_queue(state.gate, state.queued, self())
+    Gate.queue(state.gate, state.queued, self())
     state
   end
 end

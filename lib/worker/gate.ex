@@ -38,6 +38,21 @@ defmodule Worker.Gate do
   @spec leave(ticket()) :: boolean()
   def leave(ticket), do: Native.gate_leave(ticket)
 
+  @doc """
+  For a queue's server: a ticket for one unit, for its first waiter, even
+  while others wait; `nil` if none is free. The waiter takes it (`take/1`).
+  """
+  @spec reserve(t()) :: ticket() | nil
+  def reserve(gate), do: Native.gate_reserve(gate)
+
+  @doc """
+  For a queue's server: `waiting` callers are queued (so `enter/2` refuses
+  while above zero), and `server` is told `:"$fl_gate_free"` when a unit
+  is given back meanwhile.
+  """
+  @spec queue(t(), non_neg_integer(), pid()) :: :ok
+  def queue(gate, waiting, server), do: Native.gate_queue(gate, waiting, server)
+
   @doc "`%{used: n, max: n, waiting: n}`."
   @spec info(t()) :: %{used: integer(), max: integer(), waiting: integer()}
   def info(gate) do

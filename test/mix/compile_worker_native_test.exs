@@ -71,6 +71,14 @@ defmodule Mix.Tasks.Compile.WorkerNativeTest do
     assert length(calls(dir)) == 1
   end
 
+  test "rebuilds when the compiler child is missing beside a fresh library", %{dir: dir} do
+    assert compile(dir) == {:ok, []}
+    age(Path.join(dir, "priv/native/worker_nif.so"), 10)
+    File.rm!(Path.join(dir, "priv/native/fl-compile"))
+    assert compile(dir) == {:ok, []}
+    assert File.exists?(Path.join(dir, "priv/native/fl-compile"))
+  end
+
   test "rebuilds when a .rs file or a Cargo.toml changes", %{dir: dir} do
     for source <- ["native/worker_nif/src/lib.rs", "native/worker_nif/Cargo.toml", "Cargo.toml"] do
       assert compile(dir) in [{:ok, []}, {:noop, []}]

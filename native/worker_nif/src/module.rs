@@ -1,7 +1,7 @@
 //! `Worker.Runtime.Module`: compiling a function into a shared resource.
 
 use crate::atoms;
-use rustler::{Binary, Encoder, Env, NewBinary, OwnedEnv, ResourceArc, Term};
+use rustler::{Binary, Encoder, Env, OwnedEnv, ResourceArc, Term};
 use std::sync::{Arc, OnceLock};
 use worker_runtime::logs::LineBudget;
 use worker_runtime::module::Isolation;
@@ -67,11 +67,7 @@ fn module_compile(
 #[rustler::nif(schedule = "DirtyCpu")]
 fn module_serialize<'a>(env: Env<'a>, module: ResourceArc<ModuleResource>) -> Term<'a> {
     match worker_runtime::serialize(&module.0) {
-        Ok(bytes) => {
-            let mut binary = NewBinary::new(env, bytes.len());
-            binary.as_mut_slice().copy_from_slice(&bytes);
-            (atoms::ok(), Term::from(binary)).encode(env)
-        }
+        Ok(bytes) => crate::terms::ok_binary(env, &bytes),
         Err(e) => runtime_unavailable(env, e.to_string()),
     }
 }

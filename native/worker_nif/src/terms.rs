@@ -200,15 +200,18 @@ impl<'a> Builder for TermBuilder<'a> {
     }
 }
 
+/// `{:ok, binary}` with a copy of `bytes`.
+pub fn ok_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut binary = NewBinary::new(env, bytes.len());
+    binary.as_mut_slice().copy_from_slice(bytes);
+    (atoms::ok(), Term::from(binary)).encode(env)
+}
+
 /// `Worker.JSON.encode/1`: `{:ok, text}` or `{:error, reason}`.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
     match to_json(term, usize::MAX) {
-        Ok(bytes) => {
-            let mut binary = NewBinary::new(env, bytes.len());
-            binary.as_mut_slice().copy_from_slice(&bytes);
-            (atoms::ok(), Term::from(binary)).encode(env)
-        }
+        Ok(bytes) => ok_binary(env, &bytes),
         Err(reason) => (atoms::error(), reason.to_string()).encode(env),
     }
 }
@@ -245,11 +248,7 @@ fn args_encode_dirty<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 
 fn args_reply<'a>(env: Env<'a>, result: Result<Vec<u8>, ToJsonError>, max: usize) -> Term<'a> {
     match result {
-        Ok(bytes) => {
-            let mut binary = NewBinary::new(env, bytes.len());
-            binary.as_mut_slice().copy_from_slice(&bytes);
-            (atoms::ok(), Term::from(binary)).encode(env)
-        }
+        Ok(bytes) => ok_binary(env, &bytes),
         Err(ToJsonError::TooLarge(_)) => {
             let reason = format!("arguments: JSON text larger than {max} bytes (the input cap)");
             (atoms::error(), (atoms::invalid_args(), reason)).encode(env)
