@@ -5,6 +5,8 @@ defmodule Worker.Application do
   @impl true
   def start(_type, _args) do
     Worker.Config.apply_defaults()
+    # before anything uses the runtime; a refusal is logged (Worker.Config)
+    _ = Worker.Config.configure_runtime()
     File.mkdir_p!(Worker.Store.dir())
     # before anything writes
     Worker.Store.remove_temporary()

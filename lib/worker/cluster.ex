@@ -41,7 +41,7 @@ defmodule Worker.Cluster do
   @impl true
   def init(_opts) do
     :persistent_term.put({__MODULE__, :server}, self())
-    static = MapSet.new(Application.get_env(:worker, :core_nodes, []))
+    static = MapSet.new(Application.fetch_env!(:worker, :core_nodes))
 
     state = %{
       static: static,
@@ -53,8 +53,8 @@ defmodule Worker.Cluster do
       # {module, function}, called with the name as a charlist; a test can
       # put its own in the state
       resolver: {__MODULE__, :getaddrs},
-      basename: Application.get_env(:worker, :core_basename, "core"),
-      dns_interval: Application.get_env(:worker, :core_dns_interval_ms, 10_000)
+      basename: Application.fetch_env!(:worker, :core_basename),
+      dns_interval: Application.fetch_env!(:worker, :core_dns_interval_ms)
     }
 
     if Node.alive?() do

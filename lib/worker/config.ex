@@ -1,48 +1,208 @@
 defmodule Worker.Config do
   @moduledoc """
-  The worker's settings: application environment first (set from `FL_*`
-  environment variables by `config/runtime.exs`), then these defaults.
+  The worker's settings, and the one owner of every `FL_*` variable: this
+  module reads and checks them all (`from_env/1`, from `config/runtime.exs`,
+  and `log_level/1` for `FL_LOG_LEVEL`), fills in the defaults when the
+  application starts (`apply_defaults/0`), and hands the native runtime its
+  settings (`configure_runtime/0`). Nothing else reads the environment; the
+  application environment set here is what the rest of the worker reads.
 
-  | key | variable | default |
-  |---|---|---|
-  | `:data_dir` | `FL_DATA_DIR` | `./fl_data` |
-  | `:max_concurrency` | `FL_MAX_CONCURRENCY` | 4 x schedulers |
-  | `:queue_limit` | `FL_QUEUE_LIMIT` | 1 000 |
-  | `:queue_timeout_ms` | `FL_QUEUE_TIMEOUT_MS` | 10 000 |
-  | `:max_requests` | `FL_MAX_REQUESTS` | 4 096 |
-  | `:handler_max_bytes` | `FL_HANDLER_MAX_MB` | 256 MiB |
-  | `:compile_timeout_ms` | `FL_COMPILE_TIMEOUT_MS` | 60 000 |
-  | `:compile_max_mb` | `FL_COMPILE_MAX_MB` | 2 048 |
-  | `:cache_max_entries` | `FL_CACHE_MAX_ENTRIES` | 256 |
-  | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB |
-  | `:max_capacity_mb` | `FL_MAX_CAPACITY_MB` | 512 |
-  | `:handler_timeout_ms` | `FL_HANDLER_TIMEOUT_MS` | 30 000 |
-  | `:worker_name` | `FL_WORKER_NAME` | the node name |
-  | `:worker_tag` | `FL_WORKER_TAG` | the long name |
-  | `:core_nodes` | `FL_CORE_NODES` | none |
-  | `:core_dns` | `FL_CORE_DNS` | none |
-  | `:core_basename` | `FL_CORE_BASENAME` | `core` |
-  | `:core_dns_interval_ms` | `FL_CORE_DNS_INTERVAL_MS` | 10 000 |
-  | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 |
-  | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB |
-  | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none |
-  | `:log_lines_per_s` | `FL_LOG_LINES_PER_S` (0: no limit) | 1 000 per function |
-  | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 |
-  | `:metrics_max_functions` | `FL_METRICS_MAX_FUNCTIONS` | 1 000 |
+  | key | variable | default | range |
+  |---|---|---|---|
+  | `:data_dir` | `FL_DATA_DIR` | `./fl_data` | |
+  | `:max_concurrency` | `FL_MAX_CONCURRENCY` | 4 x schedulers, at most `:pool_instances` | 1 to 100 000 |
+  | `:queue_limit` | `FL_QUEUE_LIMIT` | 1 000 | 0 and up |
+  | `:queue_timeout_ms` | `FL_QUEUE_TIMEOUT_MS` | 10 000 | 0 and up |
+  | `:max_requests` | `FL_MAX_REQUESTS` | 4 096 | 0 and up |
+  | `:handler_max_bytes` | `FL_HANDLER_MAX_MB` | 256 MiB | 0 and up |
+  | `:compile_timeout_ms` | `FL_COMPILE_TIMEOUT_MS` | 60 000 | 0 and up |
+  | `:compile_max_mb` | `FL_COMPILE_MAX_MB` | 2 048 | 0 and up |
+  | `:cache_max_entries` | `FL_CACHE_MAX_ENTRIES` | 256 | 0 and up |
+  | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB | 0 and up |
+  | `:max_capacity_mb` | `FL_MAX_CAPACITY_MB` | 512 | 0 and up |
+  | `:handler_timeout_ms` | `FL_HANDLER_TIMEOUT_MS` | 30 000 | 0 and up |
+  | `:worker_name` | `FL_WORKER_NAME` | the node name | |
+  | `:worker_tag` | `FL_WORKER_TAG` | the long name | |
+  | `:core_nodes` | `FL_CORE_NODES` (comma-separated) | none | |
+  | `:core_dns` | `FL_CORE_DNS` | none | |
+  | `:core_basename` | `FL_CORE_BASENAME` | `core` | |
+  | `:core_dns_interval_ms` | `FL_CORE_DNS_INTERVAL_MS` | 10 000 | 0 and up |
+  | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 | 0 to 4 294 000 000 |
+  | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB | 0 and up |
+  | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none | |
+  | `:log_lines_per_s` | `FL_LOG_LINES_PER_S` (0: no limit) | 1 000 per function | 0 to 4 294 967 295 |
+  | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 | 0 to 65 535 |
+  | `:metrics_max_functions` | `FL_METRICS_MAX_FUNCTIONS` | 1 000 | 0 and up |
+  | `:pool_instances` | `FL_POOL_INSTANCES` | 1 000, at least `:max_concurrency` | 1 to 100 000 |
+  | `:memory_cap_bytes` | `FL_MEMORY_CAP_MB` | 512 MiB | 1 to 4 096 MiB |
+  | `:max_module_bytes` | `FL_MAX_MODULE_MB` | 64 MiB | 1 to 1 024 MiB |
+  | `:epoch_tick_us` | `FL_EPOCH_TICK_US` | 100 | 10 to 100 000 |
+  | `:keep_resident_bytes` | `FL_POOL_KEEP_RESIDENT_KB` | 1 MiB with `PAGEMAP_SCAN` (Linux 6.7 and later), else 0 | 0 to 1 048 576 KiB |
+  | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
+
+  A value that is not a number, or out of its range, stops the boot with
+  an `ArgumentError` that names the variable.
+
+  **The native runtime.** The last five keys are `Worker.Runtime.Settings`:
+  the engine is made with them once per VM, when the application starts,
+  and they cannot change while it runs. Their defaults are the native
+  runtime's own (`Worker.Runtime.default_settings/0`). Starting the
+  application again in the same VM with the same settings is fine; with
+  other settings the runtime keeps its first ones, and the refusal is
+  logged as an error.
+
+  **Concurrency and the pool.** Every invocation admitted
+  (`:max_concurrency`) needs an instance of the pool (`:pool_instances`),
+  so the pool is never smaller: when only one is set, the other follows
+  (the pool grows to the concurrency, or the default concurrency shrinks
+  to the pool); both set with more concurrency than pool stops the boot.
+  Instances beyond the concurrency serve invocations outside admission
+  (`Worker.Runtime.invoke/3` called directly).
   """
 
-  @doc "Fills in every setting not already in the application environment."
+  require Logger
+
+  alias Worker.Runtime.Settings
+
+  # {key, variable, how to read it}; the order of the table above
+  @variables [
+    {:data_dir, "FL_DATA_DIR", :string},
+    {:max_concurrency, "FL_MAX_CONCURRENCY", {:int, 1, 100_000}},
+    {:queue_limit, "FL_QUEUE_LIMIT", {:int, 0, :infinity}},
+    {:queue_timeout_ms, "FL_QUEUE_TIMEOUT_MS", {:int, 0, :infinity}},
+    {:max_requests, "FL_MAX_REQUESTS", {:int, 0, :infinity}},
+    {:handler_max_bytes, "FL_HANDLER_MAX_MB", {:mib, 0, :infinity}},
+    {:compile_timeout_ms, "FL_COMPILE_TIMEOUT_MS", {:int, 0, :infinity}},
+    {:compile_max_mb, "FL_COMPILE_MAX_MB", {:int, 0, :infinity}},
+    {:cache_max_entries, "FL_CACHE_MAX_ENTRIES", {:int, 0, :infinity}},
+    {:cache_max_bytes, "FL_CACHE_MAX_MB", {:mib, 0, :infinity}},
+    {:max_capacity_mb, "FL_MAX_CAPACITY_MB", {:int, 0, :infinity}},
+    {:handler_timeout_ms, "FL_HANDLER_TIMEOUT_MS", {:int, 0, :infinity}},
+    {:worker_name, "FL_WORKER_NAME", :string},
+    {:worker_tag, "FL_WORKER_TAG", :string},
+    {:core_nodes, "FL_CORE_NODES", :nodes},
+    {:core_dns, "FL_CORE_DNS", :string},
+    {:core_basename, "FL_CORE_BASENAME", :string},
+    {:core_dns_interval_ms, "FL_CORE_DNS_INTERVAL_MS", {:int, 0, :infinity}},
+    {:invoke_timeout_ms, "FL_INVOKE_TIMEOUT_MS", {:int, 0, 4_294_000_000}},
+    {:max_memory_bytes, "FL_MAX_MEMORY_MB", {:mib, 0, :infinity}},
+    {:http_allow, "FL_HTTP_ALLOW", :list},
+    {:log_lines_per_s, "FL_LOG_LINES_PER_S", {:int, 0, 4_294_967_295}},
+    {:metrics_port, "FL_METRICS_PORT", {:int, 0, 65_535}},
+    {:metrics_max_functions, "FL_METRICS_MAX_FUNCTIONS", {:int, 0, :infinity}},
+    {:pool_instances, "FL_POOL_INSTANCES", {:int, 1, 100_000}},
+    {:memory_cap_bytes, "FL_MEMORY_CAP_MB", {:mib, 1, 4_096}},
+    {:max_module_bytes, "FL_MAX_MODULE_MB", {:mib, 1, 1_024}},
+    {:epoch_tick_us, "FL_EPOCH_TICK_US", {:int, 10, 100_000}},
+    {:keep_resident_bytes, "FL_POOL_KEEP_RESIDENT_KB", {:kib, 0, 1_048_576}}
+  ]
+
+  @log_levels ~w(emergency alert critical error warning notice info debug)
+
+  @doc "The `FL_*` variables this module reads, `FL_LOG_LEVEL` included."
+  @spec variables() :: [String.t()]
+  def variables, do: Enum.map(@variables, &elem(&1, 1)) ++ ["FL_LOG_LEVEL"]
+
+  @doc """
+  Fills in every setting not already in the application environment, the
+  native runtime's included (see the moduledoc). Raises `ArgumentError`
+  when `:max_concurrency` is above `:pool_instances`.
+  """
+  @spec apply_defaults() :: :ok
   def apply_defaults do
     for {key, value} <- defaults(), Application.get_env(:worker, key) == nil do
       Application.put_env(:worker, key, value)
     end
 
+    native = Worker.Runtime.default_settings()
+
+    for {key, value} <- Map.from_struct(native),
+        key != :pool_instances,
+        Application.get_env(:worker, key) == nil do
+      Application.put_env(:worker, key, value)
+    end
+
+    {concurrency, pool} =
+      concurrency_and_pool(
+        Application.get_env(:worker, :max_concurrency),
+        Application.get_env(:worker, :pool_instances),
+        native.pool_instances
+      )
+
+    Application.put_env(:worker, :max_concurrency, concurrency)
+    Application.put_env(:worker, :pool_instances, pool)
     refresh()
+  end
+
+  # {max_concurrency, pool_instances} from the two settings (nil when
+  # unset) and the native default pool
+  defp concurrency_and_pool(nil, nil, default_pool) do
+    concurrency = 4 * System.schedulers_online()
+    {concurrency, max(concurrency, default_pool)}
+  end
+
+  defp concurrency_and_pool(nil, pool, _), do: {min(4 * System.schedulers_online(), pool), pool}
+
+  defp concurrency_and_pool(concurrency, nil, default),
+    do: {concurrency, max(concurrency, default)}
+
+  defp concurrency_and_pool(concurrency, pool, _) when concurrency > pool do
+    raise ArgumentError,
+          "FL_MAX_CONCURRENCY (#{concurrency}) is above FL_POOL_INSTANCES (#{pool}): " <>
+            "every invocation admitted needs an instance of the pool; " <>
+            "raise FL_POOL_INSTANCES or lower FL_MAX_CONCURRENCY"
+  end
+
+  defp concurrency_and_pool(concurrency, pool, _), do: {concurrency, pool}
+
+  @doc """
+  A setting: the application environment's value, else this module's
+  default (for callers that may run before `apply_defaults/0`, such as
+  `Worker.Runtime` used as a library).
+  """
+  @spec get(atom()) :: term()
+  def get(key), do: Application.get_env(:worker, key, defaults()[key])
+
+  @doc "The native runtime's settings, from the application environment."
+  @spec runtime_settings() :: Settings.t()
+  def runtime_settings do
+    %Settings{
+      pool_instances: Application.fetch_env!(:worker, :pool_instances),
+      memory_cap_bytes: Application.fetch_env!(:worker, :memory_cap_bytes),
+      max_module_bytes: Application.fetch_env!(:worker, :max_module_bytes),
+      epoch_tick_us: Application.fetch_env!(:worker, :epoch_tick_us),
+      keep_resident_bytes: Application.fetch_env!(:worker, :keep_resident_bytes)
+    }
+  end
+
+  @doc """
+  Hands the native runtime its settings (`runtime_settings/0`), at
+  application start. A refusal (other settings already in force in this
+  VM, or an engine that cannot start with them) is logged as an error and
+  returned: the application starts anyway, and the runtime either keeps
+  its first settings or answers `{:error, {:runtime_unavailable, _}}`.
+  """
+  @spec configure_runtime() :: :ok | {:error, term()}
+  def configure_runtime do
+    settings = runtime_settings()
+
+    case Worker.Runtime.configure(settings) do
+      :ok ->
+        :ok
+
+      {:error, reason} = error ->
+        Logger.error(
+          "Worker.Config: the native runtime refused #{inspect(settings)}: #{inspect(reason)}"
+        )
+
+        error
+    end
   end
 
   @doc """
   Changes a setting at run time. Use this rather than `Application.put_env/3`
-  for the defaults of `Worker.Runtime.invoke/3`, which are cached.
+  for the defaults of `Worker.Runtime.invoke/3`, which are cached. (The
+  native runtime's settings cannot change at run time.)
   """
   @spec put(atom(), term()) :: :ok
   def put(key, value) do
@@ -69,12 +229,8 @@ defmodule Worker.Config do
   end
 
   defp refresh do
-    builtin = defaults()
-    get = fn key -> Application.get_env(:worker, key, builtin[key]) end
-
     defaults =
-      {get.(:invoke_timeout_ms), get.(:max_memory_bytes), get.(:http_allow),
-       get.(:log_lines_per_s)}
+      {get(:invoke_timeout_ms), get(:max_memory_bytes), get(:http_allow), get(:log_lines_per_s)}
 
     if :persistent_term.get({__MODULE__, :invoke}, nil) != defaults do
       :persistent_term.put({__MODULE__, :invoke}, defaults)
@@ -83,10 +239,11 @@ defmodule Worker.Config do
     :ok
   end
 
+  # The defaults this module owns; the native runtime's come from it, and
+  # :max_concurrency follows the pool (see apply_defaults/0).
   defp defaults do
     [
       data_dir: Path.expand("fl_data"),
-      max_concurrency: 4 * System.schedulers_online(),
       queue_limit: 1_000,
       queue_timeout_ms: 10_000,
       max_requests: 4_096,
@@ -111,56 +268,67 @@ defmodule Worker.Config do
 
   @doc """
   Reads the `FL_*` variables into keyword config, for `config/runtime.exs`.
-  Unset variables are left out, so the defaults above apply.
+  Unset (or empty) variables are left out, so the defaults apply. Raises
+  `ArgumentError`, naming the variable, for a value that is not a number
+  or is out of its range, and when both `FL_MAX_CONCURRENCY` and
+  `FL_POOL_INSTANCES` are set and the first is above the second.
   """
   @spec from_env(%{String.t() => String.t()}) :: keyword()
   def from_env(env \\ System.get_env()) do
-    [
-      data_dir: env["FL_DATA_DIR"],
-      max_concurrency: int(env["FL_MAX_CONCURRENCY"]),
-      queue_limit: int(env["FL_QUEUE_LIMIT"]),
-      queue_timeout_ms: int(env["FL_QUEUE_TIMEOUT_MS"]),
-      max_requests: int(env["FL_MAX_REQUESTS"]),
-      handler_max_bytes: mb(env["FL_HANDLER_MAX_MB"]),
-      compile_timeout_ms: int(env["FL_COMPILE_TIMEOUT_MS"]),
-      compile_max_mb: int(env["FL_COMPILE_MAX_MB"]),
-      cache_max_entries: int(env["FL_CACHE_MAX_ENTRIES"]),
-      cache_max_bytes: mb(env["FL_CACHE_MAX_MB"]),
-      max_capacity_mb: int(env["FL_MAX_CAPACITY_MB"]),
-      handler_timeout_ms: int(env["FL_HANDLER_TIMEOUT_MS"]),
-      worker_name: env["FL_WORKER_NAME"],
-      worker_tag: env["FL_WORKER_TAG"],
-      core_nodes: nodes(env["FL_CORE_NODES"]),
-      core_dns: env["FL_CORE_DNS"],
-      core_basename: env["FL_CORE_BASENAME"],
-      core_dns_interval_ms: int(env["FL_CORE_DNS_INTERVAL_MS"]),
-      invoke_timeout_ms: int(env["FL_INVOKE_TIMEOUT_MS"]),
-      max_memory_bytes: mb(env["FL_MAX_MEMORY_MB"]),
-      http_allow: list(env["FL_HTTP_ALLOW"]),
-      log_lines_per_s: int(env["FL_LOG_LINES_PER_S"]),
-      metrics_port: int(env["FL_METRICS_PORT"]),
-      metrics_max_functions: int(env["FL_METRICS_MAX_FUNCTIONS"])
-    ]
-    |> Enum.reject(fn {_, v} -> v in [nil, ""] end)
+    config =
+      for {key, variable, kind} <- @variables,
+          text = env[variable],
+          text not in [nil, ""],
+          do: {key, parse(variable, kind, text)}
+
+    if config[:max_concurrency] && config[:pool_instances] do
+      concurrency_and_pool(config[:max_concurrency], config[:pool_instances], nil)
+    end
+
+    config
   end
 
-  defp int(nil), do: nil
+  @doc """
+  The Logger level `FL_LOG_LEVEL` names, or `nil` when it is unset (the
+  level in `config/config.exs`, `info`, applies). Raises `ArgumentError`
+  naming the variable for anything but a Logger level.
+  """
+  @spec log_level(%{String.t() => String.t()}) :: Logger.level() | nil
+  def log_level(env \\ System.get_env()) do
+    case env["FL_LOG_LEVEL"] do
+      text when text in [nil, ""] ->
+        nil
 
-  defp int(text) do
-    case Integer.parse(String.trim(text)) do
-      {n, ""} when n >= 0 -> n
-      _ -> raise ArgumentError, "expected a non-negative integer, got #{inspect(text)}"
+      text ->
+        level = String.trim(text)
+
+        unless level in @log_levels do
+          raise ArgumentError,
+                "FL_LOG_LEVEL: expected one of #{Enum.join(@log_levels, ", ")}, " <>
+                  "got #{inspect(text)}"
+        end
+
+        String.to_atom(level)
     end
   end
 
-  defp mb(text), do: if(n = int(text), do: n * 1024 * 1024)
+  defp parse(_variable, :string, text), do: text
+  defp parse(_variable, :list, text), do: list(text)
+  defp parse(_variable, :nodes, text), do: Enum.map(list(text), &String.to_atom/1)
+  defp parse(variable, {:mib, min, max}, text), do: int(variable, text, min, max) * 1024 * 1024
+  defp parse(variable, {:kib, min, max}, text), do: int(variable, text, min, max) * 1024
+  defp parse(variable, {:int, min, max}, text), do: int(variable, text, min, max)
 
-  defp list(nil), do: nil
-  defp list(text), do: text |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
+  defp int(variable, text, min, max) do
+    case Integer.parse(String.trim(text)) do
+      {n, ""} when n >= min and (max == :infinity or n <= max) ->
+        n
 
-  defp nodes(nil), do: nil
-
-  defp nodes(text) do
-    text |> String.split(",", trim: true) |> Enum.map(&String.to_atom(String.trim(&1)))
+      _ ->
+        range = if max == :infinity, do: "#{min} or more", else: "from #{min} to #{max}"
+        raise ArgumentError, "#{variable}: expected an integer #{range}, got #{inspect(text)}"
+    end
   end
+
+  defp list(text), do: text |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
 end

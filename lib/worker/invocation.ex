@@ -23,7 +23,7 @@ defmodule Worker.Invocation do
     invocation = System.unique_integer([:positive])
     metadata = [fl_module: module_name, fl_function: name, fl_invocation: invocation]
 
-    opts = [metadata: metadata, caller: caller, on_stats: &Metrics.invocation_stats(id, &1)]
+    opts = [metadata: metadata, caller: caller]
     opts = if mb = request.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
 
     Admission.run(fn -> invoke(id, module, input, opts) end, caller: caller)
@@ -34,9 +34,9 @@ defmodule Worker.Invocation do
     Metrics.started(id)
     started = System.monotonic_time()
 
-    result =
+    {result, stats} =
       try do
-        Runtime.invoke(module, input, opts)
+        Runtime.invoke_with_stats(module, input, opts)
       catch
         kind, reason ->
           Metrics.invocation(id, :crashed, System.monotonic_time() - started)
@@ -44,6 +44,7 @@ defmodule Worker.Invocation do
       end
 
     duration = System.monotonic_time() - started
+    Metrics.invocation_stats(id, stats)
     Metrics.invocation(id, result, duration)
     {:ran, result, duration}
   end

@@ -52,9 +52,10 @@ defmodule Worker.Metrics do
 
   **Scrapes.** `Worker.Metrics.Endpoint` renders one page at a time, in a
   process of its own, and serves it for a second after: concurrent scrapes
-  wait for the render under way and get the same binary. So the figures
-  read and reset per page (`worker_runtime_max_slice_seconds`) are per
-  render, which may serve several scrapes.
+  wait for the render under way and get the same binary. No figure is
+  reset by a read: the histogram of time slices
+  (`worker_runtime_slice_seconds`) is cumulative, like every counter, and
+  reads the same for every reader.
   """
 
   @table __MODULE__
@@ -224,9 +225,17 @@ defmodule Worker.Metrics do
   def cache(id, :miss), do: loaded(id, [{@misses, 1}], true)
   def cache(id, :eviction), do: record(id, [{@evictions, 1}])
 
-  @doc "Records what `Worker.Runtime.invoke/3` reports through `:on_stats`."
-  @spec invocation_stats(function_id(), map()) :: :ok
-  def invocation_stats(id, stats) do
+  @doc "Records what `Worker.Runtime.invoke_with_stats/3` reports besides the result."
+  @spec invocation_stats(function_id(), Worker.Runtime.Stats.t()) :: :ok
+  def invocation_stats(_id, %Worker.Runtime.Stats{
+        dropped_lines: 0,
+        http_ok: 0,
+        http_failed: 0,
+        http_refused: 0
+      }),
+      do: :ok
+
+  def invocation_stats(id, %Worker.Runtime.Stats{} = stats) do
     ops = [
       {@http_ok, stats.http_ok},
       {@http_failed, stats.http_failed},
@@ -514,7 +523,15 @@ defmodule Worker.Metrics do
       safe(fn -> Worker.Handler.info() end, %{requests: 0, handler_bytes: 0, overloaded: 0})
 
     stray = safe(fn -> Worker.Stray.count() end, 0)
-    runtime = safe(fn -> Worker.Runtime.stats() end, %{in_flight: 0, max_slice_us: 0})
+
+    runtime =
+      safe(fn -> Worker.Runtime.stats() end, %{
+        in_flight: 0,
+        slice_bounds_us: [],
+        slice_buckets: [],
+        slice_count: 0,
+        slice_sum_us: 0
+      })
 
     [
       gauge("worker_beam_memory_bytes", "Memory allocated by the BEAM.", :erlang.memory(:total)),
@@ -578,11 +595,26 @@ defmodule Worker.Metrics do
         "Invocations alive in the native runtime.",
         runtime.in_flight
       ),
-      gauge(
-        "worker_runtime_max_slice_seconds",
-        "Longest time a guest held a scheduler in one slice, since the last scrape.",
-        runtime.max_slice_us / 1_000_000
-      )
+      slice_histogram(runtime)
+    ]
+  end
+
+  # The native runtime's histogram of time slices, cumulative since the VM
+  # started: reading it resets nothing.
+  defp slice_histogram(runtime) do
+    name = "worker_runtime_slice_seconds"
+
+    buckets =
+      for {bound, count} <- Enum.zip(runtime.slice_bounds_us, runtime.slice_buckets) do
+        [name, "_bucket{le=\"", number(bound / 1_000_000), "\"} ", number(count), "\n"]
+      end
+
+    [
+      header(name, "How long a guest held a scheduler, each time slice.", "histogram"),
+      buckets,
+      [name, "_bucket{le=\"+Inf\"} ", number(runtime.slice_count), "\n"],
+      [name, "_sum ", number(runtime.slice_sum_us / 1_000_000), "\n"],
+      [name, "_count ", number(runtime.slice_count), "\n"]
     ]
   end
 

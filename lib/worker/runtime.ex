@@ -8,24 +8,50 @@ defmodule Worker.Runtime do
     * `compile/1` validates, compiles and links a module on a dirty CPU
       scheduler, so import and export problems surface there;
     * `invoke/3` creates a fresh instance for each call and runs it in the
-      calling process, in slices of about a millisecond: the guest runs on
-      a stack of its own, yields at every slice, and never holds a
-      scheduler for long. While it waits on outbound HTTP it costs nothing.
+      calling process, in slices of about one epoch tick (100 µs,
+      `FL_EPOCH_TICK_US`): the guest runs on a stack of its own, yields at
+      every slice, and never holds a scheduler for long. While it waits on
+      outbound HTTP it costs nothing.
+
+  The engine is made once per VM, with the settings `configure/1` gives it
+  (`Worker.Config` does that when the application starts); until then,
+  every call returns `{:error, {:runtime_unavailable, _}}`.
 
   Lines the function logs (`__console_log`, WASI stdout and stderr) reach
   `Logger` as they are produced, with metadata `fl_stream` (`:console`,
   `:stdout`, `:stderr`, or `:host` for the worker's notes about the call)
   and whatever `:metadata` the caller passes.
+
+  ## Errors
+
+  Every error is `{:error, reason}`, with `reason` one of the shapes below
+  (`t:compile_error/0`, `t:invoke_error/0`): stable, and part of the API.
+  Bad options are not errors: they raise `ArgumentError`.
   """
 
   alias Worker.Native
-  alias Worker.Runtime.Module
+  alias Worker.Runtime.{Module, Settings, Stats}
 
   require Logger
 
   # `receive ... after` takes at most 2^32 - 1 ms; keep room for the margin.
   @max_timeout 4_294_000_000
 
+  @typedoc """
+  Why there is no module:
+
+    * `{:invalid_module, reason}` - the module is refused (see `compile/1`);
+    * `{:runtime_unavailable, reason}` - the engine could not start, or has
+      no settings yet, or the compiler could not be started;
+    * `{:panic, reason}` - a bug in the worker or the compiler; the
+      runtime stays usable.
+  """
+  @type compile_error ::
+          {:invalid_module, String.t()}
+          | {:runtime_unavailable, String.t()}
+          | {:panic, String.t()}
+
+  @typedoc "How an invocation failed; see `invoke/3`."
   @type invoke_error ::
           {:exec_error, String.t()}
           | {:trap, String.t()}
@@ -37,8 +63,31 @@ defmodule Worker.Runtime do
           | {:exit, integer()}
           | {:instantiate, String.t()}
           | {:panic, String.t()}
+          | {:runtime_unavailable, String.t()}
           | :cancelled
-          | :busy
+
+  @doc """
+  Starts the native runtime with `settings`, once per VM.
+
+  Returns `:ok`, also when it already runs with these very settings (a
+  second start of the application, say). Settings cannot change while the
+  VM runs: other settings give `{:error, {:runtime_configured, reason}}`
+  and the runtime keeps those it started with.
+  `{:error, {:runtime_unavailable, reason}}` means the engine refused them
+  (a pool too large for the address space, for example); every later call
+  then returns that error.
+  """
+  @spec configure(Settings.t()) ::
+          :ok | {:error, {:runtime_configured, String.t()} | {:runtime_unavailable, String.t()}}
+  def configure(%Settings{} = settings), do: Native.runtime_configure(settings)
+
+  @doc """
+  The native runtime's default settings. The default of
+  `keep_resident_bytes` depends on the kernel: 1 MiB where the
+  `PAGEMAP_SCAN` ioctl works (Linux 6.7 and later), else 0.
+  """
+  @spec default_settings() :: Settings.t()
+  def default_settings, do: Native.runtime_defaults()
 
   @doc """
   Compiles a Wasm module (binary, or WAT text).
@@ -55,20 +104,19 @@ defmodule Worker.Runtime do
   needs more memory or time to compile than the limits above (the reason
   names the limit).
   `{:error, {:runtime_unavailable, reason}}` means the engine itself could
-  not start.
+  not start (or the compiler could not), and `{:error, {:panic, reason}}`
+  that the compiler panicked.
   """
-  @spec compile(binary()) ::
-          {:ok, Module.t()}
-          | {:error, {:invalid_module, String.t()} | {:runtime_unavailable, String.t()}}
+  @spec compile(binary()) :: {:ok, Module.t()} | {:error, compile_error()}
   def compile(wasm) when is_binary(wasm) do
-    timeout = Application.get_env(:worker, :compile_timeout_ms, 60_000)
-    max_mb = Application.get_env(:worker, :compile_max_mb, 2_048)
+    timeout = Worker.Config.get(:compile_timeout_ms)
+    max_mb = Worker.Config.get(:compile_max_mb)
     ref = make_ref()
     :ok = Native.module_compile(wasm, ref, compiler(), timeout, max_mb)
 
     # The native side always answers: it kills the compiler at `timeout`.
     receive do
-      {^ref, reply} -> Module.from_native(reply)
+      {^ref, reply} -> reply
     after
       timeout + 60_000 -> {:error, {:runtime_unavailable, "the compiler did not answer"}}
     end
@@ -81,9 +129,9 @@ defmodule Worker.Runtime do
   @doc """
   The compiled form of a module (machine code), to keep and `load/2` later
   without compiling again. Only a runtime with the same `fingerprint/0` can
-  load it.
+  load it. `{:error, {:serialize, reason}}` if Wasmtime cannot write it.
   """
-  @spec serialize(Module.t()) :: {:ok, binary()} | {:error, term()}
+  @spec serialize(Module.t()) :: {:ok, binary()} | {:error, {:serialize, String.t()}}
   def serialize(%Module{ref: ref}), do: Native.module_serialize(ref)
 
   @doc """
@@ -94,16 +142,30 @@ defmodule Worker.Runtime do
   Wasmtime refuses artifacts from another version or configuration, but
   only the caller can know the bytes are the ones `serialize/1` produced;
   `Worker.Store` keeps a checksum with each one for that.
+  `{:error, {:invalid_module, reason}}` if Wasmtime refuses it (another
+  version or configuration).
   """
-  @spec load(binary(), non_neg_integer()) :: {:ok, Module.t()} | {:error, term()}
+  @spec load(binary(), non_neg_integer()) :: {:ok, Module.t()} | {:error, compile_error()}
   def load(artifact, wasm_bytes) when is_binary(artifact) and is_integer(wasm_bytes),
-    do: artifact |> Native.module_load(wasm_bytes) |> Module.from_native()
+    do: Native.module_load(artifact, wasm_bytes)
 
-  @doc "The engine's fingerprint: artifacts are only loadable under the same one."
-  @spec fingerprint() :: String.t()
+  @doc """
+  The engine's fingerprint: artifacts are only loadable under the same one.
+  It cannot change while the VM runs, so it is read from the runtime once
+  and kept in `:persistent_term`.
+  """
+  @spec fingerprint() :: {:ok, String.t()} | {:error, {:runtime_unavailable, String.t()}}
   def fingerprint do
-    {:ok, text} = Native.engine_fingerprint()
-    text
+    case :persistent_term.get({__MODULE__, :fingerprint}, nil) do
+      nil ->
+        with {:ok, text} <- Native.engine_fingerprint() do
+          :persistent_term.put({__MODULE__, :fingerprint}, text)
+          {:ok, text}
+        end
+
+      text ->
+        {:ok, text}
+    end
   end
 
   @doc """
@@ -139,10 +201,10 @@ defmodule Worker.Runtime do
       `FL_LOG_LINES_PER_S`, 1 000; 0 for no limit);
     * `:caller` - a process the invocation serves: if it dies, the
       invocation stops within a time slice and returns
-      `{:error, :cancelled}`;
-    * `:on_stats` - a function called once, at the end, with
-      `%{dropped_lines:, http_ok:, http_failed:, http_refused:}` when the
-      invocation dropped log lines or made outbound requests.
+      `{:error, :cancelled}`.
+
+  A bad option raises `ArgumentError`, an allow-list entry that does not
+  parse included.
 
   Results:
 
@@ -163,18 +225,31 @@ defmodule Worker.Runtime do
     * `{:error, {:instantiate, reason}}` - no instance could be made (for
       example, the pool of instances is exhausted);
     * `{:error, {:panic, reason}}` - a bug in the worker; the runtime stays
-      usable.
+      usable;
+    * `{:error, {:runtime_unavailable, reason}}` - the runtime has no
+      settings yet, or could not start.
   """
   @spec invoke(Module.t(), term() | {:json, binary()}, keyword()) ::
           {:ok, term()} | {:error, invoke_error()}
-  def invoke(%Module{ref: ref}, args, opts \\ []) do
+  def invoke(module, args, opts \\ []) do
+    {result, _stats} = invoke_with_stats(module, args, opts)
+    result
+  end
+
+  @doc """
+  `invoke/3`, with what the invocation did besides its result: log lines
+  dropped, outbound HTTP requests by outcome (`t:Worker.Runtime.Stats.t/0`).
+  Takes the same options.
+  """
+  @spec invoke_with_stats(Module.t(), term() | {:json, binary()}, keyword()) ::
+          {{:ok, term()} | {:error, invoke_error()}, Stats.t()}
+  def invoke_with_stats(%Module{ref: ref}, args, opts \\ []) do
     {default_timeout, default_memory, default_allow, default_rate} =
       Worker.Config.invoke_defaults()
 
     timeout = Keyword.get(opts, :timeout, default_timeout)
     max_memory = Keyword.get(opts, :max_memory, default_memory)
     metadata = Keyword.get(opts, :metadata, [])
-    on_stats = Keyword.get(opts, :on_stats)
     http_allow = Keyword.get(opts, :http_allow, default_allow)
     caller = Keyword.get(opts, :caller)
     log_rate = Keyword.get(opts, :log_lines_per_s, default_rate)
@@ -189,10 +264,6 @@ defmodule Worker.Runtime do
 
     unless is_list(http_allow) and Enum.all?(http_allow, &is_binary/1) do
       raise ArgumentError, ":http_allow must be a list of \"host\" or \"host:port\" strings"
-    end
-
-    unless is_nil(on_stats) or is_function(on_stats, 1) do
-      raise ArgumentError, ":on_stats must be a function of one argument"
     end
 
     unless Keyword.keyword?(metadata) do
@@ -210,7 +281,6 @@ defmodule Worker.Runtime do
     loop = %{
       deadline: System.monotonic_time(:millisecond) + timeout,
       metadata: metadata,
-      on_stats: on_stats,
       resume: &Native.invocation_resume/1,
       caller: caller,
       watch: nil
@@ -231,7 +301,7 @@ defmodule Worker.Runtime do
       :dirty ->
         case Native.args_encode_dirty(args) do
           {:ok, text} -> start(ref, {:json, text}, limits)
-          {:error, _} = error -> {:done, error, []}
+          {:error, _} = error -> {:done, error, [], nil}
         end
 
       reply ->
@@ -258,19 +328,35 @@ defmodule Worker.Runtime do
   end
 
   @doc """
-  Live figures from the native runtime: `:in_flight` is the number of
-  invocations that exist right now, in any process; `:max_slice_us` the
-  longest time slice a guest held a scheduler for since the last call.
+  Live figures from the native runtime, node-wide. Reading them changes
+  nothing: every reader sees the same figures.
+
+    * `:in_flight` - invocations that exist right now, in any process;
+    * `:slice_bounds_us` - the upper bounds, in microseconds, of the
+      buckets of a histogram of time slices (how long a guest held the
+      scheduler that polled it, each time);
+    * `:slice_buckets` - slices at most each bound long, since the VM
+      started: cumulative, one count per bound;
+    * `:slice_count` and `:slice_sum_us` - all slices, and their total
+      length in microseconds.
   """
-  @spec stats() :: %{in_flight: non_neg_integer(), max_slice_us: non_neg_integer()}
+  @spec stats() :: %{
+          in_flight: non_neg_integer(),
+          slice_bounds_us: [pos_integer()],
+          slice_buckets: [non_neg_integer()],
+          slice_count: non_neg_integer(),
+          slice_sum_us: non_neg_integer()
+        }
   def stats, do: Native.runtime_stats()
+
+  @no_stats %Stats{}
 
   # The loop over the NIF's replies. Every call into the NIF returns within
   # about one time slice.
-  defp drive({:done, result, lines}, loop) do
+  defp drive({:done, result, lines, stats}, loop) do
     emit(lines, loop)
     if loop.watch, do: Process.demonitor(loop.watch, [:flush])
-    result
+    finish(result, stats, loop)
   end
 
   defp drive({:yield, invocation, lines}, loop) do
@@ -278,7 +364,7 @@ defmodule Worker.Runtime do
     loop = watch(loop)
 
     if abandoned?(loop) do
-      cancel(invocation, nil, loop, {:error, :cancelled})
+      {cancel(invocation, nil, loop, {:error, :cancelled}), @no_stats}
     else
       invocation |> loop.resume.() |> drive(loop)
     end
@@ -296,14 +382,32 @@ defmodule Worker.Runtime do
 
     case await_wake(invocation, id, loop) do
       :woken -> invocation |> loop.resume.() |> drive(loop)
-      stopped -> stopped
+      stopped -> {stopped, @no_stats}
     end
   end
 
-  defp drive({:decode, invocation, lines}, loop) do
+  defp drive({:decode, invocation, lines, stats}, loop) do
     emit(lines, loop)
     if loop.watch, do: Process.demonitor(loop.watch, [:flush])
-    Native.invocation_decode(invocation)
+    finish(Native.invocation_decode(invocation), stats, loop)
+  end
+
+  # The one place an error from the NIF becomes an exception: an option
+  # the runtime could not use.
+  defp finish({:error, {:invalid_option, reason}}, _stats, _loop),
+    do: raise(ArgumentError, reason)
+
+  defp finish(result, nil, _loop), do: {result, @no_stats}
+
+  defp finish(result, %Stats{dropped_lines: dropped} = stats, loop) do
+    if dropped > 0 do
+      Logger.warning(
+        "function output: #{dropped} lines over the log caps were dropped",
+        [fl_stream: :host] ++ loop.metadata
+      )
+    end
+
+    {result, stats}
   end
 
   # With a :caller, an invocation that outlives its first slice watches it.
@@ -359,26 +463,8 @@ defmodule Worker.Runtime do
   defp emit([], _loop), do: :ok
 
   defp emit(lines, loop) do
-    Enum.each(lines, fn
-      {:stats, dropped, http_ok, http_failed, http_refused} ->
-        if dropped > 0 do
-          Logger.warning(
-            "function output: #{dropped} lines over the log caps were dropped",
-            [fl_stream: :host] ++ loop.metadata
-          )
-        end
-
-        if loop.on_stats do
-          loop.on_stats.(%{
-            dropped_lines: dropped,
-            http_ok: http_ok,
-            http_failed: http_failed,
-            http_refused: http_refused
-          })
-        end
-
-      {stream, text} ->
-        Logger.log(level(stream), text, [fl_stream: stream] ++ loop.metadata)
+    Enum.each(lines, fn {stream, text} ->
+      Logger.log(level(stream), text, [fl_stream: stream] ++ loop.metadata)
     end)
   end
 

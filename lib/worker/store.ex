@@ -47,16 +47,20 @@ defmodule Worker.Store do
 
   @doc "Writes the compiled artifact of `code`."
   @spec put_artifact(binary(), binary()) :: :ok | {:error, term()}
-  def put_artifact(code, artifact), do: write(artifact_path(code), artifact)
+  def put_artifact(code, artifact) do
+    with {:ok, path} <- artifact_path(code), do: write(path, artifact)
+  end
 
   @doc "Reads the compiled artifact of `code`, if a loadable one is stored."
   @spec get_artifact(binary()) :: {:ok, binary()} | :error
-  def get_artifact(code), do: read(artifact_path(code))
+  def get_artifact(code) do
+    with {:ok, path} <- artifact_path(code), do: read(path), else: (_ -> :error)
+  end
 
   @doc "Deletes the compiled artifact of `code`."
   @spec delete_artifact(binary()) :: :ok
   def delete_artifact(code) do
-    _ = File.rm(artifact_path(code))
+    with {:ok, path} <- artifact_path(code), do: File.rm(path)
     :ok
   end
 
@@ -66,8 +70,15 @@ defmodule Worker.Store do
   """
   @spec prune_artifacts() :: :ok
   def prune_artifacts do
+    case Worker.Runtime.fingerprint() do
+      {:ok, current} -> prune_artifacts(current)
+      # no runtime: nothing is loadable, and nothing is known to be foreign
+      {:error, _} -> :ok
+    end
+  end
+
+  defp prune_artifacts(current) do
     root = Path.join(dir(), "artifacts")
-    current = Worker.Runtime.fingerprint()
 
     for other <- ls(root), other != current, do: File.rm_rf(Path.join(root, other))
 
@@ -137,10 +148,15 @@ defmodule Worker.Store do
     Path.join([dir(), "functions", hex(:crypto.hash(:sha256, :erlang.term_to_binary(key)))])
   end
 
-  @doc "Path of the artifact for `code` under this engine's fingerprint."
-  @spec artifact_path(binary()) :: Path.t()
+  @doc """
+  Path of the artifact for `code` under this engine's fingerprint (read
+  once, see `Worker.Runtime.fingerprint/0`).
+  """
+  @spec artifact_path(binary()) :: {:ok, Path.t()} | {:error, {:runtime_unavailable, String.t()}}
   def artifact_path(code) do
-    Path.join([dir(), "artifacts", Worker.Runtime.fingerprint(), hex(:crypto.hash(:sha256, code))])
+    with {:ok, fingerprint} <- Worker.Runtime.fingerprint() do
+      {:ok, Path.join([dir(), "artifacts", fingerprint, hex(:crypto.hash(:sha256, code))])}
+    end
   end
 
   defp write(path, payload) do

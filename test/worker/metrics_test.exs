@@ -154,14 +154,20 @@ defmodule Worker.MetricsTest do
     assert at.("worker_cache_misses_total", hello_l) == 1.0
     assert at.("worker_cache_hits_total", hello_l) == 7.0
     assert at.("worker_invocations_in_flight", hello_l) == 0.0
-    # spin ran in slices until its timeout; the figure is per scrape
-    assert at.("worker_runtime_max_slice_seconds", %{}) > 0
+    # spin ran in slices until its timeout: the histogram of slices counts them
+    slices = at.("worker_runtime_slice_seconds_count", %{})
+    assert slices > 0
+    assert at.("worker_runtime_slice_seconds_sum", %{}) > 0.04
+    assert page.types["worker_runtime_slice_seconds"] == "histogram"
+    slice_buckets = Prometheus.samples(page, "worker_runtime_slice_seconds_bucket")
+    slice_counts = Enum.map(slice_buckets, &elem(&1, 1))
+    assert slice_counts == Enum.sort(slice_counts)
+    assert List.last(slice_buckets) == {%{"le" => "+Inf"}, slices}
     # (per render: a scrape within the second after gets the same page)
-    assert Prometheus.value(metrics!(base), "worker_runtime_max_slice_seconds", %{}) ==
-             at.("worker_runtime_max_slice_seconds", %{})
-
-    assert Prometheus.value(fresh_metrics!(base), "worker_runtime_max_slice_seconds", %{}) ==
-             0.0
+    assert Prometheus.value(metrics!(base), "worker_runtime_slice_seconds_count", %{}) == slices
+    # and a read resets nothing: the next render counts on from there
+    assert Prometheus.value(fresh_metrics!(base), "worker_runtime_slice_seconds_count", %{}) >=
+             slices
 
     # node and the names the FunLess Core reads
     for name <-

@@ -4,7 +4,8 @@ defmodule Worker.Runtime.Module do
 
   It wraps a native resource: a module compiled and linked once, which any
   number of processes may invoke at the same time. The compiled code stays
-  alive as long as some process holds the struct.
+  alive as long as some process holds the struct. The NIF returns the
+  struct itself (`native/worker_nif/src/module.rs`).
   """
 
   @enforce_keys [:ref, :wasm_bytes, :native_bytes, :initial_memory]
@@ -21,19 +22,6 @@ defmodule Worker.Runtime.Module do
           native_bytes: non_neg_integer(),
           initial_memory: non_neg_integer()
         }
-
-  @doc false
-  def from_native({:ok, ref, {wasm_bytes, native_bytes, initial_memory}}) do
-    {:ok,
-     %__MODULE__{
-       ref: ref,
-       wasm_bytes: wasm_bytes,
-       native_bytes: native_bytes,
-       initial_memory: initial_memory
-     }}
-  end
-
-  def from_native({:error, _} = error), do: error
 
   defimpl Inspect do
     import Inspect.Algebra

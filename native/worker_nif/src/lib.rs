@@ -1,15 +1,24 @@
 //! `Worker.Native`: the rustler NIF over `worker_runtime`.
 //!
-//! Each file mirrors an Elixir concept: `module.rs` for
-//! `Worker.Runtime.Module`, `invocation.rs` for the invocation loop in
-//! `Worker.Runtime`, `terms.rs` for JSON <-> term conversion, `store.rs` for `Worker.Store`.
+//! Each file mirrors an Elixir concept: `settings.rs` for
+//! `Worker.Runtime.Settings`, `module.rs` for `Worker.Runtime.Module`,
+//! `invocation.rs` (with `wake.rs`, `reply.rs` and `slices.rs`) for the
+//! invocation loop in `Worker.Runtime`, `terms.rs` for JSON <-> term
+//! conversion (`Worker.JSON`), `store.rs` for `Worker.Store`, `gate.rs` for
+//! `Worker.Gate`; `error.rs` is the one error type, `mailer.rs` the thread
+//! that sends messages for places that cannot.
 
 mod atoms;
+mod error;
 mod gate;
 mod invocation;
 mod mailer;
 mod module;
+mod reply;
+mod settings;
+mod slices;
 mod store;
 mod terms;
+mod wake;
 
 rustler::init!("Elixir.Worker.Native");

@@ -6,8 +6,10 @@
 //! booleans and `nil`.
 
 use crate::atoms;
+use crate::error::Error;
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, NewBinary, Term, TermType};
+use worker_runtime::invocation::MAX_INPUT_BYTES;
 use worker_runtime::json::{self, Builder, Writer};
 
 /// Why a term has no JSON text within the budget.
@@ -212,7 +214,7 @@ pub fn ok_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
     match to_json(term, usize::MAX) {
         Ok(bytes) => ok_binary(env, &bytes),
-        Err(reason) => (atoms::error(), reason.to_string()).encode(env),
+        Err(reason) => Err::<(), _>(Error::Reason(reason.to_string())).encode(env),
     }
 }
 
@@ -220,48 +222,38 @@ fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 /// scheduler; larger ones on a dirty one.
 pub const NORMAL_ENCODE_BYTES: usize = 64 << 10;
 
-/// The input cap of every invocation.
-fn max_input_bytes() -> usize {
-    worker_runtime::Limits::default().max_input_bytes
-}
-
 /// Invocation arguments as JSON text: `{:ok, text}`,
 /// `{:error, {:invalid_args, reason}}`, or `:dirty` when the text is over
 /// [`NORMAL_ENCODE_BYTES`], for `args_encode_dirty/1`.
 #[rustler::nif]
 fn args_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    let max_bytes = max_input_bytes();
-    match to_json(term, max_bytes.min(NORMAL_ENCODE_BYTES)) {
-        Err(ToJsonError::TooLarge(_)) if max_bytes > NORMAL_ENCODE_BYTES => {
+    match to_json(term, MAX_INPUT_BYTES.min(NORMAL_ENCODE_BYTES)) {
+        Err(ToJsonError::TooLarge(_)) if MAX_INPUT_BYTES > NORMAL_ENCODE_BYTES => {
             atoms::dirty().encode(env)
         }
-        result => args_reply(env, result, max_bytes),
+        result => args_reply(env, result),
     }
 }
 
 /// `args_encode/1` for large arguments, on a dirty scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn args_encode_dirty<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    let max_bytes = max_input_bytes();
-    args_reply(env, to_json(term, max_bytes), max_bytes)
+    args_reply(env, to_json(term, MAX_INPUT_BYTES))
 }
 
-fn args_reply<'a>(env: Env<'a>, result: Result<Vec<u8>, ToJsonError>, max: usize) -> Term<'a> {
-    match result {
-        Ok(bytes) => ok_binary(env, &bytes),
+fn args_reply<'a>(env: Env<'a>, result: Result<Vec<u8>, ToJsonError>) -> Term<'a> {
+    let reason = match result {
+        Ok(bytes) => return ok_binary(env, &bytes),
         Err(ToJsonError::TooLarge(_)) => {
-            let reason = format!("arguments: JSON text larger than {max} bytes (the input cap)");
-            (atoms::error(), (atoms::invalid_args(), reason)).encode(env)
+            format!("arguments: JSON text larger than {MAX_INPUT_BYTES} bytes (the input cap)")
         }
-        Err(reason) => (atoms::error(), (atoms::invalid_args(), reason.to_string())).encode(env),
-    }
+        Err(reason) => reason.to_string(),
+    };
+    Err::<(), _>(Error::InvalidArgs(reason)).encode(env)
 }
 
 /// `Worker.JSON.decode/1`: `{:ok, term}` or `{:error, reason}`.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn json_decode<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
-    match from_json(env, text.as_slice()) {
-        Ok(term) => (atoms::ok(), term).encode(env),
-        Err(reason) => (atoms::error(), reason).encode(env),
-    }
+fn json_decode<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Result<Term<'a>, Error> {
+    from_json(env, text.as_slice()).map_err(Error::Reason)
 }

@@ -5,6 +5,7 @@
 //! fibers), the linker with the FunLess imports and WASI preview1, the epoch
 //! ticker, and a small Tokio runtime for outbound HTTP and WASI timers.
 
+use crate::Error;
 use crate::host::{self, HostState};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,59 +14,54 @@ use std::thread::{self, Thread};
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
-/// How often the epoch advances while invocations run, unless
-/// `FL_EPOCH_TICK_US` says otherwise. A guest yields at the first tick after
-/// it has run for half a tick, so this is about the longest a guest holds
-/// the thread that polls it (see [`crate::invocation`]). The BEAM switches
-/// processes every few tens of microseconds of work, so a guest should not
-/// hold a scheduler much longer either.
+/// How often the epoch advances while invocations run, by default. A guest
+/// yields at the first tick after it has run for half a tick, so this is
+/// about the longest a guest holds the thread that polls it (see
+/// [`crate::invocation`]). The BEAM switches processes every few tens of
+/// microseconds of work, so a guest should not hold a scheduler much longer
+/// either.
 pub const DEFAULT_TICK: Duration = Duration::from_micros(100);
 
 /// The ticker keeps ticking this long after the last invocation ends, so
 /// that back-to-back invocations never pay for waking it.
 const LINGER: Duration = Duration::from_millis(200);
 
-/// Process-wide settings, read from the environment once.
-#[derive(Debug, Clone)]
+/// Process-wide settings, given once by the embedder ([`configure`]): the
+/// worker's `Worker.Config` reads them from `FL_*` variables and checks
+/// their ranges; [`Settings::default`] is the one place their defaults are
+/// written.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Instances (and memories, tables, fiber stacks) the pool holds: the
     /// most invocations that can be in flight at once. `FL_POOL_INSTANCES`.
     pub pool_instances: u32,
     /// The most linear memory any function may ever get, whatever its own
-    /// limit says. `FL_MEMORY_CAP_MB`.
+    /// limit says, in bytes. `FL_MEMORY_CAP_MB`.
     pub memory_cap: usize,
-    /// Largest module accepted by compile. `FL_MAX_MODULE_MB`.
+    /// Largest module accepted by compile, in bytes. `FL_MAX_MODULE_MB`.
     pub max_module_bytes: usize,
     /// Epoch tick. `FL_EPOCH_TICK_US`.
     pub tick: Duration,
     /// Bytes of each pool slot (memory, table, stack) reset in place rather
-    /// than returned to the OS. `FL_POOL_KEEP_RESIDENT_KB`; by default 1 MiB
-    /// where the PAGEMAP_SCAN ioctl works (Linux 6.7 and later, as Wasmtime
-    /// probes it), else 0: without it,
-    /// Wasmtime would memset the whole kept range on every reuse.
+    /// than returned to the OS. `FL_POOL_KEEP_RESIDENT_KB`.
     pub keep_resident: usize,
 }
 
-impl Settings {
-    fn from_env() -> Settings {
-        fn env_u64(name: &str, default: u64) -> u64 {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|v| *v > 0)
-                .unwrap_or(default)
-        }
+impl Default for Settings {
+    /// 1 000 instances, a 512 MiB memory cap, 64 MiB modules, a 100 µs
+    /// tick, and 1 MiB kept resident where the PAGEMAP_SCAN ioctl works
+    /// (Linux 6.7 and later, as Wasmtime probes it), else 0: without it,
+    /// Wasmtime would memset the whole kept range on every reuse.
+    fn default() -> Settings {
         Settings {
-            pool_instances: env_u64("FL_POOL_INSTANCES", 1000).min(100_000) as u32,
-            memory_cap: (env_u64("FL_MEMORY_CAP_MB", 512).min(4096) << 20) as usize,
-            max_module_bytes: (env_u64("FL_MAX_MODULE_MB", 64).min(1024) << 20) as usize,
-            tick: Duration::from_micros(
-                env_u64("FL_EPOCH_TICK_US", DEFAULT_TICK.as_micros() as u64).clamp(10, 100_000),
-            ),
-            keep_resident: match std::env::var("FL_POOL_KEEP_RESIDENT_KB") {
-                Ok(kb) => (kb.trim().parse::<u64>().unwrap_or(0).min(1 << 20) << 10) as usize,
-                Err(_) if PoolingAllocationConfig::is_pagemap_scan_available() => 1 << 20,
-                Err(_) => 0,
+            pool_instances: 1000,
+            memory_cap: 512 << 20,
+            max_module_bytes: 64 << 20,
+            tick: DEFAULT_TICK,
+            keep_resident: if PoolingAllocationConfig::is_pagemap_scan_available() {
+                1 << 20
+            } else {
+                0
             },
         }
     }
@@ -79,16 +75,36 @@ pub struct Runtime {
     ticker: Ticker,
 }
 
-static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+static RUNTIME: OnceLock<Result<Runtime, Error>> = OnceLock::new();
 
-/// The shared runtime, created on first call. Creation fails only if the
-/// engine configuration is refused (for example a pool too large for the
-/// address space); the reason is kept and returned on every later call.
-pub fn runtime() -> Result<&'static Runtime, String> {
-    RUNTIME
-        .get_or_init(|| Runtime::new(Settings::from_env()))
+/// Starts the shared runtime with `settings`, once per process. Called
+/// again with the same settings, it changes nothing and succeeds; with
+/// others, it fails with [`Error::Configured`] and the runtime keeps the
+/// settings it started with. Creation fails only if the engine refuses the
+/// configuration (for example a pool too large for the address space); the
+/// reason is kept and returned on every later call.
+pub fn configure(settings: Settings) -> Result<&'static Runtime, Error> {
+    let rt = RUNTIME
+        .get_or_init(|| Runtime::new(settings.clone()))
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(Clone::clone)?;
+    if rt.settings != settings {
+        return Err(Error::Configured(format!(
+            "the native runtime already runs with {:?}; other settings ({:?}) need a restart",
+            rt.settings, settings
+        )));
+    }
+    Ok(rt)
+}
+
+/// The shared runtime, once [`configure`] has started it.
+pub fn runtime() -> Result<&'static Runtime, Error> {
+    match RUNTIME.get() {
+        Some(rt) => rt.as_ref().map_err(Clone::clone),
+        None => Err(Error::Unavailable(
+            "the native runtime has no settings yet (configure it first)".into(),
+        )),
+    }
 }
 
 /// The engine configuration every module is compiled for, without the
@@ -107,7 +123,13 @@ pub fn compiler_config() -> Config {
 }
 
 impl Runtime {
-    fn new(settings: Settings) -> Result<Runtime, String> {
+    fn new(settings: Settings) -> Result<Runtime, Error> {
+        let unavailable = |e: String| Error::Unavailable(e);
+        if settings.tick.is_zero() || settings.pool_instances == 0 {
+            return Err(unavailable(format!(
+                "the tick and the pool must be above zero: {settings:?}"
+            )));
+        }
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(settings.pool_instances)
             .total_memories(settings.pool_instances)
@@ -130,19 +152,20 @@ impl Runtime {
 
         let mut config = compiler_config();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
+        let engine =
+            Engine::new(&config).map_err(|e| unavailable(format!("wasmtime engine: {e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        host::add_to_linker(&mut linker).map_err(|e| format!("linker: {e:#}"))?;
+        host::add_to_linker(&mut linker).map_err(|e| unavailable(format!("linker: {e:#}")))?;
 
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fl-io")
             .enable_all()
             .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?;
+            .map_err(|e| unavailable(format!("tokio runtime: {e}")))?;
 
-        let ticker = Ticker::start(engine.clone(), settings.tick)?;
+        let ticker = Ticker::start(engine.clone(), settings.tick).map_err(unavailable)?;
         Ok(Runtime {
             engine,
             linker,

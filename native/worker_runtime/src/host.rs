@@ -10,7 +10,6 @@ use crate::http;
 use crate::invocation::Limits;
 use crate::logs::{LogSink, Stream};
 use crate::memory::{self, addr};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::{Caller, Linker, Memory, Result, StoreLimits};
@@ -21,16 +20,9 @@ pub const IMPORT_MODULE: &str = "fl_imps";
 
 /// A guest broke the ABI (a bad pointer, an oversized buffer, ...). It ends
 /// the invocation as a trap carrying this message.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct GuestFault(pub String);
-
-impl fmt::Display for GuestFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for GuestFault {}
 
 impl From<memory::OutOfBounds> for GuestFault {
     fn from(e: memory::OutOfBounds) -> Self {

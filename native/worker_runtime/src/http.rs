@@ -145,21 +145,14 @@ fn build_client(policy: Arc<Policy>) -> Result<reqwest::Client, String> {
 const MAX_REDIRECTS: usize = 5;
 
 /// Why a request gave no response.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     /// The policy refused it: address, redirect target, scheme, or limit.
+    #[error("refused: {0}")]
     Refused(String),
     /// It was tried and failed: connection, TLS, timeout, body over the cap.
+    #[error("{0}")]
     Failed(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Refused(m) => write!(f, "refused: {m}"),
-            Failure::Failed(m) => f.write_str(m),
-        }
-    }
 }
 
 /// Performs `request`, giving up at `deadline`, reading at most `max_body`

@@ -6,6 +6,7 @@
 //! about one epoch tick ([`DEFAULT_TICK`](crate::engine::DEFAULT_TICK)): the embedder decides where and
 //! when to poll again. Dropping the invocation at any point frees everything.
 
+use crate::Error;
 use crate::engine::{Running, runtime};
 use crate::host::{GuestFault, HostState};
 use crate::logs::{LogLimits, LogSink, Stream, WasiLog};
@@ -47,12 +48,19 @@ pub struct Limits {
     pub log_budget: Option<Arc<crate::logs::LineBudget>>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+/// The input cap of every invocation: 4 MiB of JSON text.
+pub const MAX_INPUT_BYTES: usize = 4 << 20;
+
+impl Limits {
+    /// Limits with `timeout` and `max_memory` (which the embedder chooses:
+    /// the worker's are `FL_INVOKE_TIMEOUT_MS` and `FL_MAX_MEMORY_MB`),
+    /// and the runtime's own caps for everything else, no allow-list and no
+    /// log rate.
+    pub fn new(timeout: Duration, max_memory: usize) -> Self {
         Limits {
-            timeout: Duration::from_secs(30),
-            max_memory: 128 << 20,
-            max_input_bytes: 4 << 20,
+            timeout,
+            max_memory,
+            max_input_bytes: MAX_INPUT_BYTES,
             max_response_bytes: 4 << 20,
             max_http_requests: 20,
             max_http_request_bytes: 4 << 20,
@@ -89,16 +97,9 @@ pub enum Outcome {
 }
 
 /// Raised by the epoch callback when the deadline has passed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("invocation deadline reached")]
 struct DeadlineReached;
-
-impl std::fmt::Display for DeadlineReached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("invocation deadline reached")
-    }
-}
-
-impl std::error::Error for DeadlineReached {}
 
 type Run = Pin<Box<dyn Future<Output = (Outcome, Store<HostState>)> + Send>>;
 
@@ -144,14 +145,14 @@ impl Invocation {
         module: &CompiledModule,
         input: Vec<u8>,
         limits: Limits,
-    ) -> Result<Invocation, String> {
+    ) -> Result<Invocation, Error> {
         let rt = runtime()?;
         if input.len() > limits.max_input_bytes {
-            return Err(format!(
+            return Err(Error::InvalidArgs(format!(
                 "input of {} bytes is over the limit of {} bytes",
                 input.len(),
                 limits.max_input_bytes
-            ));
+            )));
         }
         let logs = LogSink::new(limits.log, limits.log_budget.clone());
         let wasi = WasiCtxBuilder::new()
@@ -216,7 +217,7 @@ impl Invocation {
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         let rt = match runtime() {
             Ok(rt) => rt,
-            Err(e) => return Poll::Ready(Outcome::Instantiate(e)),
+            Err(e) => return Poll::Ready(Outcome::Instantiate(e.to_string())),
         };
         let _tokio = rt.tokio.enter();
         self.slice.start();

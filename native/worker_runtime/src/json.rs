@@ -15,21 +15,14 @@ use std::fmt;
 /// Deepest nesting of arrays and objects accepted in either direction.
 pub const MAX_DEPTH: usize = 100;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
+    #[error("nesting deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    #[error("JSON text larger than {0} bytes")]
     TooLarge(usize),
+    #[error("float is not finite")]
     NonFiniteFloat,
-}
-
-impl fmt::Display for EncodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EncodeError::TooDeep => write!(f, "nesting deeper than {MAX_DEPTH} levels"),
-            EncodeError::TooLarge(max) => write!(f, "JSON text larger than {max} bytes"),
-            EncodeError::NonFiniteFloat => write!(f, "float is not finite"),
-        }
-    }
 }
 
 /// Streaming JSON text writer. The caller is responsible for the structure

@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod engine;
+pub mod error;
 pub mod host;
 pub mod http;
 pub mod invocation;
@@ -13,7 +14,7 @@ pub mod memory;
 pub mod module;
 pub mod policy;
 
+pub use engine::{Settings, configure};
+pub use error::Error;
 pub use invocation::{Invocation, Limits, Outcome};
-pub use module::{
-    CompileError, CompiledModule, compile, deserialize, engine_fingerprint, serialize,
-};
+pub use module::{CompiledModule, compile, deserialize, engine_fingerprint, serialize};

@@ -5,28 +5,15 @@
 //! `i32` and are reinterpreted as unsigned offsets; `ptr + len` is computed in
 //! `u64` so it can never wrap.
 
-use std::fmt;
-
 /// A guest region that does not lie inside linear memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: region {ptr:#x}+{len} is outside guest memory of {memory_size} bytes")]
 pub struct OutOfBounds {
     pub what: &'static str,
     pub ptr: u32,
     pub len: u64,
     pub memory_size: usize,
 }
-
-impl fmt::Display for OutOfBounds {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: region {:#x}+{} is outside guest memory of {} bytes",
-            self.what, self.ptr, self.len, self.memory_size
-        )
-    }
-}
-
-impl std::error::Error for OutOfBounds {}
 
 /// Reinterprets a wasm `i32` as the unsigned address or length it stands for.
 #[inline]

@@ -1,9 +1,9 @@
 //! Compiling a function: validate, compile, check the ABI and link once.
 
+use crate::Error;
 use crate::bulk;
 use crate::engine::runtime;
 use crate::host::HostState;
-use std::fmt;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -28,24 +28,8 @@ pub struct CompiledModule {
     pub initial_memory: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CompileError {
-    /// The module is not valid, does not compile, or breaks the ABI.
-    Invalid(String),
-    /// The runtime itself could not start.
-    Runtime(String),
-}
-
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CompileError::Invalid(m) | CompileError::Runtime(m) => f.write_str(m),
-        }
-    }
-}
-
-fn invalid(message: impl Into<String>) -> CompileError {
-    CompileError::Invalid(message.into())
+fn invalid(message: impl Into<String>) -> Error {
+    Error::invalid_module(message)
 }
 
 /// Compiles `bytes` (a Wasm binary, or WAT text) into a linked module, in
@@ -55,8 +39,8 @@ fn invalid(message: impl Into<String>) -> CompileError {
 /// Import and export problems surface here, with a reason: an unknown import,
 /// an import of the wrong type, a missing or mistyped `__invoke`, no exported
 /// `memory`, or a memory that can never fit under the memory cap.
-pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
-    let rt = runtime().map_err(CompileError::Runtime)?;
+pub fn compile(bytes: &[u8]) -> Result<CompiledModule, Error> {
+    let rt = runtime()?;
     check_size(bytes, rt.settings.max_module_bytes)?;
     let binary = prepare(&rt.engine, bytes)?;
     // Also refuses a memory whose minimum is over the cap (the pool's limit).
@@ -64,7 +48,7 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, CompileError> {
     link(module, bytes.len())
 }
 
-fn check_size(bytes: &[u8], max: usize) -> Result<(), CompileError> {
+fn check_size(bytes: &[u8], max: usize) -> Result<(), Error> {
     if bytes.len() > max {
         return Err(invalid(format!(
             "module of {} bytes is over the limit of {max} bytes (FL_MAX_MODULE_MB)",
@@ -77,7 +61,7 @@ fn check_size(bytes: &[u8], max: usize) -> Result<(), CompileError> {
 /// What the compiler child of `fl-compile` does: parses (WAT text too),
 /// validates, makes bulk memory operations preemptible ([`crate::bulk`]),
 /// and compiles for `engine`, returning the artifact.
-pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
+pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let binary = prepare(engine, bytes)?;
     engine
         .precompile_module(&binary)
@@ -85,7 +69,7 @@ pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError
 }
 
 /// The binary that is compiled: parsed, validated, and rewritten.
-fn prepare(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
+fn prepare(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     // A binary (with its \0asm header) passes through untouched.
     let binary = wat::parse_bytes(bytes).map_err(|e| {
         invalid(format!(
@@ -112,12 +96,10 @@ pub struct Isolation {
 
 /// Compiles in a child process under `isolation`'s limits, then loads the
 /// artifact it made and links it here. A module over a limit is
-/// `CompileError::Invalid` with a reason that names the limit.
-pub fn compile_isolated(
-    bytes: &[u8],
-    isolation: &Isolation,
-) -> Result<CompiledModule, CompileError> {
-    let rt = runtime().map_err(CompileError::Runtime)?;
+/// [`Error::InvalidModule`] with a reason that names the limit; a panic in
+/// the compiler is [`Error::Panic`].
+pub fn compile_isolated(bytes: &[u8], isolation: &Isolation) -> Result<CompiledModule, Error> {
+    let rt = runtime()?;
     check_size(bytes, rt.settings.max_module_bytes)?;
     let deadline = std::time::Instant::now() + isolation.timeout;
     let artifact = {
@@ -169,14 +151,17 @@ fn compile_threads() -> usize {
 }
 
 /// How the child's stdout starts: an artifact (then its length, as a
-/// little-endian u64, and its bytes), or the reason the module is refused.
+/// little-endian u64, and its bytes), the reason the module is refused, or
+/// the message of a panic in the compiler.
 pub const TAG_ARTIFACT: u8 = b'A';
 pub const TAG_INVALID: u8 = b'E';
+pub const TAG_PANIC: u8 = b'P';
 
 /// What the child said on stdout.
 enum Output {
     Artifact(Vec<u8>),
     Invalid(Vec<u8>),
+    Panic(Vec<u8>),
     TooLarge,
     /// It ended without saying how: killed by a limit, most likely.
     Cut,
@@ -206,17 +191,21 @@ fn read_output(mut stdout: impl Read, max: u64) -> std::io::Result<Output> {
             }
             Ok(Output::Artifact(artifact))
         }
-        TAG_INVALID => {
+        TAG_INVALID | TAG_PANIC => {
             let mut reason = Vec::new();
             stdout.take(64 << 10).read_to_end(&mut reason)?;
-            Ok(Output::Invalid(reason))
+            Ok(if tag[0] == TAG_PANIC {
+                Output::Panic(reason)
+            } else {
+                Output::Invalid(reason)
+            })
         }
         _ => Ok(Output::Cut),
     }
 }
 
 /// The child ended without saying how: killed by a limit, most likely.
-fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> CompileError {
+fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> Error {
     if stderr.contains("memory allocation") || stderr.contains("out of memory") {
         return invalid(format!(
             "compiling needs more than the limit of {limit_mb} MiB (FL_COMPILE_MAX_MB)"
@@ -233,7 +222,7 @@ fn run_compiler(
     bytes: &[u8],
     isolation: &Isolation,
     deadline: std::time::Instant,
-) -> Result<Vec<u8>, CompileError> {
+) -> Result<Vec<u8>, Error> {
     let limit_mb = isolation.max_memory_mb;
     let timeout_ms = isolation.timeout.as_millis();
     // a few threads per compile: faster than one, and with one compile per
@@ -255,7 +244,7 @@ fn run_compiler(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            CompileError::Runtime(format!(
+            Error::Unavailable(format!(
                 "cannot start the compiler {}: {e}",
                 isolation.program.display()
             ))
@@ -264,7 +253,7 @@ fn run_compiler(
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         let _ = child.kill();
-        return Err(CompileError::Runtime("compiler pipes missing".into()));
+        return Err(Error::Unavailable("compiler pipes missing".into()));
     };
     // Artifacts are larger than their modules, but not by this much: this
     // bounds what a runaway child can make the worker hold.
@@ -298,7 +287,7 @@ fn run_compiler(
         // status cannot be read: the child says on stdout how it ended.
         let _ = child.wait();
         let stderr = String::from_utf8_lossy(&errors.join().unwrap_or_default()).into_owned();
-        let output = output.map_err(|e| CompileError::Runtime(format!("compiler: {e}")))?;
+        let output = output.map_err(|e| Error::Unavailable(format!("compiler: {e}")))?;
         match output {
             Output::Artifact(artifact) => Ok(artifact),
             Output::TooLarge => Err(invalid(format!(
@@ -314,18 +303,22 @@ fn run_compiler(
                     Err(invalid(reason))
                 }
             }
+            Output::Panic(message) => Err(Error::Panic(format!(
+                "the compiler panicked: {}",
+                String::from_utf8_lossy(&message)
+            ))),
             Output::Cut => Err(crashed(limit_mb, timeout_ms, &stderr)),
         }
     })
 }
 
 /// The compiled form of a module, to keep on disk (see [`deserialize`]).
-pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, CompileError> {
+pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
     module
         .pre
         .module()
         .serialize()
-        .map_err(|e| CompileError::Runtime(format!("{e:#}")))
+        .map_err(|e| Error::Serialize(format!("{e:#}")))
 }
 
 /// Loads a module from [`serialize`]'s output, without compiling.
@@ -336,8 +329,8 @@ pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, CompileError> {
 /// configuration; Wasmtime checks the version and configuration, but runs
 /// the machine code it contains as is. The caller must verify the bytes'
 /// integrity (the worker stores a checksum with each artifact).
-pub unsafe fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledModule, CompileError> {
-    let rt = runtime().map_err(CompileError::Runtime)?;
+pub unsafe fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
+    let rt = runtime()?;
     // SAFETY: as documented above, upheld by the caller.
     let module =
         unsafe { Module::deserialize(&rt.engine, bytes) }.map_err(|e| invalid(format!("{e:#}")))?;
@@ -346,17 +339,17 @@ pub unsafe fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledMod
 
 /// A fingerprint of the engine's compiler and configuration: artifacts made
 /// under another fingerprint cannot be loaded.
-pub fn engine_fingerprint() -> Result<String, CompileError> {
+pub fn engine_fingerprint() -> Result<String, Error> {
     use std::hash::{Hash, Hasher};
-    let rt = runtime().map_err(CompileError::Runtime)?;
+    let rt = runtime()?;
     let mut hasher = std::hash::DefaultHasher::new();
     rt.engine.precompile_compatibility_hash().hash(&mut hasher);
     Ok(format!("{:016x}", hasher.finish()))
 }
 
 /// Checks the ABI's exports and links the imports once.
-fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, CompileError> {
-    let rt = runtime().map_err(CompileError::Runtime)?;
+fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
+    let rt = runtime()?;
     let invoke = match module.get_export(INVOKE) {
         Some(ExternType::Func(ty)) => {
             let params: Vec<ValType> = ty.params().collect();

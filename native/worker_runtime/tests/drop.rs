@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
-use worker_runtime::{Invocation, Limits, compile};
+use worker_runtime::{Invocation, Limits, Settings, compile, configure};
 
 struct Noop;
 impl Wake for Noop {
@@ -15,13 +15,10 @@ impl Wake for Noop {
 fn dropping_an_invocation_mid_run_frees_it() {
     let spin = r#"(module (memory (export "memory") 1)
         (func (export "__invoke") (param i32) (result i32) (loop $l (br $l)) (i32.const 0)))"#;
+    let rt = configure(Settings::default()).unwrap();
     let module = compile(spin.as_bytes()).unwrap();
-    let rt = worker_runtime::engine::runtime().unwrap();
     assert_eq!(rt.in_flight(), 0);
-    let limits = Limits {
-        timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
+    let limits = Limits::new(Duration::from_secs(60), 128 << 20);
     let mut invocation = Invocation::new(&module, b"{}".to_vec(), limits).unwrap();
     let waker = Waker::from(Arc::new(Noop));
     assert!(

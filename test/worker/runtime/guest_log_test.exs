@@ -13,6 +13,7 @@ defmodule Worker.Runtime.GuestLogTest do
     fixture = Path.join([@root, "test", "fixtures", "forged_log.wat"])
 
     script = """
+    :ok = Worker.Runtime.configure(Worker.Runtime.default_settings())
     {:ok, m} = Worker.Runtime.compile(File.read!(#{inspect(fixture)}))
     {:ok, 1} = Worker.Runtime.invoke(m, %{})
     Logger.flush()
@@ -33,18 +34,20 @@ defmodule Worker.Runtime.GuestLogTest do
 
   test "a function's log lines are bounded per second, over all its invocations" do
     logger = compile!("logger")
-    parent = self()
-    opts = [log_lines_per_s: 20, on_stats: &send(parent, {:stats, &1})]
+    opts = [log_lines_per_s: 20]
 
     ExUnit.CaptureLog.capture_log(fn ->
       for _ <- 1..4 do
-        assert {:ok, %{"logged" => 100}} = Runtime.invoke(logger, %{lines: 100}, opts)
+        assert {{:ok, %{"logged" => 100}}, stats} =
+                 Runtime.invoke_with_stats(logger, %{lines: 100}, opts)
+
+        send(self(), {:stats, stats})
       end
     end)
 
     dropped =
       for _ <- 1..4 do
-        assert_receive {:stats, %{dropped_lines: dropped}}
+        assert_receive {:stats, %Runtime.Stats{dropped_lines: dropped}}
         dropped
       end
 

@@ -82,15 +82,33 @@ defmodule Worker.Runtime.HttpPolicyTest do
   end
 
   test "bad allow-list entries are refused before the function runs", %{http: http} do
-    assert {:error, {:invalid_args, reason}} =
-             Runtime.invoke(http, %{}, http_allow: ["host:port"])
+    # a bad option, like every other: it raises
+    error =
+      assert_raise ArgumentError, fn -> Runtime.invoke(http, %{}, http_allow: ["host:port"]) end
 
-    assert reason =~ "http_allow"
+    assert error.message =~ "http_allow"
+    refute_received {:http_request, _}
     assert_raise ArgumentError, fn -> Runtime.invoke(http, %{}, http_allow: "127.0.0.1") end
   end
 
-  test "the default allow-list comes from the :http_allow setting (FL_HTTP_ALLOW)" do
+  test "the default allow-list comes from the :http_allow setting (FL_HTTP_ALLOW)", %{
+    port: port,
+    http: http
+  } do
     assert Worker.Config.from_env(%{"FL_HTTP_ALLOW" => "127.0.0.1:8080, [::1]"})[:http_allow] ==
              ["127.0.0.1:8080", "[::1]"]
+
+    url = "http://127.0.0.1:#{port}/text/by-default"
+    assert Runtime.invoke(http, %{url: url}) == @refused
+
+    # only this test's server is allowed: other tests' servers have other ports
+    previous = Application.fetch_env!(:worker, :http_allow)
+    on_exit(fn -> Worker.Config.put(:http_allow, previous) end)
+    :ok = Worker.Config.put(:http_allow, ["127.0.0.1:#{port}"])
+
+    assert Runtime.invoke(http, %{url: url}) == {:ok, %{"status" => 200, "body" => "by-default"}}
+    assert_received {:http_request, %{path: "/text/by-default"}}
+    # an option still replaces the default
+    assert Runtime.invoke(http, %{url: url}, http_allow: []) == @refused
   end
 end

@@ -85,16 +85,16 @@ defmodule Worker.Runtime.HttpTest do
     assert invoke(http, %{url: base <> "/hops/5"}, allow) ==
              {:ok, %{"status" => 200, "body" => "arrived"}}
 
-    me = self()
-
     log =
       capture_log(fn ->
-        assert invoke(http, %{url: base <> "/hops/6"}, allow, on_stats: &send(me, {:stats, &1})) ==
-                 {:ok, %{"status" => 0, "body" => ""}}
+        assert {{:ok, %{"status" => 0, "body" => ""}}, stats} =
+                 Runtime.invoke_with_stats(http, %{url: base <> "/hops/6"}, http_allow: allow)
+
+        send(self(), {:stats, stats})
       end)
 
     assert log =~ "more than 5 redirects"
-    assert_received {:stats, %{http_refused: 1, http_failed: 0}}
+    assert_received {:stats, %Runtime.Stats{http_refused: 1, http_failed: 0}}
   end
 
   test "a failed request gives status 0 and an empty body, and is logged", %{
@@ -116,12 +116,10 @@ defmodule Worker.Runtime.HttpTest do
   end
 
   test "schemes other than http and https are refused", %{http: http, allow: allow} do
-    me = self()
+    assert {{:ok, %{"status" => 0, "body" => ""}}, stats} =
+             Runtime.invoke_with_stats(http, %{url: "file:///etc/passwd"}, http_allow: allow)
 
-    assert invoke(http, %{url: "file:///etc/passwd"}, allow, on_stats: &send(me, {:stats, &1})) ==
-             {:ok, %{"status" => 0, "body" => ""}}
-
-    assert_received {:stats, %{http_refused: 1, http_failed: 0}}
+    assert %Runtime.Stats{http_refused: 1, http_failed: 0} = stats
   end
 
   test "a response body over the cap is cut off as a failure", %{

@@ -8,12 +8,14 @@
 //! time (RLIMIT_CPU); the worker also kills it at its wall-clock timeout.
 //! Stdout says how it ended (the worker cannot read exit statuses: the VM
 //! ignores SIGCHLD): `A`, the artifact's length (u64, little-endian) and
-//! the artifact; or `E` and why the module is refused. Anything else, an
-//! empty or cut output included, is the compiler stopped by a limit.
+//! the artifact; `E` and why the module is refused; or `P` and the message
+//! of a panic in the compiler. Anything else, an empty or cut output
+//! included, is the compiler stopped by a limit.
 
 use std::io::{Read, Write};
+use worker_runtime::Error;
 use worker_runtime::engine::compiler_config;
-use worker_runtime::module::{CompileError, TAG_ARTIFACT, TAG_INVALID, precompile};
+use worker_runtime::module::{TAG_ARTIFACT, TAG_INVALID, TAG_PANIC, precompile};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -51,7 +53,18 @@ fn main() {
     config.parallel_compilation(threads > 1);
     let engine =
         wasmtime::Engine::new(&config).unwrap_or_else(|e| fail(&format!("wasmtime engine: {e:#}")));
-    match precompile(&engine, &module) {
+    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        precompile(&engine, &module)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::Panic(message))
+    });
+    match compiled {
         Ok(artifact) => {
             let mut out = std::io::stdout().lock();
             let written = out
@@ -63,16 +76,20 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        Err(CompileError::Invalid(reason)) => {
-            let mut out = std::io::stdout().lock();
-            let _ = out
-                .write_all(&[TAG_INVALID])
-                .and_then(|_| out.write_all(reason.as_bytes()))
-                .and_then(|_| out.flush());
-            std::process::exit(2);
-        }
-        Err(CompileError::Runtime(reason)) => fail(&reason),
+        Err(Error::InvalidModule(reason)) => refuse(TAG_INVALID, &reason, 2),
+        Err(Error::Panic(message)) => refuse(TAG_PANIC, &message, 3),
+        Err(other) => fail(&other.to_string()),
     }
+}
+
+/// Says on stdout why there is no artifact, and exits with `code`.
+fn refuse(tag: u8, text: &str, code: i32) -> ! {
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(&[tag])
+        .and_then(|_| out.write_all(text.as_bytes()))
+        .and_then(|_| out.flush());
+    std::process::exit(code)
 }
 
 fn limit(resource: libc::__rlimit_resource_t, value: u64) {

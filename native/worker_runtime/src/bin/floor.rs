@@ -8,9 +8,36 @@
 //! a tenth as many). Prints one line of `key=value` figures: median and p99
 //! microseconds per invocation, invocations per second over all threads,
 //! and the compile time.
+//!
+//! The runtime's settings come from the same `FL_*` variables the worker
+//! reads (`FL_POOL_INSTANCES`, `FL_MEMORY_CAP_MB`, `FL_MAX_MODULE_MB`,
+//! `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB`), unchecked: this is
+//! the one place in Rust that reads the environment.
 
-use std::time::Instant;
-use worker_runtime::{Invocation, Limits, Outcome, compile};
+use std::time::{Duration, Instant};
+use worker_runtime::{Invocation, Limits, Outcome, Settings, compile, configure};
+
+/// The runtime's defaults, overridden by whichever `FL_*` variables are set.
+fn settings_from_env() -> Settings {
+    fn var(name: &str) -> Option<u64> {
+        let value = std::env::var(name).ok()?;
+        let parsed = value.trim().parse().ok();
+        if parsed.is_none() {
+            eprintln!("floor: ignoring {name}={value:?}, not a number");
+        }
+        parsed
+    }
+    let defaults = Settings::default();
+    Settings {
+        pool_instances: var("FL_POOL_INSTANCES").map_or(defaults.pool_instances, |n| n as u32),
+        memory_cap: var("FL_MEMORY_CAP_MB").map_or(defaults.memory_cap, |mb| (mb << 20) as usize),
+        max_module_bytes: var("FL_MAX_MODULE_MB")
+            .map_or(defaults.max_module_bytes, |mb| (mb << 20) as usize),
+        tick: var("FL_EPOCH_TICK_US").map_or(defaults.tick, Duration::from_micros),
+        keep_resident: var("FL_POOL_KEEP_RESIDENT_KB")
+            .map_or(defaults.keep_resident, |kb| (kb << 10) as usize),
+    }
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -22,12 +49,14 @@ fn main() {
     let iterations: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
     let threads: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
     let wasm = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    configure(settings_from_env()).unwrap_or_else(|e| panic!("runtime: {e}"));
 
     let started = Instant::now();
     let module = compile(&wasm).unwrap_or_else(|e| panic!("compile {path}: {e}"));
     let compile_us = started.elapsed().as_secs_f64() * 1e6;
 
-    let limits = Limits::default();
+    // the worker's defaults (FL_INVOKE_TIMEOUT_MS, FL_MAX_MEMORY_MB)
+    let limits = Limits::new(Duration::from_secs(30), 128 << 20);
     let run = |n: usize| -> (Vec<f64>, Outcome) {
         let mut samples = Vec::with_capacity(n);
         let mut last = Outcome::NoResponse;

@@ -1,0 +1,125 @@
+//! The invocation loop's replies to `Worker.Runtime`, as terms:
+//!
+//! * `{:done, result, lines, stats}`: over; `result` is `{:ok, term}` or
+//!   `{:error, reason}` ([`Error`]), `stats` a `%Worker.Runtime.Stats{}`,
+//!   or `nil` when every figure is 0 (most invocations: nothing to build);
+//! * `{:yield, invocation, lines}` and `{:yield_dirty, invocation, lines}`:
+//!   the guest was preempted; resume it (on a dirty scheduler for the
+//!   second);
+//! * `{:wait, invocation, id, lines}`: the guest waits on I/O; resume it
+//!   when `{:"$fl_wake", id}` arrives;
+//! * `{:decode, invocation, lines, stats}`: over, with a response large
+//!   enough to decode on a dirty scheduler (`invocation_decode/1`);
+//! * `:dirty` (from `invocation_start/4` only): the arguments are too large
+//!   to encode on a normal scheduler.
+//!
+//! `lines` is `[{stream, text}]`, what the guest logged since the last reply.
+
+use crate::atoms;
+use crate::error::Error;
+use crate::invocation::InvocationResource;
+use crate::terms;
+use rustler::{Encoder, Env, NifStruct, ResourceArc, Term};
+use worker_runtime::Outcome;
+use worker_runtime::logs::{self, Line};
+
+/// `%Worker.Runtime.Stats{}`: what an invocation did besides its result.
+#[derive(NifStruct, Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[module = "Worker.Runtime.Stats"]
+pub struct Stats {
+    dropped_lines: u64,
+    http_ok: u32,
+    http_failed: u32,
+    http_refused: u32,
+}
+
+/// The stats to send: `None` (`nil`) when all are 0.
+pub fn stats(stats: logs::Stats) -> Option<Stats> {
+    let stats = Stats {
+        dropped_lines: stats.dropped_lines,
+        http_ok: stats.http_ok,
+        http_failed: stats.http_failed,
+        http_refused: stats.http_refused,
+    };
+    (stats != Stats::default()).then_some(stats)
+}
+
+/// `{:done, result, lines, stats}`.
+pub fn done<'a>(
+    env: Env<'a>,
+    result: Result<Term<'a>, Error>,
+    lines: &[Line],
+    stats: Option<Stats>,
+) -> Term<'a> {
+    (atoms::done(), result, self::lines(env, lines), stats).encode(env)
+}
+
+/// `{:done, {:error, reason}, [], nil}`: it never ran.
+pub fn failed(env: Env, error: Error) -> Term {
+    done(env, Err(error), &[], None)
+}
+
+/// The invocation's result: the response decoded, or how it failed.
+pub fn result(env: Env, outcome: Outcome) -> Result<Term, Error> {
+    Error::from_outcome(outcome).and_then(|bytes| response(env, &bytes))
+}
+
+/// A response's JSON text decoded into terms.
+pub fn response<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
+    terms::from_json(env, bytes).map_err(Error::InvalidResponse)
+}
+
+/// An invocation that goes on after this reply.
+pub enum Next<'a> {
+    /// Preempted at a tick; `dirty` if the slice ran long.
+    Yield { lines: Term<'a>, dirty: bool },
+    /// Waiting on I/O for the wake message `id`.
+    Wait { id: u64, lines: Term<'a> },
+    /// Over, with a large response left to decode.
+    Decode {
+        lines: Term<'a>,
+        stats: Option<Stats>,
+    },
+}
+
+impl<'a> Next<'a> {
+    /// The reply naming `resource`, and whether the guest was preempted.
+    pub fn reply(
+        self,
+        env: Env<'a>,
+        resource: &ResourceArc<InvocationResource>,
+    ) -> (Term<'a>, bool) {
+        let resource = resource.clone();
+        match self {
+            Next::Yield { lines, dirty } => {
+                let tag = if dirty {
+                    atoms::yield_dirty()
+                } else {
+                    atoms::r#yield()
+                };
+                ((tag, resource, lines).encode(env), true)
+            }
+            Next::Wait { id, lines } => ((atoms::wait(), resource, id, lines).encode(env), false),
+            Next::Decode { lines, stats } => {
+                ((atoms::decode(), resource, lines, stats).encode(env), false)
+            }
+        }
+    }
+}
+
+/// `[{stream, text}]`.
+pub fn lines<'a>(env: Env<'a>, lines: &[Line]) -> Term<'a> {
+    let list: Vec<Term<'a>> = lines
+        .iter()
+        .map(|line| {
+            let stream = match line.stream {
+                logs::Stream::Console => atoms::console(),
+                logs::Stream::Stdout => atoms::stdout(),
+                logs::Stream::Stderr => atoms::stderr(),
+                logs::Stream::Host => atoms::host(),
+            };
+            (stream, line.text.as_str()).encode(env)
+        })
+        .collect();
+    list.encode(env)
+}

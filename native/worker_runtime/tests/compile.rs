@@ -1,0 +1,73 @@
+//! Compiling in a child process: how each way the child ends is reported.
+//! Fake compilers (shell scripts) stand in for `fl-compile`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+use worker_runtime::module::{Isolation, compile_isolated};
+use worker_runtime::{Error, Settings, configure};
+
+/// A compiler that reads the module, then runs `then`.
+fn fake(name: &str, then: &str) -> Isolation {
+    configure(Settings::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("fl-compile-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program: PathBuf = dir.join(name);
+    std::fs::write(&program, format!("#!/bin/sh\ncat >/dev/null\n{then}\n")).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Isolation {
+        program,
+        timeout: Duration::from_secs(10),
+        max_memory_mb: 256,
+    }
+}
+
+const MODULE: &[u8] = b"(module)";
+
+#[test]
+fn a_panic_in_the_compiler_is_a_panic() {
+    let isolation = fake("panics", "printf 'Pindex out of bounds'; exit 3");
+    match compile_isolated(MODULE, &isolation) {
+        Err(Error::Panic(message)) => {
+            assert!(
+                message.contains("the compiler panicked: index out of bounds"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a panic, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_refused_module_is_an_invalid_module() {
+    let isolation = fake("refuses", "printf 'Eunknown import'; exit 2");
+    assert_eq!(
+        compile_isolated(MODULE, &isolation).err(),
+        Some(Error::InvalidModule("unknown import".into()))
+    );
+}
+
+#[test]
+fn a_compiler_killed_by_a_signal_names_the_limits() {
+    let isolation = fake("killed", "kill -9 $$");
+    match compile_isolated(MODULE, &isolation) {
+        Err(Error::InvalidModule(reason)) => {
+            assert!(reason.contains("FL_COMPILE_MAX_MB"), "{reason}")
+        }
+        other => panic!("expected an invalid module, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_compiler_that_cannot_start_leaves_the_runtime_unavailable() {
+    configure(Settings::default()).unwrap();
+    let isolation = Isolation {
+        program: "/nonexistent/fl-compile".into(),
+        timeout: Duration::from_secs(10),
+        max_memory_mb: 256,
+    };
+    assert!(matches!(
+        compile_isolated(MODULE, &isolation),
+        Err(Error::Unavailable(_))
+    ));
+}
