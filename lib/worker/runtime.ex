@@ -5,8 +5,9 @@ defmodule Worker.Runtime do
 
   The work happens in Rust (`native/`), on one global Wasmtime engine:
 
-    * `compile/1` validates, compiles and links a module on a dirty CPU
-      scheduler, so import and export problems surface there;
+    * `compile/1` validates and compiles a module in a child process
+      (`fl-compile`), then links it, so import and export problems surface
+      there;
     * `invoke/3` creates a fresh instance for each call and runs it in the
       calling process, in slices of about one epoch tick (100 µs,
       `FL_EPOCH_TICK_US`): the guest runs on a stack of its own, yields at

@@ -75,6 +75,27 @@ defmodule Worker.RuntimeTest do
     end
   end
 
+  describe "artifacts" do
+    test "the fingerprint is read once and is the same every time" do
+      assert {:ok, fingerprint} = Runtime.fingerprint()
+      assert fingerprint =~ ~r/^[0-9a-f]{16}$/
+      assert Runtime.fingerprint() == {:ok, fingerprint}
+      assert :persistent_term.get({Runtime, :fingerprint}) == fingerprint
+    end
+
+    test "a serialized module loads back as a module struct; garbage does not" do
+      hello = compile!("hello")
+      assert {:ok, artifact} = Runtime.serialize(hello)
+      assert {:ok, %Runtime.Module{} = loaded} = Runtime.load(artifact, hello.wasm_bytes)
+
+      assert {loaded.wasm_bytes, loaded.initial_memory} ==
+               {hello.wasm_bytes, hello.initial_memory}
+
+      assert {:ok, %{"payload" => _}} = Runtime.invoke(loaded, %{"name" => "again"})
+      assert {:error, {:invalid_module, _}} = Runtime.load("not an artifact", 10)
+    end
+  end
+
   describe "invoke/3 with the example functions" do
     test "hello greets by name" do
       module = compile!("hello")
@@ -263,6 +284,15 @@ defmodule Worker.RuntimeTest do
       assert Runtime.invoke(random, 1_048_576) == {:ok, 0}
       assert {:error, {:trap, message}} = Runtime.invoke(random, 1_048_577)
       assert message =~ "exceeds limit"
+    end
+  end
+
+  describe "invoke_with_stats/3" do
+    test "returns the result with what the invocation did besides" do
+      assert {{:ok, _}, %Runtime.Stats{} = stats} =
+               Runtime.invoke_with_stats(compile!("hello"), %{"name" => "x"})
+
+      assert stats == %Runtime.Stats{}
     end
   end
 

@@ -1,0 +1,182 @@
+defmodule Worker.ConfigTest do
+  # Every FL_* variable is read, checked and documented by Worker.Config,
+  # and the native runtime gets its settings from there.
+  use ExUnit.Case, async: false
+
+  alias Worker.Config
+  alias Worker.Test.Cluster
+
+  @mib 1024 * 1024
+
+  @every %{
+    "FL_DATA_DIR" => "/var/lib/fl",
+    "FL_MAX_CONCURRENCY" => "12",
+    "FL_QUEUE_LIMIT" => "10",
+    "FL_QUEUE_TIMEOUT_MS" => "11",
+    "FL_MAX_REQUESTS" => "13",
+    "FL_HANDLER_MAX_MB" => "14",
+    "FL_COMPILE_TIMEOUT_MS" => "15",
+    "FL_COMPILE_MAX_MB" => "16",
+    "FL_CACHE_MAX_ENTRIES" => "17",
+    "FL_CACHE_MAX_MB" => "18",
+    "FL_MAX_CAPACITY_MB" => "19",
+    "FL_HANDLER_TIMEOUT_MS" => "20",
+    "FL_WORKER_NAME" => "w",
+    "FL_WORKER_TAG" => "t",
+    "FL_CORE_NODES" => "core@10.0.0.5, core@10.0.0.6",
+    "FL_CORE_DNS" => "core.svc",
+    "FL_CORE_BASENAME" => "fl",
+    "FL_CORE_DNS_INTERVAL_MS" => "21",
+    "FL_INVOKE_TIMEOUT_MS" => "22",
+    "FL_MAX_MEMORY_MB" => "23",
+    "FL_HTTP_ALLOW" => "127.0.0.1:8080, [::1]",
+    "FL_LOG_LINES_PER_S" => "24",
+    "FL_METRICS_PORT" => "25",
+    "FL_METRICS_MAX_FUNCTIONS" => "26",
+    "FL_POOL_INSTANCES" => "27",
+    "FL_MEMORY_CAP_MB" => "28",
+    "FL_MAX_MODULE_MB" => "29",
+    "FL_EPOCH_TICK_US" => "30",
+    "FL_POOL_KEEP_RESIDENT_KB" => "31",
+    "FL_LOG_LEVEL" => "debug"
+  }
+
+  test "from_env reads every variable" do
+    assert Config.from_env(@every) == [
+             data_dir: "/var/lib/fl",
+             max_concurrency: 12,
+             queue_limit: 10,
+             queue_timeout_ms: 11,
+             max_requests: 13,
+             handler_max_bytes: 14 * @mib,
+             compile_timeout_ms: 15,
+             compile_max_mb: 16,
+             cache_max_entries: 17,
+             cache_max_bytes: 18 * @mib,
+             max_capacity_mb: 19,
+             handler_timeout_ms: 20,
+             worker_name: "w",
+             worker_tag: "t",
+             core_nodes: [:"core@10.0.0.5", :"core@10.0.0.6"],
+             core_dns: "core.svc",
+             core_basename: "fl",
+             core_dns_interval_ms: 21,
+             invoke_timeout_ms: 22,
+             max_memory_bytes: 23 * @mib,
+             http_allow: ["127.0.0.1:8080", "[::1]"],
+             log_lines_per_s: 24,
+             metrics_port: 25,
+             metrics_max_functions: 26,
+             pool_instances: 27,
+             memory_cap_bytes: 28 * @mib,
+             max_module_bytes: 29 * @mib,
+             epoch_tick_us: 30,
+             keep_resident_bytes: 31 * 1024
+           ]
+
+    assert Config.log_level(@every) == :debug
+    assert Enum.sort(Config.variables()) == Enum.sort(Map.keys(@every))
+  end
+
+  test "unset and empty variables are left out, for the defaults" do
+    assert Config.from_env(%{}) == []
+    assert Config.from_env(%{"FL_POOL_INSTANCES" => "", "FL_DATA_DIR" => ""}) == []
+    assert Config.log_level(%{}) == nil
+    assert Config.log_level(%{"FL_LOG_LEVEL" => ""}) == nil
+  end
+
+  test "a value that is not a number stops the boot, naming the variable" do
+    for {variable, value} <- @every, match?({_, ""}, Integer.parse(value)) do
+      error = assert_raise ArgumentError, fn -> Config.from_env(%{variable => "abc"}) end
+      assert error.message =~ variable
+      assert error.message =~ ~s("abc")
+    end
+
+    error = assert_raise ArgumentError, fn -> Config.log_level(%{"FL_LOG_LEVEL" => "loud"}) end
+    assert error.message =~ "FL_LOG_LEVEL"
+    assert error.message =~ "info"
+  end
+
+  test "a value out of its range stops the boot, naming the variable and the range" do
+    for {variable, value, range} <- [
+          {"FL_POOL_INSTANCES", "0", "from 1 to 100000"},
+          {"FL_POOL_INSTANCES", "100001", "from 1 to 100000"},
+          {"FL_MEMORY_CAP_MB", "4097", "from 1 to 4096"},
+          {"FL_MAX_MODULE_MB", "1025", "from 1 to 1024"},
+          {"FL_EPOCH_TICK_US", "9", "from 10 to 100000"},
+          {"FL_EPOCH_TICK_US", "100001", "from 10 to 100000"},
+          {"FL_POOL_KEEP_RESIDENT_KB", "1048577", "from 0 to 1048576"},
+          {"FL_MAX_CONCURRENCY", "0", "from 1 to 100000"},
+          {"FL_METRICS_PORT", "65536", "from 0 to 65535"},
+          {"FL_QUEUE_LIMIT", "-1", "0 or more"}
+        ] do
+      error = assert_raise ArgumentError, fn -> Config.from_env(%{variable => value}) end
+      assert error.message =~ variable
+      assert error.message =~ range
+    end
+  end
+
+  test "more concurrency than pool instances stops the boot, naming both" do
+    env = %{"FL_MAX_CONCURRENCY" => "20", "FL_POOL_INSTANCES" => "10"}
+    error = assert_raise ArgumentError, fn -> Config.from_env(env) end
+    assert error.message =~ "FL_MAX_CONCURRENCY (20)"
+    assert error.message =~ "FL_POOL_INSTANCES (10)"
+
+    assert Config.from_env(%{env | "FL_MAX_CONCURRENCY" => "10"})[:pool_instances] == 10
+  end
+
+  test "the README's configuration table lists every variable, and only those" do
+    readme = File.read!(Path.expand("../../README.md", __DIR__))
+    [_, section] = String.split(readme, "## Configuration", parts: 2)
+    [table | _] = String.split(section, "\n### ", parts: 2)
+    documented = Regex.scan(~r/^\| `(FL_[A-Z_]+)`/m, table) |> Enum.map(&List.last/1)
+    assert Enum.sort(documented) == Enum.sort(Config.variables())
+  end
+
+  test "the native runtime runs with the settings Worker.Config gave it" do
+    settings = Config.runtime_settings()
+    assert settings.pool_instances >= Application.fetch_env!(:worker, :max_concurrency)
+    # given again, the same settings are fine; others are refused, and kept out
+    assert Worker.Runtime.configure(settings) == :ok
+
+    assert {:error, {:runtime_configured, reason}} =
+             Worker.Runtime.configure(%{settings | pool_instances: settings.pool_instances + 1})
+
+    assert reason =~ "need a restart"
+    assert Worker.Runtime.configure(settings) == :ok
+  end
+
+  @tag :tmp_dir
+  test "settings reach the native runtime of a node, and the pool follows them",
+       %{tmp_dir: dir} do
+    env = [pool_instances: 2, max_module_bytes: 1 * @mib, memory_cap_bytes: 2 * @mib]
+    {peer, node} = Cluster.start_worker!(dir, env)
+    on_exit(fn -> Cluster.stop(peer) end)
+
+    # the default concurrency shrinks to the pool
+    assert :erpc.call(node, Application, :fetch_env!, [:worker, :max_concurrency]) == 2
+
+    # a module over FL_MAX_MODULE_MB there, and only there
+    big = :binary.copy(<<0>>, 3 * div(@mib, 2))
+    assert {:error, {:invalid_module, reason}} = :erpc.call(node, Worker.Runtime, :compile, [big])
+    assert reason =~ "over the limit of #{@mib} bytes (FL_MAX_MODULE_MB)"
+    assert {:error, {:invalid_module, reason}} = Worker.Runtime.compile(big)
+    refute reason =~ "FL_MAX_MODULE_MB"
+
+    # a module that starts with more memory than FL_MEMORY_CAP_MB there
+    three_mib = """
+    (module (memory (export "memory") 48)
+      (func (export "__invoke") (param i32) (result i32) (i32.const 0)))
+    """
+
+    assert {:error, {:invalid_module, _}} =
+             :erpc.call(node, Worker.Runtime, :compile, [three_mib])
+
+    assert {:ok, _} = Worker.Runtime.compile(three_mib)
+
+    # the application started again in that VM: the same settings are fine
+    :ok = :erpc.call(node, Application, :stop, [:worker])
+    {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:worker])
+    assert :erpc.call(node, Worker.Config, :configure_runtime, []) == :ok
+  end
+end
