@@ -41,7 +41,9 @@ defmodule Worker.Config do
   | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
 
   A value that is not a number, or out of its range, stops the boot with
-  an `ArgumentError` that names the variable.
+  an `ArgumentError` that names the variable; so does an `FL_HTTP_ALLOW`
+  entry that does not parse (checked at application start, by the native
+  runtime's parser).
 
   **The native runtime.** The last five keys are `Worker.Runtime.Settings`:
   the engine is made with them once per VM, when the application starts,
@@ -131,7 +133,17 @@ defmodule Worker.Config do
 
     Application.put_env(:worker, :max_concurrency, concurrency)
     Application.put_env(:worker, :pool_instances, pool)
+    check_http_allow!(Application.fetch_env!(:worker, :http_allow))
     refresh()
+  end
+
+  # Parsed by the runtime's own parser, once: a bad entry stops the boot
+  # instead of failing every invocation.
+  defp check_http_allow!(entries) do
+    case Worker.Runtime.check_http_allow(entries) do
+      :ok -> :ok
+      {:error, reason} -> raise ArgumentError, "FL_HTTP_ALLOW: #{reason}"
+    end
   end
 
   # {max_concurrency, pool_instances} from the two settings (nil when
@@ -206,6 +218,7 @@ defmodule Worker.Config do
   """
   @spec put(atom(), term()) :: :ok
   def put(key, value) do
+    if key == :http_allow, do: check_http_allow!(value)
     Application.put_env(:worker, key, value)
     refresh()
   end

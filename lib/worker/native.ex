@@ -32,6 +32,7 @@ defmodule Worker.Native do
 
   def invocation_start(_module, _args, _encoded, _limits), do: err()
 
+  def invocation_check_allow(_entries), do: err()
   def invocation_resume(_invocation), do: err()
   def invocation_resume_dirty(_invocation), do: err()
   def invocation_decode(_invocation), do: err()

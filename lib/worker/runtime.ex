@@ -311,6 +311,21 @@ defmodule Worker.Runtime do
   end
 
   @doc """
+  Checks an `:http_allow` list as `invoke/3` would, without invoking:
+  `:ok`, or `{:error, reason}` for an entry that does not parse (which
+  `invoke/3` raises as an `ArgumentError`).
+  """
+  @spec check_http_allow([String.t()]) :: :ok | {:error, String.t()}
+  def check_http_allow(entries) do
+    if is_list(entries) and Enum.all?(entries, &is_binary/1) do
+      with {:error, {:invalid_option, reason}} <- Native.invocation_check_allow(entries),
+           do: {:error, reason}
+    else
+      {:error, ":http_allow must be a list of \"host\" or \"host:port\" strings"}
+    end
+  end
+
+  @doc """
   The JSON text `invoke/3` would give the function for `args`, as
   `{:json, text}`, which `invoke/3` also takes: arguments kept this way are
   one binary, compact and shared between processes without a copy. Large

@@ -125,6 +125,17 @@ defmodule Worker.ConfigTest do
     assert Config.from_env(%{env | "FL_MAX_CONCURRENCY" => "10"})[:pool_instances] == 10
   end
 
+  test "an allow-list entry that does not parse is refused, naming FL_HTTP_ALLOW" do
+    assert Worker.Runtime.check_http_allow(["127.0.0.1:8080", "[::1]", "example.com"]) == :ok
+    assert {:error, reason} = Worker.Runtime.check_http_allow(["host:port"])
+    assert reason =~ "http_allow"
+    assert {:error, _} = Worker.Runtime.check_http_allow("127.0.0.1")
+
+    error = assert_raise ArgumentError, fn -> Config.put(:http_allow, ["host:port"]) end
+    assert error.message =~ "FL_HTTP_ALLOW"
+    assert Application.fetch_env!(:worker, :http_allow) == []
+  end
+
   test "the README's configuration table lists every variable, and only those" do
     readme = File.read!(Path.expand("../../README.md", __DIR__))
     [_, section] = String.split(readme, "## Configuration", parts: 2)

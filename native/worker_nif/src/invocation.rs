@@ -15,7 +15,7 @@
 //! tears the instance down: nothing outlives its owner.
 
 use crate::atoms;
-use crate::error::Error;
+use crate::error::{self, Error};
 use crate::module::ModuleResource;
 use crate::reply::{self, Next};
 use crate::slices;
@@ -143,6 +143,14 @@ fn allow_list(entries: Vec<String>) -> Result<Option<Arc<Policy>>, Error> {
     Policy::parse(&entries)
         .map(|policy| Some(Arc::new(policy)))
         .map_err(|e| Error::InvalidOption(format!(":http_allow: {e}")))
+}
+
+/// Checks an allow-list as `invocation_start/4` would: `:ok` or
+/// `{:error, {:invalid_option, reason}}`. For `Worker.Config`, so that a
+/// bad `FL_HTTP_ALLOW` stops the boot rather than every invocation.
+#[rustler::nif]
+fn invocation_check_allow(env: Env, entries: Vec<String>) -> Term {
+    error::status(env, allow_list(entries).map(|_| ()))
 }
 
 /// Runs the next slice of an invocation.
