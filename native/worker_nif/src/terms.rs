@@ -13,10 +13,13 @@ use worker_runtime::invocation::MAX_INPUT_BYTES;
 use worker_runtime::json::{self, Builder, Writer};
 
 /// Why a term has no JSON text within the budget.
+#[derive(Debug, thiserror::Error)]
 pub enum ToJsonError {
     /// The text would be longer than the budget.
+    #[error("JSON text larger than {0} bytes")]
     TooLarge(usize),
     /// The term has no JSON form.
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -37,15 +40,6 @@ impl From<json::EncodeError> for ToJsonError {
         match e {
             json::EncodeError::TooLarge(max) => ToJsonError::TooLarge(max),
             other => ToJsonError::Invalid(other.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for ToJsonError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ToJsonError::TooLarge(max) => write!(f, "JSON text larger than {max} bytes"),
-            ToJsonError::Invalid(reason) => f.write_str(reason),
         }
     }
 }

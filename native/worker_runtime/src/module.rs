@@ -236,6 +236,8 @@ fn run_compiler(
             &limit_mb.to_string(),
             "--cpu-s",
             &cpu_s.to_string(),
+            "--threads",
+            &threads.to_string(),
         ])
         .env("MALLOC_ARENA_MAX", "2")
         .env("RAYON_NUM_THREADS", threads.to_string())

@@ -2,7 +2,7 @@
 //! writes its compiled artifact on stdout, under OS limits it sets on
 //! itself before it reads a byte:
 //!
-//!     fl-compile --max-mb MiB --cpu-s SECONDS < module.wasm > artifact
+//!     fl-compile --max-mb MiB --cpu-s SECONDS [--threads N] < module.wasm > artifact
 //!
 //! `--max-mb` bounds its address space (RLIMIT_AS) and `--cpu-s` its CPU
 //! time (RLIMIT_CPU); the worker also kills it at its wall-clock timeout.
@@ -19,7 +19,7 @@ use worker_runtime::module::{TAG_ARTIFACT, TAG_INVALID, TAG_PANIC, precompile};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut max_mb, mut cpu_s) = (None, None);
+    let (mut max_mb, mut cpu_s, mut threads) = (None, None, 1);
     while let Some(flag) = args.next() {
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
             fail(&format!("{flag} needs a number"));
@@ -27,6 +27,7 @@ fn main() {
         match flag.as_str() {
             "--max-mb" => max_mb = Some(value),
             "--cpu-s" => cpu_s = Some(value),
+            "--threads" => threads = value,
             _ => fail(&format!("unknown option {flag}")),
         }
     }
@@ -42,13 +43,10 @@ fn main() {
     if let Err(e) = std::io::stdin().read_to_end(&mut module) {
         fail(&format!("reading the module: {e}"));
     }
-    // The worker sets RAYON_NUM_THREADS, the threads this compile may use
-    // (and its CPU limit counts them); one means no parallel compilation.
-    // Neither is part of an artifact's compatibility.
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(1);
+    // `--threads`: the threads this compile may use (the worker also sets
+    // RAYON_NUM_THREADS, for the compiler's thread pool, and its CPU limit
+    // counts them); one means no parallel compilation. Neither is part of
+    // an artifact's compatibility.
     let mut config = compiler_config();
     config.parallel_compilation(threads > 1);
     let engine =
