@@ -1,6 +1,8 @@
 # The compiler for the Rust NIF is part of this repository (rustler's own
 # lives on hex.pm). It must exist before the Elixir compiler loads
-# Worker.Native, so it is loaded here rather than compiled from lib/.
+# Worker.Native, so it is loaded here rather than compiled from lib/, with
+# the cargo lookup it shares with the benchmark and the test fixtures.
+Code.require_file("mix/cargo.ex", __DIR__)
 Code.require_file("mix/compile.worker_native.ex", __DIR__)
 
 defmodule Worker.MixProject do
