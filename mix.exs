@@ -33,7 +33,9 @@ defmodule Worker.MixProject do
     ]
   end
 
-  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  # bench/ holds `mix worker.bench`, which the release does not ship
+  defp elixirc_paths(:test), do: ["lib", "bench", "test/support"]
+  defp elixirc_paths(:dev), do: ["lib", "bench"]
   defp elixirc_paths(_), do: ["lib"]
 
   defp aliases do

@@ -27,6 +27,9 @@ defmodule Worker.ReleaseTest do
              Path.join([release, "lib", "worker-0.1.0", "priv", "native", "worker_nif.so"])
            )
 
+    # the benchmark is compiled in dev and test only
+    assert Path.wildcard(Path.join([release, "**", "Elixir.Mix.Tasks.Worker.Bench.beam"])) == []
+
     node = :"release#{System.unique_integer([:positive])}@127.0.0.1"
 
     env = [

@@ -29,11 +29,11 @@ defmodule Mix.Tasks.Worker.Bench do
   """
   use Mix.Task
 
-  alias Worker.Runtime
+  alias Worker.{MixCargo, Runtime}
 
-  @functions Path.expand("../../../functions", __DIR__)
-  @wasm_dir Path.join(@functions, "target/wasm32-wasip1/release")
-  @noop Path.expand("../../../test/fixtures/noop.wat", __DIR__)
+  @root Path.expand("..", __DIR__)
+  @functions Path.join(@root, "functions")
+  @noop Path.join(@root, "test/fixtures/noop.wat")
   @in_flight 900
 
   @impl true
@@ -51,9 +51,8 @@ defmodule Mix.Tasks.Worker.Bench do
     seconds = max(round(2 * scale), 1)
 
     cases = [
-      {"hello", File.read!(Path.join(@wasm_dir, "hello.wasm")), %{"name" => "FunLess"},
-       ~s({"name":"FunLess"})},
-      {"echo", File.read!(Path.join(@wasm_dir, "echo.wasm")), %{"a" => [1, 2, 3], "b" => "text"},
+      {"hello", File.read!(wasm_path("hello")), %{"name" => "FunLess"}, ~s({"name":"FunLess"})},
+      {"echo", File.read!(wasm_path("echo")), %{"a" => [1, 2, 3], "b" => "text"},
        ~s({"a":[1,2,3],"b":"text"})},
       {"noop", File.read!(@noop), %{}, "{}"}
     ]
@@ -324,8 +323,7 @@ defmodule Mix.Tasks.Worker.Bench do
     # keep them alive until measured
     _ = length(modules)
 
-    {:ok, sleeper} =
-      Runtime.compile(File.read!(Path.expand("../../../test/fixtures/wasi_sleep.wat", __DIR__)))
+    {:ok, sleeper} = Runtime.compile(File.read!(Path.join(@root, "test/fixtures/wasi_sleep.wat")))
 
     # a first wave on fresh pool slots, then a second on the slots it warmed
     collect_all()
@@ -362,8 +360,8 @@ defmodule Mix.Tasks.Worker.Bench do
   ## Floor
 
   defp floor!(name, json, iterations, threads, env \\ []) do
-    path = if name == "noop", do: @noop, else: Path.join(@wasm_dir, name <> ".wasm")
-    bin = Path.expand("../../../target/release/floor", __DIR__)
+    path = if name == "noop", do: @noop, else: wasm_path(name)
+    bin = Path.join(MixCargo.release_dir(@root), "floor")
 
     {out, 0} =
       System.cmd(bin, [path, json, Integer.to_string(iterations), Integer.to_string(threads)],
@@ -382,24 +380,24 @@ defmodule Mix.Tasks.Worker.Bench do
     }
   end
 
-  defp build_floor! do
-    {_, 0} =
-      System.cmd(
-        "cargo",
-        ["build", "--release", "--quiet", "-p", "worker_runtime", "--bin", "floor"],
-        cd: Path.expand("../../..", __DIR__),
-        into: IO.stream(:stdio, :line),
-        stderr_to_stdout: true
-      )
-  end
+  defp build_floor!,
+    do: cargo_build!(@root, ["--quiet", "-p", "worker_runtime", "--bin", "floor"])
 
-  defp build_functions! do
-    {_, 0} =
-      System.cmd("cargo", ["build", "--release", "--quiet", "--target", "wasm32-wasip1"],
-        cd: @functions,
+  defp build_functions!,
+    do: cargo_build!(@functions, ["--quiet", "--target", "wasm32-wasip1"])
+
+  defp wasm_path(name),
+    do: Path.join(MixCargo.release_dir(@functions, "wasm32-wasip1"), name <> ".wasm")
+
+  defp cargo_build!(workspace, args) do
+    {_, status} =
+      System.cmd(MixCargo.cargo!(), ["build", "--release" | args],
+        cd: workspace,
         into: IO.stream(:stdio, :line),
         stderr_to_stdout: true
       )
+
+    if status != 0, do: Mix.raise("cargo build failed in #{workspace} (exit status #{status})")
   end
 
   ## Report
