@@ -3,7 +3,7 @@ defmodule Worker.Metrics.Endpoint do
   The worker's HTTP endpoint, on `:inets` httpd (`FL_METRICS_PORT`, default
   4021 as in FunLess; 0 disables it):
 
-    * `GET /metrics` - `Worker.Metrics.render/1`, Prometheus text 0.0.4;
+    * `GET /metrics` - `Worker.Metrics.Prometheus.render/1`, Prometheus text 0.0.4;
     * `GET /healthz` - 200 while the node is up;
     * `GET /readyz` - 200 once the native runtime is loaded and `:worker`
       is registered, 503 before.
@@ -94,11 +94,14 @@ defmodule Worker.Metrics.Endpoint do
 
   def handle_call(:page, from, %{render: nil} = state) do
     # read here, in this long-lived process (see the moduledoc)
-    cpu = Worker.Metrics.cpu_utilization()
+    cpu = Worker.Metrics.Prometheus.cpu_utilization()
 
     {pid, ref} =
       spawn_monitor(fn ->
-        exit({:"$fl_page", IO.iodata_to_binary(Worker.Metrics.render(cpu_utilization: cpu))})
+        exit(
+          {:"$fl_page",
+           IO.iodata_to_binary(Worker.Metrics.Prometheus.render(cpu_utilization: cpu))}
+        )
       end)
 
     # a render that hangs (os_mon stuck, say) is killed, and answered
