@@ -38,13 +38,11 @@ defmodule Worker.MixProject do
   defp elixirc_paths(:dev), do: ["lib", "bench"]
   defp elixirc_paths(_), do: ["lib"]
 
-  defp aliases do
-    [
-      ci: [
-        "format --check-formatted",
-        "compile --warnings-as-errors --force",
-        "test --warnings-as-errors"
-      ]
-    ]
+  # CI is defined once, in .ci/run
+  defp aliases, do: [ci: &ci/1]
+
+  defp ci(_args) do
+    status = Mix.shell().cmd("bash .ci/run")
+    if status != 0, do: exit({:shutdown, status})
   end
 end
