@@ -28,6 +28,7 @@ defmodule Worker.Config do
   | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none |
   | `:log_lines_per_s` | `FL_LOG_LINES_PER_S` (0: no limit) | 1 000 per function |
   | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 |
+  | `:metrics_addr` | `FL_METRICS_ADDR` (IPv4 or IPv6) | `:any`: every IPv4 interface |
   | `:metrics_max_functions` | `FL_METRICS_MAX_FUNCTIONS` | 1 000 |
   """
 
@@ -105,6 +106,7 @@ defmodule Worker.Config do
       http_allow: [],
       log_lines_per_s: 1_000,
       metrics_port: 4021,
+      metrics_addr: :any,
       metrics_max_functions: 1_000
     ]
   end
@@ -139,6 +141,7 @@ defmodule Worker.Config do
       http_allow: list(env["FL_HTTP_ALLOW"]),
       log_lines_per_s: int(env["FL_LOG_LINES_PER_S"]),
       metrics_port: int(env["FL_METRICS_PORT"]),
+      metrics_addr: address(env["FL_METRICS_ADDR"], "FL_METRICS_ADDR"),
       metrics_max_functions: int(env["FL_METRICS_MAX_FUNCTIONS"])
     ]
     |> Enum.reject(fn {_, v} -> v in [nil, ""] end)
@@ -162,5 +165,19 @@ defmodule Worker.Config do
 
   defp nodes(text) do
     text |> String.split(",", trim: true) |> Enum.map(&String.to_atom(String.trim(&1)))
+  end
+
+  # an IPv4 or IPv6 address, as :inet takes it; unset or blank: nil
+  defp address(text, variable) do
+    case String.trim(text || "") do
+      "" ->
+        nil
+
+      trimmed ->
+        case :inet.parse_address(String.to_charlist(trimmed)) do
+          {:ok, address} -> address
+          {:error, _} -> raise ArgumentError, "#{variable}: not an IP address: #{inspect(text)}"
+        end
+    end
   end
 end
