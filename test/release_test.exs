@@ -17,7 +17,8 @@ defmodule Worker.ReleaseTest do
     {output, status} =
       System.cmd("mix", ["release", "--overwrite", "--path", release],
         cd: root,
-        env: [{"MIX_ENV", "prod"}],
+        # a MIX_BUILD_PATH for this suite's build must not get prod's
+        env: [{"MIX_ENV", "prod"}, {"MIX_BUILD_PATH", nil}],
         stderr_to_stdout: true
       )
 
