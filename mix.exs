@@ -1,6 +1,8 @@
 # The compiler for the Rust NIF is part of this repository (rustler's own
 # lives on hex.pm). It must exist before the Elixir compiler loads
-# Worker.Native, so it is loaded here rather than compiled from lib/.
+# Worker.Native, so it is loaded here rather than compiled from lib/, with
+# the cargo lookup it shares with the benchmark and the test fixtures.
+Code.require_file("mix/cargo.ex", __DIR__)
 Code.require_file("mix/compile.worker_native.ex", __DIR__)
 
 defmodule Worker.MixProject do
@@ -31,16 +33,16 @@ defmodule Worker.MixProject do
     ]
   end
 
-  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  # bench/ holds `mix worker.bench`, which the release does not ship
+  defp elixirc_paths(:test), do: ["lib", "bench", "test/support"]
+  defp elixirc_paths(:dev), do: ["lib", "bench"]
   defp elixirc_paths(_), do: ["lib"]
 
-  defp aliases do
-    [
-      ci: [
-        "format --check-formatted",
-        "compile --warnings-as-errors --force",
-        "test --warnings-as-errors"
-      ]
-    ]
+  # CI is defined once, in .ci/run
+  defp aliases, do: [ci: &ci/1]
+
+  defp ci(_args) do
+    status = Mix.shell().cmd("bash .ci/run")
+    if status != 0, do: exit({:shutdown, status})
   end
 end

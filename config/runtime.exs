@@ -7,6 +7,9 @@ import Config
 if config_env() != :test do
   config :worker, Worker.Config.from_env()
 
+  # FL_LOG_FORMAT: text (the default) or json, one object a line (Worker.LogFormat)
+  config :logger, :console, Worker.LogFormat.console(Worker.Config.log_format())
+
   if level = Worker.Config.log_level() do
     config :logger, level: level
   end

@@ -17,13 +17,12 @@ defmodule Mix.Tasks.Compile.WorkerNative do
     * deletes the old library before copying the new one, so a running VM
       that has the old file mapped is never handed a half-written file.
 
-  Environment:
-
-    * `CARGO` - the cargo executable (default: `cargo` on `PATH`, then
-      `~/.cargo/bin/cargo`);
-    * `CARGO_TARGET_DIR` - cargo's output directory (default: `target/`).
+  It finds cargo and its output directory with `Worker.MixCargo`, so it
+  honours `CARGO` and `CARGO_TARGET_DIR` (see there).
   """
   use Mix.Task.Compiler
+
+  alias Worker.MixCargo
 
   @crate "worker_nif"
   @compiler "fl-compile"
@@ -75,7 +74,7 @@ defmodule Mix.Tasks.Compile.WorkerNative do
   end
 
   defp build!(root) do
-    cargo = cargo!()
+    cargo = MixCargo.cargo!()
     Mix.shell().info("Compiling NIF crate #{@crate} (cargo build --release)")
 
     {_, status} =
@@ -96,15 +95,15 @@ defmodule Mix.Tasks.Compile.WorkerNative do
   end
 
   defp install!(root, installed) do
-    target_dir = System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
+    release = MixCargo.release_dir(root)
     ext = if match?({:unix, :darwin}, :os.type()), do: "dylib", else: "so"
-    built = Path.join([target_dir, "release", "lib#{@crate}.#{ext}"])
+    built = Path.join(release, "lib#{@crate}.#{ext}")
 
     unless File.exists?(built) do
       Mix.raise("cargo reported success but #{built} does not exist")
     end
 
-    compiler = Path.join([target_dir, "release", @compiler])
+    compiler = Path.join(release, @compiler)
 
     unless File.exists?(compiler) do
       Mix.raise("cargo reported success but #{compiler} does not exist")
@@ -117,23 +116,5 @@ defmodule Mix.Tasks.Compile.WorkerNative do
     File.chmod!(installed_compiler, 0o755)
     File.rm(installed)
     File.cp!(built, installed)
-  end
-
-  defp cargo! do
-    home_cargo = Path.expand("~/.cargo/bin/cargo")
-
-    cond do
-      cargo = System.get_env("CARGO") ->
-        cargo
-
-      cargo = System.find_executable("cargo") ->
-        cargo
-
-      File.exists?(home_cargo) ->
-        home_cargo
-
-      true ->
-        Mix.raise("cargo not found: install Rust with rustup (https://rustup.rs), or set CARGO")
-    end
   end
 end

@@ -17,7 +17,8 @@ defmodule Worker.ReleaseTest do
     {output, status} =
       System.cmd("mix", ["release", "--overwrite", "--path", release],
         cd: root,
-        env: [{"MIX_ENV", "prod"}],
+        # a MIX_BUILD_PATH for this suite's build must not get prod's
+        env: [{"MIX_ENV", "prod"}, {"MIX_BUILD_PATH", nil}],
         stderr_to_stdout: true
       )
 
@@ -26,6 +27,9 @@ defmodule Worker.ReleaseTest do
     assert File.exists?(
              Path.join([release, "lib", "worker-0.1.0", "priv", "native", "worker_nif.so"])
            )
+
+    # the benchmark is compiled in dev and test only
+    assert Path.wildcard(Path.join([release, "**", "Elixir.Mix.Tasks.Worker.Bench.beam"])) == []
 
     node = :"release#{System.unique_integer([:positive])}@127.0.0.1"
 

@@ -2,7 +2,8 @@ defmodule Worker.Config do
   @moduledoc """
   The worker's settings, and the one owner of every `FL_*` variable: this
   module reads and checks them all (`from_env/1`, from `config/runtime.exs`,
-  and `log_level/1` for `FL_LOG_LEVEL`), fills in the defaults when the
+  `log_level/1` for `FL_LOG_LEVEL` and `log_format/1` for `FL_LOG_FORMAT`),
+  fills in the defaults when the
   application starts (`apply_defaults/0`), and hands the native runtime its
   settings (`configure_runtime/0`). Nothing else reads the environment; the
   application environment set here is what the rest of the worker reads.
@@ -32,6 +33,7 @@ defmodule Worker.Config do
   | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none | |
   | `:log_lines_per_s` | `FL_LOG_LINES_PER_S` (0: no limit) | 1 000 per function | 0 to 4 294 967 295 |
   | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 | 0 to 65 535 |
+  | `:metrics_addr` | `FL_METRICS_ADDR` | `:any`: every IPv4 interface | an IPv4 or IPv6 address |
   | `:metrics_max_functions` | `FL_METRICS_MAX_FUNCTIONS` | 1 000 | 0 and up |
   | `:pool_instances` | `FL_POOL_INSTANCES` | 1 000, at least `:max_concurrency` | 1 to 100 000 |
   | `:memory_cap_bytes` | `FL_MEMORY_CAP_MB` | 512 MiB | 1 to 4 096 MiB |
@@ -39,6 +41,7 @@ defmodule Worker.Config do
   | `:epoch_tick_us` | `FL_EPOCH_TICK_US` | 100 | 10 to 100 000 |
   | `:keep_resident_bytes` | `FL_POOL_KEEP_RESIDENT_KB` | 1 MiB with `PAGEMAP_SCAN` (Linux 6.7 and later), else 0 | 0 to 1 048 576 KiB |
   | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
+  | (Logger console format) | `FL_LOG_FORMAT` | `text` | `text` or `json` (`Worker.LogFormat`) |
 
   A value that is not a number, or out of its range, stops the boot with
   an `ArgumentError` that names the variable; so does an `FL_HTTP_ALLOW`
@@ -91,6 +94,7 @@ defmodule Worker.Config do
     {:http_allow, "FL_HTTP_ALLOW", :list},
     {:log_lines_per_s, "FL_LOG_LINES_PER_S", {:int, 0, 4_294_967_295}},
     {:metrics_port, "FL_METRICS_PORT", {:int, 0, 65_535}},
+    {:metrics_addr, "FL_METRICS_ADDR", :address},
     {:metrics_max_functions, "FL_METRICS_MAX_FUNCTIONS", {:int, 0, :infinity}},
     {:pool_instances, "FL_POOL_INSTANCES", {:int, 1, 100_000}},
     {:memory_cap_bytes, "FL_MEMORY_CAP_MB", {:mib, 1, 4_096}},
@@ -101,9 +105,9 @@ defmodule Worker.Config do
 
   @log_levels ~w(emergency alert critical error warning notice info debug)
 
-  @doc "The `FL_*` variables this module reads, `FL_LOG_LEVEL` included."
+  @doc "The `FL_*` variables this module reads, the Logger's included."
   @spec variables() :: [String.t()]
-  def variables, do: Enum.map(@variables, &elem(&1, 1)) ++ ["FL_LOG_LEVEL"]
+  def variables, do: Enum.map(@variables, &elem(&1, 1)) ++ ["FL_LOG_LEVEL", "FL_LOG_FORMAT"]
 
   @doc """
   Fills in every setting not already in the application environment, the
@@ -275,6 +279,7 @@ defmodule Worker.Config do
       http_allow: [],
       log_lines_per_s: 1_000,
       metrics_port: 4021,
+      metrics_addr: :any,
       metrics_max_functions: 1_000
     ]
   end
@@ -325,7 +330,23 @@ defmodule Worker.Config do
     end
   end
 
+  @doc """
+  The text of `FL_LOG_FORMAT`, or `nil` when unset, for
+  `Worker.LogFormat.console/1`, which checks it (`text` or `json`; another
+  value stops the boot, naming the variable).
+  """
+  @spec log_format(%{String.t() => String.t()}) :: String.t() | nil
+  def log_format(env \\ System.get_env()), do: env["FL_LOG_FORMAT"]
+
   defp parse(_variable, :string, text), do: text
+
+  defp parse(variable, :address, text) do
+    case :inet.parse_address(String.to_charlist(String.trim(text))) do
+      {:ok, address} -> address
+      {:error, _} -> raise ArgumentError, "#{variable}: not an IP address: #{inspect(text)}"
+    end
+  end
+
   defp parse(_variable, :list, text), do: list(text)
   defp parse(_variable, :nodes, text), do: Enum.map(list(text), &String.to_atom/1)
   defp parse(variable, {:mib, min, max}, text), do: int(variable, text, min, max) * 1024 * 1024

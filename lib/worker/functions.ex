@@ -1,28 +1,31 @@
 defmodule Worker.Functions do
   @moduledoc """
-  Compiled functions, by `{module, name, hash}`: an in-memory cache in front
-  of `Worker.Store`.
+  Compiled functions, by `{module, name, hash}` (`Worker.Function.key/1`):
+  an in-memory cache in front of `Worker.Loader` and `Worker.Store`.
 
-  * **Hits** are a lookup in an ETS table, in the caller's process.
+  * **Hits** are a lookup in an ETS table, in the caller's process. A
+    function that comes with its code is a hit when the cached module was
+    made from that very code (compared by SHA-256): no disk read, no
+    message to this server.
   * **Misses** go through this server, which runs one loader per key at a
     time (single flight): a hundred simultaneous first invocations of one
-    function compile it once, and all hundred get the result. A loader reads
-    the compiled artifact from disk (no compile), or else the code, which
-    it compiles and whose artifact it writes for next time.
+    function load it once, and count as one miss.
+  * **Stores** load the function too (the same way, single flight), but
+    are neither hits nor misses; storing code the cache holds already does
+    nothing.
   * The cache is bounded by entries (`FL_CACHE_MAX_ENTRIES`) and by compiled
     bytes (`FL_CACHE_MAX_MB`), and evicts the least recently used.
+
+  Every count (hits, misses, evictions, compiles, artifact loads) is
+  recorded once, in `Worker.Metrics`, per function and for the node.
   """
   use GenServer
 
-  alias Worker.{Metrics, Runtime, Store, Stray}
-
-  require Logger
+  alias Worker.{Function, Loader, Metrics, Runtime, Store, Stray}
 
   @table __MODULE__
   @lru Worker.Functions.LRU
   @touch_ms 250
-
-  @type key :: Store.key()
 
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
@@ -31,53 +34,70 @@ defmodule Worker.Functions do
   defp server, do: :persistent_term.get({__MODULE__, :server})
 
   @doc """
-  The compiled module for `key`. With `code`, the code is first written to
-  disk (if it is not there already) and compiled if needed; without, it is
-  loaded from the cache, the artifact or the stored code, or
-  `{:error, :code_not_found}`.
+  The compiled module of `function`. Without code, it comes from the
+  cache, else from the artifact or the code stored on disk, else
+  `{:error, :code_not_found}`. With code, it comes from the cache if the
+  cached module was made from that code, else from that code (stored on
+  disk if it compiles).
   """
-  @spec fetch(key(), binary() | nil) :: {:ok, Runtime.Module.t()} | {:error, term()}
-  def fetch(key, code \\ nil)
+  @spec fetch(Function.t()) :: {:ok, Runtime.Module.t()} | {:error, term()}
+  def fetch(%Function{code: code} = function) do
+    key = Function.key(function)
+    code = code && {code, Loader.code_hash(code)}
 
-  def fetch(key, nil) do
-    case lookup(key) do
-      {:ok, module} -> {:ok, module}
-      :miss -> GenServer.call(server(), {:load, key, nil}, :infinity)
+    case cached(key, code) do
+      {:ok, module} ->
+        Metrics.cache(Function.id(key), :hit)
+        {:ok, module}
+
+      :miss ->
+        GenServer.call(server(), {:load, key, code, :miss}, :infinity)
     end
   end
 
-  def fetch(key, code), do: GenServer.call(server(), {:load, key, code}, :infinity)
-
   @doc """
-  Stores a function: writes its code, compiles it (refusing invalid
-  modules) and caches it.
+  Stores a function that carries its code: compiles it (refusing invalid
+  modules), writes it to disk and caches it.
   """
-  @spec store(key(), binary()) :: :ok | {:error, term()}
-  def store(key, code) do
-    case GenServer.call(server(), {:load, key, code}, :infinity) do
+  @spec store(Function.t()) :: :ok | {:error, term()}
+  def store(%Function{code: code} = function) when is_binary(code) do
+    key = Function.key(function)
+    code = {code, Loader.code_hash(code)}
+
+    with :miss <- cached(key, code),
+         {:ok, _module} <- GenServer.call(server(), {:load, key, code, :store}, :infinity) do
+      :ok
+    else
       {:ok, _module} -> :ok
       error -> error
     end
   end
 
   @doc "Forgets a function: cache and code (after any load of it under way)."
-  @spec delete(key()) :: :ok
+  @spec delete(Function.key()) :: :ok
   def delete(key), do: GenServer.call(server(), {:delete, key}, :infinity)
 
   @doc """
-  Cache figures: entries, compiled bytes, hits, misses, evictions, and how
-  misses were served: compiles, artifact loads.
+  Cache figures: entries and compiled bytes now; hits, misses, evictions,
+  compiles and artifact loads since the start (see `Worker.Metrics`).
   """
   @spec info() :: map()
-  def info, do: GenServer.call(server(), :info)
+  def info do
+    {entries, bytes} = GenServer.call(server(), :size)
+    Map.merge(%{entries: entries, bytes: bytes}, Metrics.cache_totals())
+  end
 
-  defp lookup(key) do
+  # The cached module for `key`, made from `code` when given; marks the
+  # entry as used. Counts nothing.
+  defp cached(key, code) do
     case :ets.lookup(@table, key) do
-      [{^key, module, _bytes, tick}] ->
-        touch(key, tick)
-        :counters.add(counters(), 1, 1)
-        Metrics.cache(id(key), :hit)
-        {:ok, module}
+      [{^key, module, _bytes, tick, code_hash}] ->
+        if is_nil(code) or elem(code, 1) == code_hash do
+          touch(key, tick)
+          {:ok, module}
+        else
+          :miss
+        end
 
       [] ->
         :miss
@@ -93,7 +113,8 @@ defmodule Worker.Functions do
       tick = tick()
 
       swap = [
-        {{key, :"$1", :"$2", old_tick}, [], [{{{:const, key}, :"$1", :"$2", {:const, tick}}}]}
+        {{key, :"$1", :"$2", old_tick, :"$3"}, [],
+         [{{{:const, key}, :"$1", :"$2", {:const, tick}, :"$3"}}]}
       ]
 
       if :ets.select_replace(@table, swap) == 1 do
@@ -104,10 +125,6 @@ defmodule Worker.Functions do
   end
 
   defp tick, do: {System.monotonic_time(:millisecond), :erlang.unique_integer([:monotonic])}
-
-  defp counters, do: :persistent_term.get({__MODULE__, :counters})
-
-  defp id({module, name, _hash}), do: {module, name}
 
   ## Server
 
@@ -121,8 +138,6 @@ defmodule Worker.Functions do
     Store.prune_artifacts()
     :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
     :ets.new(@lru, [:ordered_set, :public, :named_table])
-    # hits, misses, evictions, compiles, artifact loads
-    :persistent_term.put({__MODULE__, :counters}, :counters.new(5, [:write_concurrency]))
 
     {:ok,
      %{
@@ -136,21 +151,22 @@ defmodule Worker.Functions do
   # While a key is loading, later requests for it wait their turn in the
   # load's queue, in order: a delete never races a load (which would write
   # the code back, or cache it again), and a store never takes the result of
-  # a load of other code.
+  # a load of other code. `code` is `{code, code_hash}` or nil; `cause` is
+  # `:miss` (a fetch) or `:store`.
   @impl true
-  def handle_call({:load, key, code}, from, state) do
+  def handle_call({:load, key, code, cause}, from, state) do
     case state.loading do
       %{^key => %{code: running} = load} when is_nil(code) or code == running ->
         {:noreply, put_in(state.loading[key], %{load | waiters: [from | load.waiters]})}
 
       %{^key => load} ->
-        {:noreply,
-         put_in(state.loading[key], %{load | queue: :queue.in({:load, from, code}, load.queue)})}
+        queued = {:load, from, code, cause}
+        {:noreply, put_in(state.loading[key], %{load | queue: :queue.in(queued, load.queue)})}
 
       # as if it had waited: a load that finished since the caller's own
       # lookup missed serves it
       %{} ->
-        {:noreply, drain(state, key, :queue.from_list([{:load, from, code}]))}
+        {:noreply, drain(state, key, :queue.from_list([{:load, from, code, cause}]))}
     end
   end
 
@@ -165,20 +181,8 @@ defmodule Worker.Functions do
     end
   end
 
-  def handle_call(:info, _from, state) do
-    c = counters()
-
-    {:reply,
-     %{
-       entries: :ets.info(@table, :size),
-       bytes: state.bytes,
-       hits: :counters.get(c, 1),
-       misses: :counters.get(c, 2),
-       evictions: :counters.get(c, 3),
-       compiles: :counters.get(c, 4),
-       artifact_loads: :counters.get(c, 5)
-     }, state}
-  end
+  def handle_call(:size, _from, state),
+    do: {:reply, {:ets.info(@table, :size), state.bytes}, state}
 
   def handle_call(:loading, _from, state), do: {:reply, Map.keys(state.loading), state}
 
@@ -201,8 +205,7 @@ defmodule Worker.Functions do
 
   # A loader is a process of its own, monitored: this server never waits
   # on a compile, and a loader that crashes fails its load only.
-  defp start_load(state, key, code, waiters, queue) do
-    :counters.add(counters(), 2, 1)
+  defp start_load(state, key, code, cause, waiters, queue) do
     server = self()
 
     {_pid, ref} =
@@ -213,9 +216,12 @@ defmodule Worker.Functions do
       end)
       |> tap(fn {pid, ref} -> send(pid, {:"$fl_go", ref}) end)
 
-    load = %{ref: ref, code: code, waiters: waiters, queue: queue}
+    load = %{ref: ref, code: code, cause: cause, waiters: waiters, queue: queue}
     put_in(state.loading[key], load)
   end
+
+  defp load(key, nil), do: Loader.load(key)
+  defp load(key, {code, code_hash}), do: Loader.load(key, code, code_hash)
 
   defp finish(state, ref, result) do
     case Enum.find(state.loading, fn {_key, load} -> load.ref == ref end) do
@@ -225,17 +231,17 @@ defmodule Worker.Functions do
       {key, load} ->
         state = %{state | loading: Map.delete(state.loading, key)}
 
-        state =
+        {state, reply} =
           case result do
-            {:ok, module} ->
-              Metrics.cache(id(key), :miss)
-              insert(state, key, module)
+            {:ok, loaded} ->
+              Metrics.loaded(Function.id(key), load.cause, loaded.source)
+              {insert(state, key, loaded), {:ok, loaded.module}}
 
-            _ ->
-              state
+            error ->
+              {state, error}
           end
 
-        Enum.each(load.waiters, &GenServer.reply(&1, result))
+        Enum.each(load.waiters, &GenServer.reply(&1, reply))
         {:noreply, drain(state, key, load.queue)}
     end
   end
@@ -251,14 +257,15 @@ defmodule Worker.Functions do
         GenServer.reply(from, :ok)
         drain(state, key, rest)
 
-      {{:value, {:load, from, code}}, rest} ->
-        case lookup(key) do
-          {:ok, module} when is_nil(code) ->
+      {{:value, {:load, from, code, cause}}, rest} ->
+        case cached(key, code) do
+          {:ok, module} ->
+            if cause == :miss, do: Metrics.cache(Function.id(key), :hit)
             GenServer.reply(from, {:ok, module})
             drain(state, key, rest)
 
-          _ ->
-            start_load(state, key, code, [from], rest)
+          :miss ->
+            start_load(state, key, code, cause, [from], rest)
         end
     end
   end
@@ -273,87 +280,25 @@ defmodule Worker.Functions do
     # the function is loaded (an update deletes the old hash after storing
     # the new one)
     {module, name, _hash} = key
-    if :ets.match(@table, {{module, name, :_}, :_, :_, :_}) == [], do: Metrics.forget(id(key))
+
+    if :ets.match(@table, {{module, name, :_}, :_, :_, :_, :_}) == [],
+      do: Metrics.forget(Function.id(key))
+
     state
   end
 
-  # Runs in a task: artifact, else code (compiled, artifact written).
-  defp load(key, nil) do
-    case Store.get_code(key) do
-      {:ok, code} -> load_code(key, code)
-      :error -> {:error, :code_not_found}
-    end
-  end
-
-  # With code: when this very code is stored and compiled already (a store
-  # repeated, a handler sent code the worker had), nothing is done again.
-  defp load(key, code) do
-    stored? = Store.get_code(key) == {:ok, code}
-
-    case :ets.lookup(@table, key) do
-      [{^key, module, _bytes, _tick}] when stored? ->
-        {:ok, module}
-
-      _ ->
-        with {:ok, module} <- load_code(key, code),
-             :ok <- if(stored?, do: :ok, else: Store.put_code(key, code)) do
-          {:ok, module}
-        end
-    end
-  end
-
-  defp load_code(key, code) do
-    started = System.monotonic_time()
-
-    with :error <- load_artifact(code),
-         {:ok, module} <- Runtime.compile(code) do
-      :counters.add(counters(), 4, 1)
-      Metrics.compile(id(key), System.monotonic_time() - started)
-      save_artifact(code, module)
-      {:ok, module}
-    end
-  end
-
-  defp load_artifact(code) do
-    with {:ok, artifact} <- Store.get_artifact(code),
-         {:ok, module} <- Runtime.load(artifact, byte_size(code)) do
-      :counters.add(counters(), 5, 1)
-      {:ok, module}
-    else
-      {:error, reason} ->
-        Logger.warning(
-          "Worker.Functions: stored artifact refused (#{inspect(reason)}); recompiling"
-        )
-
-        Store.delete_artifact(code)
-        :error
-
-      :error ->
-        :error
-    end
-  end
-
-  defp save_artifact(code, module) do
-    with {:ok, artifact} <- Runtime.serialize(module),
-         :ok <- Store.put_artifact(code, artifact) do
-      :ok
-    else
-      error -> Logger.warning("Worker.Functions: cannot save artifact: #{inspect(error)}")
-    end
-  end
-
-  defp insert(state, key, module) do
+  defp insert(state, key, %{module: module, code_hash: code_hash}) do
     state = evict(state, key)
     tick = tick()
     bytes = module.native_bytes
-    :ets.insert(@table, {key, module, bytes, tick})
+    :ets.insert(@table, {key, module, bytes, tick, code_hash})
     :ets.insert(@lru, {tick, key})
     shrink(%{state | bytes: state.bytes + bytes})
   end
 
   defp evict(state, key) do
     case :ets.take(@table, key) do
-      [{^key, _module, bytes, tick}] ->
+      [{^key, _module, bytes, tick, _code_hash}] ->
         :ets.delete(@lru, tick)
         %{state | bytes: state.bytes - bytes}
 
@@ -378,9 +323,8 @@ defmodule Worker.Functions do
         :ets.delete(@lru, tick)
 
         case :ets.lookup(@table, key) do
-          [{^key, _module, _bytes, ^tick}] ->
-            :counters.add(counters(), 3, 1)
-            Metrics.cache(id(key), :eviction)
+          [{^key, _module, _bytes, ^tick, _code_hash}] ->
+            Metrics.cache(Function.id(key), :eviction)
             shrink(evict(state, key))
 
           _stale ->

@@ -24,7 +24,7 @@ defmodule Worker.Handler do
   `{:error, {:internal, _}}`, and nothing else.
   """
 
-  alias Worker.{Functions, Gate, Invocation, NodeInfo, Request, Stray}
+  alias Worker.{Function, Functions, Gate, Invocation, NodeInfo, Stray}
 
   require Logger
 
@@ -69,86 +69,45 @@ defmodule Worker.Handler do
     {:error, :overloaded}
   end
 
-  @doc "Whether `request` is one this module serves (besides invocations)."
-  @spec request?(term()) :: boolean()
-  def request?({:invoke, _function}), do: true
-  def request?({:store_function, _function}), do: true
-  def request?({:update_function, _prev_hash, _function}), do: true
-  def request?({:delete_function, _name, _module, _hash}), do: true
-  def request?({:set_long_name, _name}), do: true
-  def request?({:set_tag, _tag}), do: true
-  def request?(_), do: false
-
   @doc false
   # Runs in the process `Worker.Server` spawned; `ticket` is its slot in
   # the request gate, made by `:worker` and taken over here.
-  def run(from, ticket, request) do
+  def run(from, ticket, job) do
     # The ticket must stay referenced until the end: a ticket that is
     # garbage is freed at the next collection, and its slot with it.
     ticket = Gate.take(ticket)
-    Process.put(:"$fl_request_ticket", ticket)
-    serve(from, request)
+    serve(from, job, ticket)
     if ticket, do: Gate.leave(ticket)
   end
 
-  # `request` was parsed by :worker already (Worker.Request.function/2)
-  defp serve({caller, _} = from, {:invoke, %{key: _} = request, input}) do
-    case safely(fn -> fetch_and_run(request, input, caller) end) do
-      {:error, :code_not_found} -> await_code(from, request, input)
+  defp serve({caller, _} = from, {:invoke, function, input}, ticket) do
+    case safely(fn -> Invocation.run(function, input, caller) end) do
+      {:error, :code_not_found} -> await_code(from, input, ticket)
       result -> reply(from, result)
     end
   end
 
-  defp serve(from, request), do: reply(from, safely(fn -> handle(request, from) end))
+  defp serve(from, job, _ticket), do: reply(from, safely(fn -> handle(job) end))
 
-  # an invocation whose request must carry the code
-  defp invoke_with_code(function, input, caller) do
-    with {:ok, request} <- Request.function(function, true),
-         do: fetch_and_run(request, input, caller)
-  end
+  defp handle({:store, function}), do: Functions.store(function)
 
-  defp fetch_and_run(request, input, caller) do
-    with {:ok, module} <- Functions.fetch(request.key, request.code) do
-      Invocation.run(request, module, input, caller)
-    end
-  end
+  defp handle({:update, prev_hash, function}) do
+    with :ok <- Functions.store(function) do
+      if prev_hash != function.hash,
+        do: Functions.delete({function.module, function.name, prev_hash})
 
-  defp handle({:invoke, function}, {caller, _}),
-    do: invoke_with_code(function, {:json, "{}"}, caller)
-
-  defp handle({:store_function, function}, _from) do
-    with {:ok, request} <- Request.function(function, true) do
-      Functions.store(request.key, request.code)
-    end
-  end
-
-  defp handle({:update_function, prev_hash, function}, _from) do
-    with {:ok, request} <- Request.function(function, true),
-         true <- is_binary(prev_hash) || {:error, {:bad_request, "prev_hash must be a binary"}},
-         :ok <- Functions.store(request.key, request.code) do
-      {module, name, hash} = request.key
-      if prev_hash != hash, do: Functions.delete({module, name, prev_hash})
       :ok
     end
   end
 
-  defp handle({:delete_function, name, module, hash}, _from)
-       when is_binary(name) and is_binary(module) and is_binary(hash),
-       do: Functions.delete({module, name, hash})
+  defp handle({:delete, key}), do: Functions.delete(key)
 
-  defp handle({:delete_function, _, _, _}, _from),
-    do: {:error, {:bad_request, "name, module and hash must be binaries"}}
-
-  defp handle({:set_long_name, name}, _from) do
-    with {:ok, {name, tag}} <- NodeInfo.set(name, nil), do: {:ok, name, tag}
-  end
-
-  defp handle({:set_tag, tag}, _from) do
-    with {:ok, {name, tag}} <- NodeInfo.set(nil, tag), do: {:ok, name, tag}
+  defp handle({:set_node_info, name, tag}) do
+    with {:ok, {name, tag}} <- NodeInfo.set(name, tag), do: {:ok, name, tag}
   end
 
   # The code handler: holds the arguments until the Core sends the code.
-  defp await_code(from, request, {:json, text} = input) do
+  defp await_code(from, {:json, text} = input, ticket) do
     bytes = :persistent_term.get({__MODULE__, :bytes})
 
     case Gate.enter(bytes, byte_size(text)) do
@@ -158,7 +117,7 @@ defmodule Worker.Handler do
       held ->
         reply(from, {:error, :code_not_found, self()})
         timeout = Application.fetch_env!(:worker, :handler_timeout_ms)
-        await_code(request, input, System.monotonic_time(:millisecond) + timeout)
+        await_code(input, ticket, System.monotonic_time(:millisecond) + timeout)
         Gate.leave(held)
     end
   end
@@ -168,13 +127,15 @@ defmodule Worker.Handler do
   # nobody else can reach, which takes over the request ticket. This one
   # stays until it ends (the Core's call watches this pid), consuming
   # whatever else arrives.
-  defp await_code(request, input, deadline) do
+  defp await_code(input, ticket, deadline) do
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
       {:"$gen_call", {caller, _} = from, {:invoke, function_with_code}} when is_pid(caller) ->
-        ticket = Process.get(:"$fl_request_ticket")
-        run = fn -> invoke_with_code(function_with_code, input, caller) end
+        run = fn ->
+          with {:ok, function} <- Function.parse_with_code(function_with_code),
+               do: Invocation.run(function, input, caller)
+        end
 
         {_pid, monitor} =
           :erlang.spawn_opt(__MODULE__, :run_code, [from, ticket, run], [
@@ -187,11 +148,11 @@ defmodule Worker.Handler do
       {:"$gen_call", {caller, _} = from, other} when is_pid(caller) ->
         Stray.drop("Worker code handler", other)
         reply(from, {:error, {:bad_request, "expected {:invoke, function_with_code}"}})
-        await_code(request, input, deadline)
+        await_code(input, ticket, deadline)
 
       message ->
         Stray.drop("Worker code handler", message)
-        await_code(request, input, deadline)
+        await_code(input, ticket, deadline)
     after
       left -> :ok
     end

@@ -1,30 +1,34 @@
 defmodule Worker.Invocation do
   @moduledoc """
-  Runs one Core invocation of a compiled function: an admission slot
-  around the invocation itself (`Worker.Admission`), then the metrics and
-  the log line of its outcome. `Worker.Handler` calls it, for requests
-  with and without code alike.
+  Runs one Core invocation: the compiled function from `Worker.Functions`
+  (which may compile it, or answer `{:error, :code_not_found}`), then an
+  admission slot (`Worker.Admission`, `FL_MAX_CONCURRENCY`) around the
+  invocation itself, then the metrics and the log line of its outcome.
+  `Worker.Handler` calls it, for requests with and without code alike.
   """
 
-  alias Worker.{Admission, Metrics, Runtime}
+  alias Worker.{Admission, Function, Functions, Metrics, Runtime}
 
   require Logger
 
   @doc """
-  Invokes `module` for `request` (from `Worker.Request.function/2`) with
-  `input` (a term, or `{:json, text}`). `caller` is the process the
-  invocation serves: if it dies, a queued or running invocation is
-  cancelled.
+  Invokes `function` with `input` (a term, or `{:json, text}`). `caller`
+  is the process the invocation serves: if it dies, a queued or running
+  invocation is cancelled.
   """
-  @spec run(Worker.Request.t(), Runtime.Module.t(), term(), pid() | nil) ::
-          {:ok, term()} | {:error, term()}
-  def run(%{key: {module_name, name, _}} = request, module, input, caller) do
+  @spec run(Function.t(), term(), pid() | nil) :: {:ok, term()} | {:error, term()}
+  def run(%Function{} = function, input, caller) do
+    with {:ok, module} <- Functions.fetch(function),
+         do: run(function, module, input, caller)
+  end
+
+  defp run(%Function{module: module_name, name: name} = function, module, input, caller) do
     id = {module_name, name}
     invocation = System.unique_integer([:positive])
     metadata = [fl_module: module_name, fl_function: name, fl_invocation: invocation]
 
     opts = [metadata: metadata, caller: caller]
-    opts = if mb = request.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
+    opts = if mb = function.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
 
     Admission.run(fn -> invoke(id, module, input, opts) end, caller: caller)
     |> log_outcome(metadata)

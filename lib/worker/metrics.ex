@@ -1,6 +1,7 @@
 defmodule Worker.Metrics do
   @moduledoc """
-  The worker's metrics, in the Prometheus text format (version 0.0.4).
+  Records the worker's metrics, in ETS counters that
+  `Worker.Metrics.Prometheus` renders as a Prometheus page.
 
   Per function (labels `module` and `function`):
 
@@ -9,7 +10,8 @@ defmodule Worker.Metrics do
     * `worker_invocation_duration_seconds` - a histogram;
     * `worker_compiles_total` and `worker_compile_duration_seconds`;
     * `worker_cache_hits_total`, `worker_cache_misses_total`,
-      `worker_cache_evictions_total`;
+      `worker_cache_evictions_total` (as `Worker.Functions` defines them:
+      a store is neither a hit nor a miss);
     * `worker_invocations_in_flight`;
     * `worker_http_requests_total{outcome}` - `ok`, `failed`, `refused`;
     * `worker_log_lines_dropped_total`.
@@ -24,7 +26,7 @@ defmodule Worker.Metrics do
   Each function has one ETS row of counters, so recording an invocation is
   one `:ets.update_counter/3` when it starts and one when it ends: cheap
   enough for every invocation. A row is made when the function is loaded
-  into the cache (its compile or its cache miss), never by a later event:
+  into the cache (`loaded/3`: a store, or a miss), never by a later event:
   an event of a function without a row is counted in the shared row below.
 
   **The cap.** At most `FL_METRICS_MAX_FUNCTIONS` functions (default 1 000)
@@ -69,9 +71,12 @@ defmodule Worker.Metrics do
   # The shared row of the functions without one (see the moduledoc).
   @other {:fn, :other}
 
-  # node-wide counters
+  # node-wide counters: pages rendered, folded loads, then the cache's
+  # totals (in cache_totals/0's order)
   @renders 1
   @folded 2
+  @totals [:hits, :misses, :evictions, :compiles, :artifact_loads]
+  @total_at Map.new(Enum.with_index(@totals, 3))
 
   @doc false
   def init do
@@ -86,7 +91,8 @@ defmodule Worker.Metrics do
     :ets.insert(@table, empty_row(@other))
 
     unless :persistent_term.get({__MODULE__, :counters}, nil) do
-      :persistent_term.put({__MODULE__, :counters}, :counters.new(2, [:write_concurrency]))
+      counters = :counters.new(2 + length(@totals), [:write_concurrency])
+      :persistent_term.put({__MODULE__, :counters}, counters)
     end
 
     :ok
@@ -116,8 +122,9 @@ defmodule Worker.Metrics do
   @deleted @dropped + 1
   @row_size @deleted
 
-  @outcome_samples for {outcome, i} <- Enum.with_index(@outcomes),
-                       do: {~s(,outcome="#{outcome}"}), @first_outcome + i}
+  @outcome_at Map.new(Enum.with_index(@outcomes, @first_outcome))
+  @outcome_samples for {outcome, at} <- Enum.with_index(@outcomes, @first_outcome),
+                       do: {~s(,outcome="#{outcome}"}), at}
 
   # `,le="BOUND"}` for each bucket, then +Inf; formatted as number/1 does
   le = fn buckets ->
@@ -162,7 +169,7 @@ defmodule Worker.Metrics do
     micros = System.convert_time_unit(duration, :native, :microsecond)
 
     ops = [
-      {@first_outcome + outcome_index(result), 1},
+      {Map.fetch!(@outcome_at, outcome(result)), 1},
       {@invoke_sum, micros},
       {@first_invoke_bucket + bucket(micros, @invoke_buckets_us, 0), 1}
     ]
@@ -189,13 +196,7 @@ defmodule Worker.Metrics do
     ArgumentError -> :ok
   end
 
-  defp outcome_index({:ok, _}), do: 0
-  defp outcome_index({:error, {:exec_error, _}}), do: 1
-  defp outcome_index({:error, {:trap, _}}), do: 2
-  defp outcome_index({:error, :timeout}), do: 3
-  defp outcome_index(_), do: 4
-
-  @doc "The outcome label of an invocation result."
+  @doc "The outcome label of an invocation result: one of `#{inspect(@outcomes)}`."
   @spec outcome(term()) :: String.t()
   def outcome({:ok, _}), do: "ok"
   def outcome({:error, {:exec_error, _}}), do: "exec_error"
@@ -203,27 +204,62 @@ defmodule Worker.Metrics do
   def outcome({:error, :timeout}), do: "timeout"
   def outcome(_), do: "error"
 
-  @doc "Records a compile and its duration (native time units)."
-  @spec compile(function_id(), integer()) :: :ok
-  def compile(id, duration) do
-    micros = System.convert_time_unit(duration, :native, :microsecond)
-    bucket = bucket(micros, @compile_buckets_us, 0)
+  @doc "Counts a cache hit or eviction (`Worker.Functions`)."
+  @spec cache(function_id(), :hit | :eviction) :: :ok
+  def cache(id, :hit) do
+    total(:hits)
+    record(id, [{@hits, 1}])
+  end
 
-    loaded(
-      id,
-      [{@compiles, 1}, {@compile_sum, micros}, {@first_compile_bucket + bucket, 1}],
-      false
-    )
+  def cache(id, :eviction) do
+    total(:evictions)
+    record(id, [{@evictions, 1}])
   end
 
   @doc """
-  Counts a cache hit, miss or eviction. A miss is a load into the cache:
-  it makes the function's row (see the moduledoc).
+  Counts a load into the cache (`Worker.Functions`): for a fetch that
+  missed (`:miss`) or a store (`:store`), from an artifact or compiled
+  (with the compile's duration, in native time units). It makes the
+  function's row (see the moduledoc).
   """
-  @spec cache(function_id(), :hit | :miss | :eviction) :: :ok
-  def cache(id, :hit), do: record(id, [{@hits, 1}])
-  def cache(id, :miss), do: loaded(id, [{@misses, 1}], true)
-  def cache(id, :eviction), do: record(id, [{@evictions, 1}])
+  @spec loaded(function_id(), :miss | :store, :artifact | {:compiled, integer()}) :: :ok
+  def loaded(id, cause, source) do
+    miss = if cause == :miss, do: [{@misses, 1}], else: []
+    if cause == :miss, do: total(:misses)
+
+    ops =
+      case source do
+        :artifact ->
+          total(:artifact_loads)
+          miss
+
+        {:compiled, duration} ->
+          total(:compiles)
+          micros = System.convert_time_unit(duration, :native, :microsecond)
+          bucket = bucket(micros, @compile_buckets_us, 0)
+          [{@compiles, 1}, {@compile_sum, micros}, {@first_compile_bucket + bucket, 1} | miss]
+      end
+
+    loaded_row(id, ops)
+  end
+
+  @doc """
+  The cache's counts since the start, for the whole node: they stay when
+  a function's row goes.
+  """
+  @spec cache_totals() :: %{
+          hits: non_neg_integer(),
+          misses: non_neg_integer(),
+          evictions: non_neg_integer(),
+          compiles: non_neg_integer(),
+          artifact_loads: non_neg_integer()
+        }
+  def cache_totals do
+    c = counters()
+    Map.new(@total_at, fn {name, i} -> {name, :counters.get(c, i)} end)
+  end
+
+  defp total(name), do: :counters.add(counters(), Map.fetch!(@total_at, name), 1)
 
   @doc "Records what `Worker.Runtime.invoke_with_stats/3` reports besides the result."
   @spec invocation_stats(function_id(), Worker.Runtime.Stats.t()) :: :ok
@@ -282,10 +318,10 @@ defmodule Worker.Metrics do
       :ok
   end
 
-  # A load (compile, miss): makes the row, room permitting. A row still
-  # marked deleted is a function stored again: it starts afresh, keeping
-  # only what is in flight (whose ends count in it).
-  defp loaded(id, ops, count_fold?) do
+  # A load: makes the row, room permitting. A row still marked deleted is
+  # a function stored again: it starts afresh, keeping only what is in
+  # flight (whose ends count in it).
+  defp loaded_row(id, ops) do
     key = {:fn, id}
     _ = :ets.select_replace(@table, [{deleted_pattern(key), [], [revived_row(key)]}])
 
@@ -297,7 +333,7 @@ defmodule Worker.Metrics do
         if :ets.info(@table, :size) - 1 < Application.fetch_env!(:worker, :metrics_max_functions) do
           :ets.update_counter(@table, key, ops, empty_row(key))
         else
-          if count_fold?, do: :counters.add(counters(), @folded, 1)
+          :counters.add(counters(), @folded, 1)
           :ets.update_counter(@table, @other, ops)
         end
     end
@@ -335,318 +371,38 @@ defmodule Worker.Metrics do
   defp bucket(micros, [_ | bounds], i), do: bucket(micros, bounds, i + 1)
   defp bucket(_micros, [], i), do: i
 
-  ## Rendering
+  @doc false
+  # The row layout, for Worker.Metrics.Prometheus: positions (1-based, as
+  # :ets.update_counter/3 counts them) and histogram bounds.
+  def layout do
+    %{
+      other: @other,
+      in_flight: @in_flight,
+      outcomes: @outcome_samples,
+      invoke_sum: @invoke_sum,
+      first_invoke_bucket: @first_invoke_bucket,
+      invoke_les: @invoke_les,
+      hits: @hits,
+      misses: @misses,
+      evictions: @evictions,
+      compiles: @compiles,
+      compile_sum: @compile_sum,
+      first_compile_bucket: @first_compile_bucket,
+      compile_les: @compile_les,
+      http_ok: @http_ok,
+      http_failed: @http_failed,
+      http_refused: @http_refused,
+      dropped: @dropped,
+      deleted: @deleted
+    }
+  end
 
-  @doc """
-  The CPU utilization for the page. `:cpu_sup` measures it since the
-  calling process's last call: call it from a long-lived process.
-  """
-  @spec cpu_utilization() :: number()
-  def cpu_utilization, do: safe(fn -> :cpu_sup.util() end, 0)
-
-  @doc """
-  The whole page, in the Prometheus text exposition format 0.0.4. Option
-  `:cpu_utilization`: the figure to show, as `cpu_utilization/0` read it
-  in a long-lived process (a render in a fresh one would read garbage).
-  """
-  @spec render(keyword()) :: iodata()
-  def render(opts \\ []) do
+  @doc false
+  # For Worker.Metrics.Prometheus: every row, sorted by key, and the
+  # node-wide count of folded loads; a render is counted.
+  def snapshot do
     :counters.add(counters(), @renders, 1)
-    cpu = Keyword.get_lazy(opts, :cpu_utilization, &cpu_utilization/0)
-
-    # each row once, its labels escaped once, shared by all its lines
-    rows =
-      for row <- @table |> :ets.tab2list() |> Enum.sort_by(&elem(&1, 0)), shown?(row) do
-        {row_labels(elem(row, 0)), row}
-      end
-
-    [
-      os_metrics(cpu),
-      node_metrics(),
-      counter(rows, "worker_invocations_total", "Invocations by outcome.", @outcome_samples),
-      histogram(
-        rows,
-        "worker_invocation_duration_seconds",
-        "Invocation duration.",
-        @invoke_sum,
-        @first_invoke_bucket,
-        @invoke_les
-      ),
-      counter(
-        rows,
-        "worker_compiles_total",
-        "Compiles (a miss served from an artifact is not one).",
-        [{"}", @compiles}]
-      ),
-      histogram(
-        rows,
-        "worker_compile_duration_seconds",
-        "Compile duration.",
-        @compile_sum,
-        @first_compile_bucket,
-        @compile_les
-      ),
-      for {pos, name} <- [{@hits, "hits"}, {@misses, "misses"}, {@evictions, "evictions"}] do
-        counter(rows, "worker_cache_#{name}_total", "Compiled-module cache #{name}.", [{"}", pos}])
-      end,
-      [
-        header("worker_invocations_in_flight", "Invocations running now.", "gauge")
-        | for {labels, row} <- rows do
-            sample("worker_invocations_in_flight", labels, "}", elem(row, @in_flight - 1))
-          end
-      ],
-      counter(
-        rows,
-        "worker_http_requests_total",
-        "Outbound HTTP requests by outcome.",
-        [{",outcome=\"ok\"}", @http_ok}] ++
-          [{",outcome=\"failed\"}", @http_failed}, {",outcome=\"refused\"}", @http_refused}]
-      ),
-      counter(
-        rows,
-        "worker_log_lines_dropped_total",
-        "Function log lines dropped over the caps.",
-        [{"}", @dropped}]
-      ),
-      [
-        header(
-          "worker_metrics_functions_folded_total",
-          "Loads of functions with no room for a row of their own (FL_METRICS_MAX_FUNCTIONS): their figures go to the _other row.",
-          "counter"
-        ),
-        "worker_metrics_functions_folded_total ",
-        Integer.to_string(:counters.get(counters(), @folded)),
-        "\n"
-      ]
-    ]
+    rows = @table |> :ets.tab2list() |> Enum.sort_by(&elem(&1, 0))
+    {rows, :counters.get(counters(), @folded)}
   end
-
-  # A deleted function's row is gone from the page once nothing of it is in
-  # flight (even before it leaves the table); the shared row shows once used.
-  defp shown?(row) when elem(row, 0) == @other,
-    do: Enum.any?(@in_flight..@dropped, &(elem(row, &1 - 1) != 0))
-
-  defp shown?(row), do: elem(row, @deleted - 1) == 0 or elem(row, @in_flight - 1) != 0
-
-  # `{module="...",function="..."`: the labels of a row's lines, open for
-  # more, one binary
-  defp row_labels(@other), do: ~s({module="_other",function="_other")
-
-  defp row_labels({:fn, {module, function}}) do
-    IO.iodata_to_binary([~s({module="), escape(module), ~s(",function="), escape(function), ~s(")])
-  end
-
-  defp header(name, help, type), do: "# HELP #{name} #{help}\n# TYPE #{name} #{type}\n"
-
-  defp sample(name, labels, rest, n), do: [name, labels, rest, " ", Integer.to_string(n), "\n"]
-
-  # A counter family: for each row, a line per `{labels_rest, position}`
-  # whose count is above 0.
-  defp counter(rows, name, help, samples) do
-    lines =
-      for {labels, row} <- rows, {rest, pos} <- samples, n = elem(row, pos - 1), n > 0 do
-        sample(name, labels, rest, n)
-      end
-
-    [header(name, help, "counter") | lines]
-  end
-
-  # Cumulative buckets, sum and count, for each row with any bucket above 0.
-  defp histogram(rows, name, help, sum_pos, first, les) do
-    {bucket, sum, count} = {name <> "_bucket", name <> "_sum", name <> "_count"}
-    last = first + length(les) - 1
-
-    [
-      header(name, help, "histogram")
-      | for {labels, row} <- rows, Enum.any?(first..last, &(elem(row, &1 - 1) > 0)) do
-          {lines, total} =
-            les
-            |> Enum.with_index(first - 1)
-            |> Enum.map_reduce(0, fn {le, i}, acc ->
-              acc = acc + elem(row, i)
-              {sample(bucket, labels, le, acc), acc}
-            end)
-
-          [
-            lines,
-            [sum, labels, "} ", number(elem(row, sum_pos - 1) / 1_000_000), "\n"],
-            sample(count, labels, "}", total)
-          ]
-        end
-    ]
-  end
-
-  # The names the FunLess Core reads from Prometheus, as the FunLess worker
-  # (PromEx's os_mon plugin) exports them.
-  defp os_metrics(cpu_utilization) do
-    memory = safe(fn -> :memsup.get_system_memory_data() end, [])
-    prefix = "worker_prom_ex_os_mon_resources_"
-
-    [
-      gauge(prefix <> "cpu_utilization", "CPU utilization, percent.", cpu_utilization),
-      gauge(
-        prefix <> "available_mem",
-        "Available memory, bytes.",
-        memory[:available_memory] || 0
-      ),
-      gauge(prefix <> "free_mem", "Free memory, bytes.", memory[:free_memory] || 0),
-      gauge(prefix <> "total_mem", "Total memory, bytes.", memory[:total_memory] || 0),
-      gauge(
-        prefix <> "load_avg1",
-        "Load average over 1 minute.",
-        safe(fn -> :cpu_sup.avg1() / 256 end, 0)
-      ),
-      gauge(
-        prefix <> "load_avg5",
-        "Load average over 5 minutes.",
-        safe(fn -> :cpu_sup.avg5() / 256 end, 0)
-      ),
-      gauge(
-        prefix <> "load_avg15",
-        "Load average over 15 minutes.",
-        safe(fn -> :cpu_sup.avg15() / 256 end, 0)
-      )
-    ]
-  end
-
-  defp node_metrics do
-    admission =
-      safe(fn -> Worker.Admission.info() end, %{
-        running: 0,
-        waiting: 0,
-        overloaded: 0,
-        expired: 0,
-        cancelled: 0
-      })
-
-    requests =
-      safe(fn -> Worker.Handler.info() end, %{requests: 0, handler_bytes: 0, overloaded: 0})
-
-    stray = safe(fn -> Worker.Stray.count() end, 0)
-
-    runtime =
-      safe(fn -> Worker.Runtime.stats() end, %{
-        in_flight: 0,
-        slice_bounds_us: [],
-        slice_buckets: [],
-        slice_count: 0,
-        slice_sum_us: 0
-      })
-
-    [
-      gauge("worker_beam_memory_bytes", "Memory allocated by the BEAM.", :erlang.memory(:total)),
-      gauge(
-        "worker_beam_processes",
-        "Processes on the node.",
-        :erlang.system_info(:process_count)
-      ),
-      gauge(
-        "worker_beam_run_queue",
-        "Processes ready to run.",
-        :erlang.statistics(:total_run_queue_lengths)
-      ),
-      gauge(
-        "worker_admission_running",
-        "Invocations holding an admission slot.",
-        admission.running
-      ),
-      gauge(
-        "worker_admission_queue_length",
-        "Invocations waiting for a slot.",
-        admission.waiting
-      ),
-      [
-        "# HELP worker_admission_overloaded_total Invocations refused with :overloaded.\n",
-        "# TYPE worker_admission_overloaded_total counter\n",
-        "worker_admission_overloaded_total #{admission.overloaded}\n"
-      ],
-      node_counter(
-        "worker_admission_expired_total",
-        "Invocations that waited FL_QUEUE_TIMEOUT_MS for a slot and were dropped.",
-        admission.expired
-      ),
-      node_counter(
-        "worker_admission_cancelled_total",
-        "Queued invocations whose caller died.",
-        admission.cancelled
-      ),
-      gauge(
-        "worker_requests_in_flight",
-        "Core requests being served, code handlers included (at most FL_MAX_REQUESTS).",
-        requests.requests
-      ),
-      node_counter(
-        "worker_requests_overloaded_total",
-        "Core requests refused with :overloaded at FL_MAX_REQUESTS or FL_HANDLER_MAX_MB.",
-        requests.overloaded
-      ),
-      gauge(
-        "worker_handler_bytes",
-        "Bytes of arguments held by code_not_found handlers.",
-        requests.handler_bytes
-      ),
-      node_counter(
-        "worker_stray_messages_total",
-        "Messages nobody asked for, dropped (casts, malformed calls, system messages).",
-        stray
-      ),
-      gauge(
-        "worker_runtime_in_flight",
-        "Invocations alive in the native runtime.",
-        runtime.in_flight
-      ),
-      slice_histogram(runtime)
-    ]
-  end
-
-  # The native runtime's histogram of time slices, cumulative since the VM
-  # started: reading it resets nothing.
-  defp slice_histogram(runtime) do
-    name = "worker_runtime_slice_seconds"
-
-    buckets =
-      for {bound, count} <- Enum.zip(runtime.slice_bounds_us, runtime.slice_buckets) do
-        [name, "_bucket{le=\"", number(bound / 1_000_000), "\"} ", number(count), "\n"]
-      end
-
-    [
-      header(name, "How long a guest held a scheduler, each time slice.", "histogram"),
-      buckets,
-      [name, "_bucket{le=\"+Inf\"} ", number(runtime.slice_count), "\n"],
-      [name, "_sum ", number(runtime.slice_sum_us / 1_000_000), "\n"],
-      [name, "_count ", number(runtime.slice_count), "\n"]
-    ]
-  end
-
-  # A figure that cannot be had (os_mon not running, an error tuple) is the
-  # default: one missing figure never takes the page down.
-  defp safe(fun, default) do
-    case fun.() do
-      value when is_number(value) or is_map(value) or is_list(value) -> value
-      _ -> default
-    end
-  catch
-    _, _ -> default
-  end
-
-  defp node_counter(name, help, value) do
-    [header(name, help, "counter"), name, " ", number(value), "\n"]
-  end
-
-  defp gauge(name, help, value) do
-    [header(name, help, "gauge"), name, " ", number(value), "\n"]
-  end
-
-  @doc "Escapes a label value: backslash, double quote and newline."
-  @spec escape(String.t()) :: String.t()
-  def escape(value) do
-    value
-    |> to_string()
-    |> String.replace("\\", "\\\\")
-    |> String.replace("\"", "\\\"")
-    |> String.replace("\n", "\\n")
-  end
-
-  defp number(n) when is_integer(n), do: Integer.to_string(n)
-  defp number(n) when is_float(n), do: :erlang.float_to_binary(n, [:short])
 end

@@ -1,57 +1,75 @@
 defmodule Worker.Request do
   @moduledoc """
-  Reads the function descriptions the FunLess Core sends: its own structs
-  (`%Data.FunctionStruct{name, module, code, hash, metadata}` with
-  `metadata` a `%Data.FunctionMetadata{tag, capacity}`) or plain maps with
-  the same keys. The Core's modules need not be loaded here: structs are
-  maps, and only the keys are read.
+  The FunLess Core's requests to `:worker`, read into the jobs
+  `Worker.Handler` runs. Everything a request carries is checked here,
+  once, before any process is spawned for it.
+
+  | request | job |
+  |---|---|
+  | `:get_info` | `:get_info` |
+  | `{:invoke, function, args}` | `{:invoke, function, input}` |
+  | `{:invoke, function_with_code}` | `{:invoke, function, input}`, with args `%{}` |
+  | `{:store_function, function_with_code}` | `{:store, function}` |
+  | `{:update_function, prev_hash, function_with_code}` | `{:update, prev_hash, function}` |
+  | `{:delete_function, name, module, hash}` | `{:delete, key}` |
+  | `{:set_long_name, name}` | `{:set_node_info, name, nil}` |
+  | `{:set_tag, tag}` | `{:set_node_info, nil, tag}` |
+
+  `function` is a `Worker.Function`; `input` the arguments as JSON text,
+  `{:json, text}` (`Worker.Runtime.encode_args/1`): encoded once, up to
+  the input cap, so a huge term is refused at the door and the job holds
+  one compact binary.
   """
 
-  @max_name 1024
+  alias Worker.{Function, Runtime}
 
-  @type t :: %{
-          key: Worker.Store.key(),
-          code: binary() | nil,
-          capacity_mb: non_neg_integer() | nil
-        }
+  @type job ::
+          :get_info
+          | {:invoke, Function.t(), {:json, binary()}}
+          | {:store, Function.t()}
+          | {:update, binary(), Function.t()}
+          | {:delete, Function.key()}
+          | {:set_node_info, term(), term()}
 
-  @doc "Validates a function description; `code_required` says whether it must carry code."
-  @spec function(term(), boolean()) :: {:ok, t()} | {:error, {:bad_request, String.t()}}
-  def function(fun, code_required \\ false)
+  @typedoc "A request whose content is wrong: the Core gets `{:error, reason}`."
+  @type refusal :: {:bad_request, String.t()} | {:invalid_args, String.t()}
 
-  def function(%{name: name, module: module, hash: hash} = fun, code_required) do
-    code = Map.get(fun, :code)
+  @doc """
+  The job for `request`; `{:error, reason}` for a known request with bad
+  content; `:unknown` for anything else.
+  """
+  @spec parse(term()) :: {:ok, job()} | {:error, refusal()} | :unknown
+  def parse(:get_info), do: {:ok, :get_info}
 
-    cond do
-      not text?(name) or name == "" ->
-        bad("name must be non-empty UTF-8 text of at most #{@max_name} bytes")
-
-      not text?(module) ->
-        bad("module must be UTF-8 text of at most #{@max_name} bytes")
-
-      not is_binary(hash) or hash == "" or byte_size(hash) > 256 ->
-        bad("hash must be a binary of 1 to 256 bytes")
-
-      not (is_nil(code) or is_binary(code)) ->
-        bad("code must be a binary")
-
-      code_required and is_nil(code) ->
-        bad("code is missing")
-
-      true ->
-        {:ok, %{key: {module, name, hash}, code: code, capacity_mb: capacity(fun)}}
-    end
+  def parse({:invoke, function, args}) do
+    with {:ok, function} <- Function.parse(function),
+         {:ok, input} <- Runtime.encode_args(args),
+         do: {:ok, {:invoke, function, input}}
   end
 
-  def function(_other, _code_required), do: bad("expected a map with name, module and hash")
+  def parse({:invoke, function}) do
+    with {:ok, function} <- Function.parse_with_code(function),
+         do: {:ok, {:invoke, function, {:json, "{}"}}}
+  end
 
-  defp text?(value),
-    do: is_binary(value) and byte_size(value) <= @max_name and String.valid?(value)
+  def parse({:store_function, function}) do
+    with {:ok, function} <- Function.parse_with_code(function), do: {:ok, {:store, function}}
+  end
 
-  defp capacity(%{metadata: %{capacity: capacity}}) when is_integer(capacity) and capacity > 0,
-    do: capacity
+  def parse({:update_function, prev_hash, function}) do
+    with {:ok, function} <- Function.parse_with_code(function),
+         true <- is_binary(prev_hash) || bad("prev_hash must be a binary"),
+         do: {:ok, {:update, prev_hash, function}}
+  end
 
-  defp capacity(_), do: nil
+  def parse({:delete_function, name, module, hash})
+      when is_binary(name) and is_binary(module) and is_binary(hash),
+      do: {:ok, {:delete, {module, name, hash}}}
+
+  def parse({:delete_function, _, _, _}), do: bad("name, module and hash must be binaries")
+  def parse({:set_long_name, name}), do: {:ok, {:set_node_info, name, nil}}
+  def parse({:set_tag, tag}), do: {:ok, {:set_node_info, nil, tag}}
+  def parse(_other), do: :unknown
 
   defp bad(reason), do: {:error, {:bad_request, reason}}
 end

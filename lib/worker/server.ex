@@ -12,14 +12,13 @@ defmodule Worker.Server do
   | `:get_info` | `{:ok, long_name, tag}` |
   | `{:set_long_name, name}`, `{:set_tag, tag}` | `{:ok, long_name, tag}` or `{:error, {:bad_request, reason}}` |
 
-  It only dispatches. `:get_info` is answered here, from memory. Every
-  other request gets a process of its own (`Worker.Handler`), which
-  replies to the Core directly; `:worker` never waits on one. Before it
-  spawns that process it checks what it can check cheaply: the request's
-  shape, its arguments (encoded as JSON once, up to the input cap, so a
-  huge term is refused at the door and the handler gets one compact
-  binary), and the bound on requests served at once (`FL_MAX_REQUESTS`,
-  past which the reply is `{:error, :overloaded}`).
+  It only dispatches. `Worker.Request` reads each request into a job,
+  checking everything it carries (a bad one is answered at once).
+  `:get_info` is answered here, from memory. Every other job gets a
+  process of its own (`Worker.Handler`), which replies to the Core
+  directly; `:worker` never waits on one. Jobs are bounded by the requests
+  served at once (`FL_MAX_REQUESTS`, past which the reply is
+  `{:error, :overloaded}`).
 
   It is a plain process, not a `GenServer`: it must survive every message
   any node can send it. Casts, calls with a malformed reply address,
@@ -27,7 +26,7 @@ defmodule Worker.Server do
   (`Worker.Stray`). Unknown calls get `{:error, {:bad_request, _}}`.
   """
 
-  alias Worker.{Gate, Handler, NodeInfo, Request, Runtime, Stray}
+  alias Worker.{Gate, Handler, NodeInfo, Request, Stray}
 
   @doc false
   def child_spec(opts),
@@ -58,37 +57,32 @@ defmodule Worker.Server do
     __MODULE__.loop()
   end
 
-  defp handle(:get_info, from) do
-    {name, tag} = NodeInfo.get()
-    reply(from, {:ok, name, tag})
-  end
-
-  defp handle({:invoke, function, args}, from) do
-    with {:ok, request} <- Request.function(function),
-         {:ok, input} <- Runtime.encode_args(args) do
-      spawn_handler(from, {:invoke, request, input})
-    else
-      error -> reply(from, error)
-    end
-  end
-
   defp handle(request, from) do
-    if Handler.request?(request) do
-      spawn_handler(from, request)
-    else
-      Stray.drop("Worker.Server", request)
-      reply(from, {:error, {:bad_request, "unknown request"}})
+    case Request.parse(request) do
+      {:ok, :get_info} ->
+        {name, tag} = NodeInfo.get()
+        reply(from, {:ok, name, tag})
+
+      {:ok, job} ->
+        spawn_handler(from, job)
+
+      {:error, _} = refused ->
+        reply(from, refused)
+
+      :unknown ->
+        Stray.drop("Worker.Server", request)
+        reply(from, {:error, {:bad_request, "unknown request"}})
     end
   end
 
-  defp spawn_handler(from, request) do
+  defp spawn_handler(from, job) do
     case Gate.enter(Handler.gate()) do
       nil ->
         reply(from, Handler.overloaded())
 
       ticket ->
         try do
-          :erlang.spawn_opt(Handler, :run, [from, ticket, request], min_heap_size: 1024)
+          :erlang.spawn_opt(Handler, :run, [from, ticket, job], min_heap_size: 1024)
         rescue
           # the VM's process table is full
           SystemLimitError -> reply(from, Handler.overloaded())

@@ -15,24 +15,34 @@ defmodule Mix.Tasks.Compile.WorkerNativeTest do
 
     cargo = Path.join(dir, "fake-cargo")
 
+    # Like cargo, it builds into CARGO_TARGET_DIR (from its working
+    # directory) when that is set.
     File.write!(cargo, """
     #!/bin/sh
     echo "$@" >> "#{dir}/cargo-calls"
     if [ -f "#{dir}/cargo-fails" ]; then echo "error[E0425]: cannot find value"; exit 101; fi
-    mkdir -p "#{dir}/target/release"
-    echo "library built at $(date +%s%N)" > "#{dir}/target/release/libworker_nif.so"
-    echo "compiler built" > "#{dir}/target/release/fl-compile"
+    out="${CARGO_TARGET_DIR:-target}/release"
+    mkdir -p "$out"
+    echo "library built at $(date +%s%N)" > "$out/libworker_nif.so"
+    echo "compiler built" > "$out/fl-compile"
     """)
 
     File.chmod!(cargo, 0o755)
-    previous = System.get_env("CARGO")
-    System.put_env("CARGO", cargo)
-
-    on_exit(fn ->
-      if previous, do: System.put_env("CARGO", previous), else: System.delete_env("CARGO")
-    end)
+    # the real target directory, if the suite runs with one, is left alone
+    set_env("CARGO_TARGET_DIR", nil)
+    set_env("CARGO", cargo)
 
     %{dir: dir}
+  end
+
+  # Sets (or, with nil, unsets) a variable for this test only.
+  defp set_env(name, value) do
+    previous = System.get_env(name)
+    if value, do: System.put_env(name, value), else: System.delete_env(name)
+
+    on_exit(fn ->
+      if previous, do: System.put_env(name, previous), else: System.delete_env(name)
+    end)
   end
 
   defp compile(dir, args \\ []) do
@@ -111,5 +121,21 @@ defmodule Mix.Tasks.Compile.WorkerNativeTest do
 
     assert output =~ "error[E0425]"
     refute File.exists?(Path.join(dir, "priv/native/worker_nif.so"))
+  end
+
+  test "installs what cargo built in CARGO_TARGET_DIR", %{dir: dir} do
+    set_env("CARGO_TARGET_DIR", Path.join(dir, "elsewhere"))
+    assert compile(dir) == {:ok, []}
+    assert File.exists?(Path.join(dir, "elsewhere/release/libworker_nif.so"))
+    refute File.exists?(Path.join(dir, "target"))
+    assert installed(dir) =~ "library built"
+    assert File.read!(Path.join(dir, "priv/native/fl-compile")) =~ "compiler built"
+  end
+
+  test "a relative CARGO_TARGET_DIR is taken from the project, where cargo runs", %{dir: dir} do
+    set_env("CARGO_TARGET_DIR", "relative")
+    assert compile(dir) == {:ok, []}
+    assert File.exists?(Path.join(dir, "relative/release/libworker_nif.so"))
+    assert installed(dir) =~ "library built"
   end
 end

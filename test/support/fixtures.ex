@@ -4,14 +4,15 @@ defmodule Worker.Test.Fixtures do
   wasm32-wasip1, and the WAT files in `test/fixtures/`.
   """
 
+  alias Worker.MixCargo
+
   @root Path.expand("../..", __DIR__)
   @functions Path.join(@root, "functions")
-  @wasm_dir Path.join([@functions, "target", "wasm32-wasip1", "release"])
 
   @doc "Builds every example function (incrementally); raises with cargo's output on failure."
   def build_functions! do
     {output, status} =
-      System.cmd("cargo", ["build", "--release", "--target", "wasm32-wasip1"],
+      System.cmd(MixCargo.cargo!(), ["build", "--release", "--target", "wasm32-wasip1"],
         cd: @functions,
         stderr_to_stdout: true
       )
@@ -24,7 +25,11 @@ defmodule Worker.Test.Fixtures do
   end
 
   @doc "The Wasm binary of an example function, e.g. `wasm!(\"hello\")`."
-  def wasm!(name), do: File.read!(Path.join(@wasm_dir, name <> ".wasm"))
+  def wasm!(name), do: File.read!(wasm_path(name))
+
+  @doc "Where cargo puts the Wasm binary of an example function."
+  def wasm_path(name),
+    do: Path.join(MixCargo.release_dir(@functions, "wasm32-wasip1"), name <> ".wasm")
 
   @doc "The text of `test/fixtures/NAME.wat`."
   def wat!(name), do: File.read!(Path.join([@root, "test", "fixtures", name <> ".wat"]))

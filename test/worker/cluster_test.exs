@@ -2,25 +2,12 @@ defmodule Worker.ClusterTest do
   # Joining the Core with OTP alone: listed nodes, DNS, and reconnection.
   use ExUnit.Case, async: false
 
+  import Worker.Test.Helpers, only: [eventually: 1]
   alias Worker.Test.Cluster
 
   @moduletag :tmp_dir
 
   defp connected?(node, other), do: other in :erpc.call(node, Node, :list, [])
-
-  defp eventually(fun, tries \\ 200) do
-    cond do
-      fun.() ->
-        true
-
-      tries == 0 ->
-        false
-
-      true ->
-        Process.sleep(25)
-        eventually(fun, tries - 1)
-    end
-  end
 
   test "connects to FL_CORE_NODES, and reconnects after losing one", %{tmp_dir: dir} do
     {core_peer, core} =

@@ -4,33 +4,11 @@ defmodule Worker.HostileTest do
   # bombs. Each test failed before its fix.
   use ExUnit.Case, async: false
 
-  import Worker.Test.Fixtures
+  import Worker.Test.{Core, Fixtures, Helpers}
   alias Worker.Test.Cluster
 
   @moduletag :tmp_dir
   @timeout 60_000
-
-  defp call(node, msg, timeout \\ @timeout), do: GenServer.call({:worker, node}, msg, timeout)
-  defp remote(node, m, f, a), do: :erpc.call(node, m, f, a)
-
-  defp function(name, wasm, opts \\ []) do
-    %{
-      name: name,
-      module: "hostile",
-      code: if(Keyword.get(opts, :code, true), do: wasm),
-      hash: :crypto.hash(:sha256, wasm)
-    }
-  end
-
-  defp without_code(fun), do: %{fun | code: nil}
-
-  defp eventually(fun, tries \\ 200) do
-    cond do
-      fun.() -> true
-      tries == 0 -> false
-      true -> Process.sleep(10) && eventually(fun, tries - 1)
-    end
-  end
 
   defp running(node), do: remote(node, Worker.Admission, :info, []).running
 
@@ -330,10 +308,4 @@ defmodule Worker.HostileTest do
 
   defp leb(n) when n < 128, do: <<n>>
   defp leb(n), do: <<1::1, Bitwise.band(n, 127)::7, leb(Bitwise.bsr(n, 7))::binary>>
-
-  defp rss(node) do
-    os_pid = remote(node, :os, :getpid, [])
-    {text, 0} = System.cmd("ps", ["-o", "rss=", "-p", List.to_string(os_pid)])
-    String.to_integer(String.trim(text)) * 1024
-  end
 end

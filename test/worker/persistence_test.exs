@@ -3,16 +3,10 @@ defmodule Worker.PersistenceTest do
   # info are on disk before the reply, and a restarted worker serves them.
   use ExUnit.Case, async: false
 
-  import Worker.Test.Fixtures
+  import Worker.Test.{Core, Fixtures}
   alias Worker.Test.Cluster
 
   @moduletag :tmp_dir
-
-  defp call(node, msg), do: GenServer.call({:worker, node}, msg, 60_000)
-
-  defp function(name, wasm) do
-    %{name: name, module: "persist", hash: :crypto.hash(:sha3_256, wasm), code: wasm}
-  end
 
   defp restart!(node, dir, env \\ []) do
     Cluster.kill!(node)

@@ -20,6 +20,7 @@ defmodule Worker.ServerTest do
   use ExUnit.Case, async: false
 
   import Worker.Test.Fixtures
+  import Worker.Test.Core, only: [call: 2, without_code: 1, remote: 4]
   alias Worker.Test.Cluster
 
   @moduletag :tmp_dir
@@ -31,8 +32,6 @@ defmodule Worker.ServerTest do
     %{node: node, peer: peer, dir: dir}
   end
 
-  defp call(node, msg), do: GenServer.call({:worker, node}, msg, @timeout)
-
   defp function(name, wasm, opts \\ []) do
     %Data.FunctionStruct{
       name: name,
@@ -42,10 +41,6 @@ defmodule Worker.ServerTest do
       metadata: %Data.FunctionMetadata{tag: "default", capacity: Keyword.get(opts, :capacity, -1)}
     }
   end
-
-  defp without_code(fun), do: %{fun | code: nil}
-
-  defp remote(node, m, f, a), do: :erpc.call(node, m, f, a)
 
   test "store, then invoke without code", %{node: node} do
     hello = function("hello", wasm!("hello"))

@@ -12,30 +12,42 @@ defmodule Mix.Tasks.Worker.Invoke do
     * `--timeout MS` - the invocation's timeout (default 30 000);
     * `--max-memory MB` - its memory limit (default 128).
 
-  Lines the function logs are printed as they come. Exits with status 1 if
-  the module does not compile or the invocation fails.
+  Lines the function logs are printed as they come. Exits with status 1,
+  after one line on stderr, if the file cannot be read, the arguments are
+  not JSON, the module does not compile or the invocation fails.
+
+  It starts only the runtime, not the worker: no `:worker` process, no
+  cluster and no metrics endpoint (nor `os_mon`), so it runs beside a
+  worker node that holds the metrics port, and writes nothing to the data
+  directory.
   """
   use Mix.Task
   require Logger
 
   @impl true
   def run(argv) do
-    {opts, args, _} = OptionParser.parse(argv, strict: [timeout: :integer, max_memory: :integer])
+    {opts, args, invalid} =
+      OptionParser.parse(argv, strict: [timeout: :integer, max_memory: :integer])
 
     {path, json} =
-      case args do
-        [path] -> {path, "{}"}
-        [path, json] -> {path, json}
-        _ -> Mix.raise("usage: mix worker.invoke PATH.wasm [JSON]")
+      case {args, invalid} do
+        {[path], []} -> {path, "{}"}
+        {[path, json], []} -> {path, json}
+        _ -> fail("usage: mix worker.invoke [--timeout MS] [--max-memory MB] PATH.wasm [JSON]")
       end
 
-    Mix.Task.run("app.start")
-    wasm = File.read!(path)
+    wasm =
+      case File.read(path) do
+        {:ok, wasm} -> wasm
+        {:error, reason} -> fail("cannot read #{path}: #{:file.format_error(reason)}")
+      end
+
+    start_runtime()
 
     input =
       case Worker.JSON.decode(json) do
         {:ok, input} -> input
-        {:error, reason} -> Mix.raise("the arguments are not valid JSON: #{reason}")
+        {:error, reason} -> fail("the arguments are not valid JSON: #{reason}")
       end
 
     {compile_us, compiled} = :timer.tc(fn -> Worker.Runtime.compile(wasm) end)
@@ -74,6 +86,14 @@ defmodule Mix.Tasks.Worker.Invoke do
       {:error, reason} ->
         fail("error:   #{inspect(reason)}")
     end
+  end
+
+  # What Worker.Application does for the runtime, and nothing else: the
+  # settings (with their defaults). The NIF loads with Worker.Native.
+  defp start_runtime do
+    Mix.Task.run("app.config")
+    Worker.Config.apply_defaults()
+    Worker.Config.configure_runtime()
   end
 
   defp ms(us), do: :io_lib.format("~.3f ms", [us / 1000]) |> IO.iodata_to_binary()

@@ -1,9 +1,11 @@
 defmodule Worker.Metrics.Endpoint do
   @moduledoc """
   The worker's HTTP endpoint, on `:inets` httpd (`FL_METRICS_PORT`, default
-  4021 as in FunLess; 0 disables it):
+  4021 as in FunLess; 0 disables it), on the interface of `FL_METRICS_ADDR`
+  (an IPv4 or IPv6 address; by default every IPv4 interface, since the
+  Core's Prometheus scrapes the worker from another host):
 
-    * `GET /metrics` - `Worker.Metrics.render/1`, Prometheus text 0.0.4;
+    * `GET /metrics` - `Worker.Metrics.Prometheus.render/1`, Prometheus text 0.0.4;
     * `GET /healthz` - 200 while the node is up;
     * `GET /readyz` - 200 once the native runtime is loaded and `:worker`
       is registered, 503 before.
@@ -56,6 +58,8 @@ defmodule Worker.Metrics.Endpoint do
         {:ok, state}
 
       port ->
+        # :any (every IPv4 interface), or an IPv4 or IPv6 address
+        address = Application.fetch_env!(:worker, :metrics_addr)
         # CPU and memory figures for the page
         {:ok, _} = Application.ensure_all_started(:os_mon)
         root = Path.join(System.tmp_dir!(), "fl-worker-httpd")
@@ -69,8 +73,8 @@ defmodule Worker.Metrics.Endpoint do
               server_name: ~c"fl-worker",
               server_root: String.to_charlist(root),
               document_root: String.to_charlist(root),
-              bind_address: :any,
-              ipfamily: :inet,
+              bind_address: address,
+              ipfamily: family(address),
               modules: [__MODULE__],
               keep_alive: true,
               max_clients: 64
@@ -81,6 +85,9 @@ defmodule Worker.Metrics.Endpoint do
         {:ok, %{state | httpd: pid}}
     end
   end
+
+  defp family(address) when tuple_size(address) == 8, do: :inet6
+  defp family(_address), do: :inet
 
   @impl true
   def handle_call(:port, _from, %{httpd: nil} = state), do: {:reply, nil, state}
@@ -94,11 +101,14 @@ defmodule Worker.Metrics.Endpoint do
 
   def handle_call(:page, from, %{render: nil} = state) do
     # read here, in this long-lived process (see the moduledoc)
-    cpu = Worker.Metrics.cpu_utilization()
+    cpu = Worker.Metrics.Prometheus.cpu_utilization()
 
     {pid, ref} =
       spawn_monitor(fn ->
-        exit({:"$fl_page", IO.iodata_to_binary(Worker.Metrics.render(cpu_utilization: cpu))})
+        exit(
+          {:"$fl_page",
+           IO.iodata_to_binary(Worker.Metrics.Prometheus.render(cpu_utilization: cpu))}
+        )
       end)
 
     # a render that hangs (os_mon stuck, say) is killed, and answered

@@ -3,6 +3,7 @@ defmodule Worker.Runtime.ConcurrencyTest do
   use ExUnit.Case, async: false
 
   import Worker.Test.Fixtures
+  import Worker.Test.Helpers, only: [eventually: 1]
   alias Worker.Runtime
 
   test "200 concurrent invocations of one module from separate processes" do
@@ -71,10 +72,9 @@ defmodule Worker.Runtime.ConcurrencyTest do
         spawn(fn -> Runtime.invoke(spin, %{}, timeout: 60_000) end)
       end
 
-    wait_until(fn -> Runtime.stats().in_flight >= baseline + 10 end)
+    assert eventually(fn -> Runtime.stats().in_flight >= baseline + 10 end)
     Enum.each(pids, &Process.exit(&1, :kill))
-    wait_until(fn -> Runtime.stats().in_flight == baseline end)
-    assert Runtime.stats().in_flight == baseline
+    assert eventually(fn -> Runtime.stats().in_flight == baseline end)
   end
 
   defp ping_worst_latency(until, worst) do
@@ -92,20 +92,6 @@ defmodule Worker.Runtime.ConcurrencyTest do
       Process.demonitor(Process.monitor(pid), [:flush])
       Process.sleep(1)
       ping_worst_latency(until, max(worst, System.monotonic_time(:microsecond) - started))
-    end
-  end
-
-  defp wait_until(fun, tries \\ 500) do
-    cond do
-      fun.() ->
-        :ok
-
-      tries == 0 ->
-        flunk("condition never held")
-
-      true ->
-        Process.sleep(10)
-        wait_until(fun, tries - 1)
     end
   end
 end

@@ -6,6 +6,7 @@ defmodule Worker.Runtime.SoakTest do
   @moduletag timeout: 300_000
 
   import Worker.Test.Fixtures
+  import Worker.Test.Helpers, only: [rss: 0]
   alias Worker.Runtime
 
   @invocations 20_000
@@ -35,11 +36,6 @@ defmodule Worker.Runtime.SoakTest do
       ets: length(:ets.all()),
       in_flight: Runtime.stats().in_flight
     }
-  end
-
-  defp rss do
-    [_, resident | _] = File.read!("/proc/self/statm") |> String.split()
-    String.to_integer(resident) * 4096
   end
 
   defp settle do

@@ -29,20 +29,32 @@ defmodule Mix.Tasks.Worker.Bench do
   """
   use Mix.Task
 
-  alias Worker.Runtime
+  alias Worker.{MixCargo, Runtime}
 
-  @functions Path.expand("../../../functions", __DIR__)
-  @wasm_dir Path.join(@functions, "target/wasm32-wasip1/release")
-  @noop Path.expand("../../../test/fixtures/noop.wat", __DIR__)
+  @root Path.expand("..", __DIR__)
+  @functions Path.join(@root, "functions")
+  @noop Path.join(@root, "test/fixtures/noop.wat")
   @in_flight 900
 
   @impl true
   def run(argv) do
-    {opts, _, _} = OptionParser.parse(argv, strict: [quick: :boolean, out: :string])
+    {opts, _, _} =
+      OptionParser.parse(argv,
+        strict: [quick: :boolean, dist: :boolean, out: :string, worker_args: :string]
+      )
+
     scale = if opts[:quick], do: 0.1, else: 1.0
+    worker_args = String.split(opts[:worker_args] || "")
+    build_functions!()
+    dist = distribution(scale, worker_args)
+    table = if opts[:dist], do: dist, else: dist <> "\n" <> local(scale)
+    IO.puts(table)
+    if out = opts[:out], do: File.write!(out, table)
+  end
+
+  defp local(scale) do
     data = Path.join(System.tmp_dir!(), "fl-bench-#{System.unique_integer([:positive])}")
     Application.put_env(:worker, :data_dir, data)
-    build_functions!()
     build_floor!()
     Mix.Task.run("app.start")
     Logger.configure(level: :error)
@@ -51,9 +63,8 @@ defmodule Mix.Tasks.Worker.Bench do
     seconds = max(round(2 * scale), 1)
 
     cases = [
-      {"hello", File.read!(Path.join(@wasm_dir, "hello.wasm")), %{"name" => "FunLess"},
-       ~s({"name":"FunLess"})},
-      {"echo", File.read!(Path.join(@wasm_dir, "echo.wasm")), %{"a" => [1, 2, 3], "b" => "text"},
+      {"hello", File.read!(wasm_path("hello")), %{"name" => "FunLess"}, ~s({"name":"FunLess"})},
+      {"echo", File.read!(wasm_path("echo")), %{"a" => [1, 2, 3], "b" => "text"},
        ~s({"a":[1,2,3],"b":"text"})},
       {"noop", File.read!(@noop), %{}, "{}"}
     ]
@@ -159,10 +170,239 @@ defmodule Mix.Tasks.Worker.Bench do
         {beam, floor_hello.median}
       )
 
-    IO.puts(table)
-    if out = opts[:out], do: File.write!(out, table)
     File.rm_rf(data)
+    table
   end
+
+  ## Over distribution
+
+  # The Core's view, as a FunLess Core sees the worker: this VM stands in
+  # for the Core, and a `:peer` node on loopback runs the worker
+  # application, `:worker` registered, as a worker node does. Every path is
+  # measured in turns with the others (blocks of each, round after round),
+  # so that the drift of a shared machine hits them alike.
+  defp distribution(scale, worker_args) do
+    Mix.Task.run("compile")
+    started_here = ensure_distributed!()
+    {peer, node, data} = start_worker_node!(worker_args)
+
+    try do
+      measure_distribution(node, scale, worker_args)
+    after
+      :peer.stop(peer)
+      File.rm_rf(data)
+      if started_here, do: :net_kernel.stop()
+    end
+  end
+
+  defp measure_distribution(node, scale, worker_args) do
+    wasm = File.read!(wasm_path("hello"))
+    args = %{"name" => "FunLess"}
+    function = core_function("hello", wasm)
+    worker = {:worker, node}
+    :ok = GenServer.call(worker, {:store_function, %{function | code: wasm}}, 60_000)
+
+    bare = Node.spawn(node, fn -> bare_loop(fn request -> request end) end)
+    spawner = Node.spawn(node, fn -> bare_loop({:spawn, fn request -> request end}) end)
+    invoke = fn -> {:ok, _} = GenServer.call(worker, {:invoke, function, args}, 60_000) end
+
+    calls = [
+      bare: fn -> :ping = GenServer.call(bare, :ping) end,
+      spawner: fn -> :ping = GenServer.call(spawner, :ping) end,
+      invoke: invoke
+    ]
+
+    # the same request, from a process on the worker node: no distribution
+    in_vm = fn k ->
+      :erpc.call(node, fn -> durations(k, fn -> {:ok, _} = server_invoke(function, args) end) end)
+    end
+
+    n = round(10_000 * scale)
+    info("over distribution: #{n} calls per path, in turns, to #{node}")
+    samplers = Enum.map(calls, fn {name, call} -> {name, &durations(&1, call)} end)
+    latency = alternating_latency(samplers ++ [in_vm: in_vm], n, 10)
+
+    ms = if scale < 1, do: 150, else: 500
+    rounds = if scale < 1, do: 2, else: 3
+    info("over distribution: throughput, #{ms} ms per point, #{rounds} rounds")
+    rates = alternating_rates(calls, [1, 2, 8, 64], ms, rounds)
+
+    {:ok, reply} = GenServer.call(worker, {:invoke, function, args}, 60_000)
+
+    sizes = %{
+      request: :erlang.external_size({:invoke, function, args}),
+      reply: :erlang.external_size({:ok, reply})
+    }
+
+    Process.exit(bare, :kill)
+    Process.exit(spawner, :kill)
+    dist_report(latency, rates, sizes, worker_args)
+  end
+
+  # The function as the Core sends it to invoke: its `%Data.FunctionStruct{}`
+  # with metadata and without code (the Core's modules need not exist here:
+  # a struct is a map).
+  defp core_function(name, wasm) do
+    %{
+      __struct__: Data.FunctionStruct,
+      name: name,
+      module: "bench",
+      hash: :crypto.hash(:sha3_256, wasm),
+      code: nil,
+      metadata: %{
+        __struct__: Data.FunctionMetadata,
+        tag: "default",
+        capacity: -1,
+        params: [],
+        main_func: nil,
+        miniSL_services: [],
+        miniSL_equation: {}
+      }
+    }
+  end
+
+  # true when this call made this VM a distributed node
+  defp ensure_distributed! do
+    if Node.alive?() do
+      false
+    else
+      {_, 0} = System.cmd("epmd", ["-daemon"])
+      {:ok, _} = :net_kernel.start([:"fl_bench_core_#{System.pid()}@127.0.0.1", :longnames])
+      true
+    end
+  end
+
+  # A worker node, booted as test/support/cluster.ex boots one: this VM's
+  # code path, the application environment set before the application
+  # starts. `worker_args` are extra emulator flags (`+sbwt none`, say).
+  defp start_worker_node!(worker_args) do
+    paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+
+    {:ok, peer, node} =
+      :peer.start(%{
+        name: :"fl_bench_worker_#{System.pid()}",
+        host: ~c"127.0.0.1",
+        longnames: true,
+        args: Enum.map(worker_args, &String.to_charlist/1) ++ paths
+      })
+
+    data = Path.join(System.tmp_dir!(), "fl-bench-node-#{System.unique_integer([:positive])}")
+    :ok = :erpc.call(node, Application, :load, [:worker])
+
+    for {key, value} <- [data_dir: data, metrics_port: 0] do
+      :ok = :erpc.call(node, Application, :put_env, [:worker, key, value])
+    end
+
+    :ok = :erpc.call(node, Application, :put_env, [:logger, :level, :error])
+    {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:worker])
+    {peer, node, data}
+  end
+
+  # `samplers` are `{name, fn k -> k durations end}`; each runs `rounds`
+  # blocks, in turns, after a warm-up.
+  defp alternating_latency(samplers, n, rounds) do
+    Enum.each(samplers, fn {_, sample} -> sample.(max(div(n, 10), 1)) end)
+    block = max(div(n, rounds), 1)
+
+    Enum.reduce(1..rounds, %{}, fn _, acc ->
+      Enum.reduce(samplers, acc, fn {name, sample}, acc ->
+        durations = sample.(block)
+        Map.update(acc, name, durations, &(durations ++ &1))
+      end)
+    end)
+    |> Map.new(fn {name, durations} -> {name, summary(durations)} end)
+  end
+
+  # Calls/s of each path at each number of callers, the median of `rounds`
+  # turns; within a round, the paths follow each other at each count.
+  defp alternating_rates(calls, counts, ms, rounds) do
+    Enum.reduce(1..rounds, %{}, fn _, acc ->
+      for callers <- counts, {name, call} <- calls, reduce: acc do
+        acc ->
+          rate = rate_ms(callers, ms, call)
+          Map.update(acc, {name, callers}, [rate], &[rate | &1])
+      end
+    end)
+    |> Map.new(fn {key, rates} -> {key, Enum.at(Enum.sort(rates), div(length(rates), 2))} end)
+  end
+
+  # ns per call, of k calls
+  defp durations(k, fun) do
+    for _ <- 1..k do
+      started = System.monotonic_time(:nanosecond)
+      fun.()
+      System.monotonic_time(:nanosecond) - started
+    end
+  end
+
+  defp summary(durations) do
+    sorted = Enum.sort(durations)
+    n = length(sorted)
+    %{median: Enum.at(sorted, div(n, 2)) / 1000, p99: Enum.at(sorted, div(n * 99, 100)) / 1000}
+  end
+
+  # Calls/s from `callers` processes for about `ms`, over the time they
+  # actually took (the last one stops after its call in flight).
+  defp rate_ms(callers, ms, fun) do
+    started = System.monotonic_time(:microsecond)
+    until = started + ms * 1000
+    parent = self()
+
+    for _ <- 1..callers do
+      spawn_link(fn -> send(parent, {:count, call_until(fun, until, 0)}) end)
+    end
+
+    total = Enum.reduce(1..callers, 0, fn _, acc -> receive(do: ({:count, n} -> acc + n)) end)
+    total * 1_000_000 / (System.monotonic_time(:microsecond) - started)
+  end
+
+  defp call_until(fun, until, n) do
+    if System.monotonic_time(:microsecond) >= until do
+      n
+    else
+      fun.()
+      call_until(fun, until, n + 1)
+    end
+  end
+
+  defp dist_report(latency, rates, sizes, worker_args) do
+    bare = latency.bare.median
+    sequential = latency.invoke.median / bare
+    at_64 = rates[{:invoke, 64}] / rates[{:bare, 64}]
+    flags = if worker_args == [], do: "none", else: "`#{Enum.join(worker_args, " ")}`"
+
+    rows = [
+      {"bare call: `GenServer.call` to a process on the worker node that replies at once",
+       latency.bare},
+      {"bare call, replied by a process spawned per call (`:worker`'s shape, no work)",
+       latency.spawner},
+      {"`:worker {:invoke, ...}` from the Core (hello)", latency.invoke},
+      {"`:worker {:invoke, ...}` from a process on the worker node (no distribution)",
+       latency.in_vm}
+    ]
+
+    """
+    ### Over distribution (a Core node calls a worker node on loopback)
+
+    This VM stands in for the Core; a `:peer` node on 127.0.0.1 runs the
+    worker application (extra emulator flags on the worker node: #{flags}).
+
+    | path | median µs | p99 µs | × bare call |
+    |---|---:|---:|---:|
+    #{Enum.map_join(rows, "\n", fn {path, l} -> "| #{path} | #{fmt(l.median)} | #{fmt(l.p99)} | #{fmt(l.median / bare)} |" end)}
+
+    | Core callers | bare calls/s | spawn-and-reply calls/s | invocations/s | invocations / bare calls |
+    |---:|---:|---:|---:|---:|
+    #{Enum.map_join([1, 2, 8, 64], "\n", fn c -> "| #{c} | #{round(rates[{:bare, c}])} | #{round(rates[{:spawner, c}])} | #{round(rates[{:invoke, c}])} | #{fmt(rates[{:invoke, c}] / rates[{:bare, c}])} |" end)}
+
+    - sequential invocation / bare call: #{fmt(sequential)}× (target at most 1.3×: #{met(sequential <= 1.3)})
+    - invocations / bare calls at 64 callers: #{fmt(at_64)}× (target at least 0.75×: #{met(at_64 >= 0.75)})
+    - what crosses the link (external term format): the request #{sizes.request} bytes, the reply #{sizes.reply} bytes
+    """
+  end
+
+  defp met(true), do: "met"
+  defp met(false), do: "not met"
 
   ## Paths
 
@@ -324,8 +564,7 @@ defmodule Mix.Tasks.Worker.Bench do
     # keep them alive until measured
     _ = length(modules)
 
-    {:ok, sleeper} =
-      Runtime.compile(File.read!(Path.expand("../../../test/fixtures/wasi_sleep.wat", __DIR__)))
+    {:ok, sleeper} = Runtime.compile(File.read!(Path.join(@root, "test/fixtures/wasi_sleep.wat")))
 
     # a first wave on fresh pool slots, then a second on the slots it warmed
     collect_all()
@@ -362,8 +601,8 @@ defmodule Mix.Tasks.Worker.Bench do
   ## Floor
 
   defp floor!(name, json, iterations, threads, env \\ []) do
-    path = if name == "noop", do: @noop, else: Path.join(@wasm_dir, name <> ".wasm")
-    bin = Path.expand("../../../target/release/floor", __DIR__)
+    path = if name == "noop", do: @noop, else: wasm_path(name)
+    bin = Path.join(MixCargo.release_dir(@root), "floor")
 
     {out, 0} =
       System.cmd(bin, [path, json, Integer.to_string(iterations), Integer.to_string(threads)],
@@ -382,24 +621,24 @@ defmodule Mix.Tasks.Worker.Bench do
     }
   end
 
-  defp build_floor! do
-    {_, 0} =
-      System.cmd(
-        "cargo",
-        ["build", "--release", "--quiet", "-p", "worker_runtime", "--bin", "floor"],
-        cd: Path.expand("../../..", __DIR__),
-        into: IO.stream(:stdio, :line),
-        stderr_to_stdout: true
-      )
-  end
+  defp build_floor!,
+    do: cargo_build!(@root, ["--quiet", "-p", "worker_runtime", "--bin", "floor"])
 
-  defp build_functions! do
-    {_, 0} =
-      System.cmd("cargo", ["build", "--release", "--quiet", "--target", "wasm32-wasip1"],
-        cd: @functions,
+  defp build_functions!,
+    do: cargo_build!(@functions, ["--quiet", "--target", "wasm32-wasip1"])
+
+  defp wasm_path(name),
+    do: Path.join(MixCargo.release_dir(@functions, "wasm32-wasip1"), name <> ".wasm")
+
+  defp cargo_build!(workspace, args) do
+    {_, status} =
+      System.cmd(MixCargo.cargo!(), ["build", "--release" | args],
+        cd: workspace,
         into: IO.stream(:stdio, :line),
         stderr_to_stdout: true
       )
+
+    if status != 0, do: Mix.raise("cargo build failed in #{workspace} (exit status #{status})")
   end
 
   ## Report

@@ -1,0 +1,126 @@
+defmodule Worker.FunctionsTest do
+  # The cache of this node's application: what it serves, and what it counts.
+  use ExUnit.Case, async: false
+
+  import Worker.Test.Fixtures
+  alias Worker.{Function, Functions, Store}
+
+  setup do
+    %{hello: unique(wasm!("hello")), name: "f#{System.unique_integer([:positive])}"}
+  end
+
+  # The module with a custom section of its own: code no test compiled
+  # before, so that no artifact of it is stored.
+  defp unique(wasm) do
+    name = "t#{System.unique_integer([:positive])}"
+    wasm <> <<0, byte_size(name) + 1, byte_size(name), name::binary>>
+  end
+
+  defp function(name, code, opts \\ []) do
+    %Function{
+      module: "functions_test",
+      name: name,
+      hash: Keyword.get(opts, :hash, "h"),
+      code: code
+    }
+  end
+
+  # what changed in Functions.info/0 while `fun` ran
+  defp counted(fun) do
+    before = Functions.info()
+    fun.()
+    later = Functions.info()
+    keys = [:hits, :misses, :compiles, :artifact_loads, :evictions]
+    Map.new(keys, &{&1, later[&1] - before[&1]})
+  end
+
+  test "store, store again, invoke with code, invoke: one compile, two hits, no miss",
+       %{hello: hello, name: name} do
+    f = function(name, hello)
+
+    counts =
+      counted(fn ->
+        assert Functions.store(f) == :ok
+        assert Functions.store(f) == :ok
+        assert {:ok, module} = Functions.fetch(f)
+        assert {:ok, ^module} = Functions.fetch(%{f | code: nil})
+      end)
+
+    assert counts == %{hits: 2, misses: 0, compiles: 1, artifact_loads: 0, evictions: 0}
+  end
+
+  test "a hot module is served by its code's hash, without the disk", %{hello: hello, name: name} do
+    f = function(name, hello)
+    assert Functions.store(f) == :ok
+    # the stored copy goes; the cache still knows the code
+    File.rm!(Store.code_path(Function.key(f)))
+
+    assert counted(fn -> assert {:ok, _} = Functions.fetch(f) end) ==
+             %{hits: 1, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
+  end
+
+  test "other code under the same key is a miss, and is loaded", %{hello: hello, name: name} do
+    f = function(name, hello)
+    assert Functions.store(f) == :ok
+    other = function(name, unique(wasm!("echo")))
+
+    assert %{misses: 1, hits: 0, compiles: 1} =
+             counted(fn -> assert {:ok, _module} = Functions.fetch(other) end)
+
+    # and that is what is stored and cached now
+    assert Store.get_code(Function.key(f)) == {:ok, other.code}
+    assert %{hits: 1, misses: 0} = counted(fn -> Functions.fetch(%{f | code: nil}) end)
+  end
+
+  test "stored code, not cached: a miss served from the artifact", %{hello: hello, name: name} do
+    f = function(name, hello)
+    # on disk as a store leaves it, as a restarted worker finds it
+    assert Functions.store(f) == :ok
+    key = Function.key(f)
+    Functions.delete(key)
+    :ok = Store.put_code(key, hello)
+
+    assert counted(fn -> assert {:ok, _} = Functions.fetch(%{f | code: nil}) end) ==
+             %{hits: 0, misses: 1, compiles: 0, artifact_loads: 1, evictions: 0}
+  end
+
+  test "unknown functions: code_not_found, nothing counted", %{name: name} do
+    assert counted(fn ->
+             assert Functions.fetch(function(name, nil)) == {:error, :code_not_found}
+           end) == %{hits: 0, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
+  end
+
+  test "invalid code is refused and neither stored nor cached", %{name: name} do
+    f = function(name, "not wasm")
+    assert {:error, {:invalid_module, _}} = Functions.store(f)
+    assert Store.get_code(Function.key(f)) == :error
+    assert Functions.fetch(%{f | code: nil}) == {:error, :code_not_found}
+  end
+
+  test "delete forgets cache and code", %{hello: hello, name: name} do
+    f = function(name, hello)
+    assert Functions.store(f) == :ok
+    assert Functions.delete(Function.key(f)) == :ok
+    assert Store.get_code(Function.key(f)) == :error
+    assert Functions.fetch(%{f | code: nil}) == {:error, :code_not_found}
+    # deleting what is not there is fine
+    assert Functions.delete(Function.key(f)) == :ok
+  end
+
+  test "concurrent fetches of one stored function load it once", %{hello: hello, name: name} do
+    f = function(name, hello)
+    key = Function.key(f)
+    :ok = Store.put_code(key, hello)
+
+    counts =
+      counted(fn ->
+        1..20
+        |> Enum.map(fn _ -> Task.async(fn -> Functions.fetch(%{f | code: nil}) end) end)
+        |> Task.await_many()
+        |> Enum.each(&assert {:ok, _} = &1)
+      end)
+
+    assert counts.compiles + counts.artifact_loads == 1
+    assert counts.misses == 1
+  end
+end
