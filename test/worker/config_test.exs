@@ -32,13 +32,15 @@ defmodule Worker.ConfigTest do
     "FL_HTTP_ALLOW" => "127.0.0.1:8080, [::1]",
     "FL_LOG_LINES_PER_S" => "24",
     "FL_METRICS_PORT" => "25",
+    "FL_METRICS_ADDR" => "127.0.0.1",
     "FL_METRICS_MAX_FUNCTIONS" => "26",
     "FL_POOL_INSTANCES" => "27",
     "FL_MEMORY_CAP_MB" => "28",
     "FL_MAX_MODULE_MB" => "29",
     "FL_EPOCH_TICK_US" => "30",
     "FL_POOL_KEEP_RESIDENT_KB" => "31",
-    "FL_LOG_LEVEL" => "debug"
+    "FL_LOG_LEVEL" => "debug",
+    "FL_LOG_FORMAT" => "json"
   }
 
   test "from_env reads every variable" do
@@ -66,6 +68,7 @@ defmodule Worker.ConfigTest do
              http_allow: ["127.0.0.1:8080", "[::1]"],
              log_lines_per_s: 24,
              metrics_port: 25,
+             metrics_addr: {127, 0, 0, 1},
              metrics_max_functions: 26,
              pool_instances: 27,
              memory_cap_bytes: 28 * @mib,
@@ -75,6 +78,7 @@ defmodule Worker.ConfigTest do
            ]
 
     assert Config.log_level(@every) == :debug
+    assert Config.log_format(@every) == "json"
     assert Enum.sort(Config.variables()) == Enum.sort(Map.keys(@every))
   end
 

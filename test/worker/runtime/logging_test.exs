@@ -61,6 +61,7 @@ defmodule Worker.Runtime.LoggingTest do
     {:ok, log} = File.open(#{inspect(log)}, [:write, :utf8])
     Logger.configure_backend(:console, device: log, format: "$metadata$message\\n", metadata: [:fl_stream])
     Logger.configure(level: :info)
+    :ok = Worker.Runtime.configure(Worker.Runtime.default_settings())
     {:ok, module} = Worker.Runtime.compile(File.read!(#{inspect(wasm_path("logger"))}))
     {:ok, %{"logged" => 2}} = Worker.Runtime.invoke(module, %{lines: 2, message: "quiet"})
     Logger.flush()
