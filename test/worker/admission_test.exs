@@ -235,6 +235,30 @@ defmodule Worker.AdmissionTest do
     assert order == Enum.to_list(1..6)
   end
 
+  @tag max: 1
+  test "a newcomer does not overtake a waiter while a freed slot is handed over", %{
+    server: server
+  } do
+    r1 = running_runner(1)
+    r2 = queued_runner(2, 1)
+
+    # the slot is free, but the server has not handed it to r2 yet
+    :erlang.suspend_process(server)
+    release(r1)
+    assert_receive {:done, 1, {:ran, 1}}
+    assert counts() == %{running: 0, waiting: 1}
+    r3 = runner(3)
+    refute_receive {:running, 3}, 100
+    :erlang.resume_process(server)
+
+    assert_receive {:running, 2}, 5_000
+    refute_received {:running, 3}
+    release(r2)
+    assert_receive {:running, 3}, 5_000
+    release(r3)
+    assert_receive {:done, 3, {:ran, 3}}
+  end
+
   test "a request to the server that is not a wait is refused; the server lives on", %{
     server: server
   } do
