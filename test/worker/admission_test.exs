@@ -5,6 +5,7 @@ defmodule Worker.AdmissionTest do
   # starts its own server, and puts the application's back afterwards.
   use ExUnit.Case, async: false
 
+  import Worker.Test.Helpers, only: [eventually: 1]
   alias Worker.Admission
 
   @settings [:max_concurrency, :queue_limit, :queue_timeout_ms]
@@ -54,14 +55,6 @@ defmodule Worker.AdmissionTest do
   end
 
   defp release(pid), do: send(pid, :release)
-
-  defp eventually(fun, tries \\ 500) do
-    cond do
-      fun.() -> true
-      tries == 0 -> false
-      true -> Process.sleep(10) && eventually(fun, tries - 1)
-    end
-  end
 
   # Starts runner `id` and waits until it is queued as the `n`th waiter.
   defp queued_runner(id, n, opts \\ []) do
