@@ -16,10 +16,7 @@ defmodule Worker.MixProject do
       start_permanent: Mix.env() == :prod,
       compilers: [:worker_native] ++ Mix.compilers(),
       deps: [],
-      # os_mon is started by Worker.Metrics.Endpoint, only when metrics are on
-      xref: [exclude: [:cpu_sup, :memsup]],
-      # os_mon ships in the release, but starts only with the metrics endpoint
-      releases: [worker: [include_executables_for: [:unix], applications: [os_mon: :load]]],
+      releases: [worker: [include_executables_for: [:unix]]],
       aliases: aliases(),
       test_coverage: [ignore_modules: [Worker.Test.Fixtures]],
       elixirc_paths: elixirc_paths(Mix.env())

@@ -5,10 +5,6 @@ import Config
 config :logger, :console,
   metadata: [:fl_module, :fl_function, :fl_invocation, :fl_outcome, :fl_stream]
 
-# CPU and memory figures for /metrics; the disk and OS-message supervisors
-# are not needed.
-config :os_mon, start_disksup: false, start_os_sup: false
-
 # As documented: `info` unless FL_LOG_LEVEL says otherwise (config/runtime.exs).
 # At `debug`, every invocation is logged, which costs more than it does.
 config :logger, level: :info

@@ -85,7 +85,7 @@ defmodule Worker.ReleaseJSONLogsTest do
       assert line["level"] == "info"
       assert line["fl_module"] == "json"
       assert line["fl_function"] == ~s(log "q"\nline)
-      assert is_integer(line["fl_invocation"]) or is_binary(line["fl_invocation"])
+      assert is_integer(line["fl_invocation"])
       assert line["pid"] =~ "#PID<"
     end
 

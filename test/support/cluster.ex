@@ -8,7 +8,9 @@ defmodule Worker.Test.Cluster do
   def ensure_distributed! do
     unless Node.alive?() do
       {_, 0} = System.cmd("epmd", ["-daemon"])
-      {:ok, _} = :net_kernel.start([:"core_test@127.0.0.1", :longnames])
+      # a name of this VM's own, so that suites running at once never clash
+      name = :"core_test_#{:os.getpid()}@127.0.0.1"
+      {:ok, _} = :net_kernel.start([name, :longnames])
     end
 
     :ok

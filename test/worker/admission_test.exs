@@ -5,6 +5,7 @@ defmodule Worker.AdmissionTest do
   # starts its own server, and puts the application's back afterwards.
   use ExUnit.Case, async: false
 
+  import Worker.Test.Helpers, only: [eventually: 1]
   alias Worker.Admission
 
   @settings [:max_concurrency, :queue_limit, :queue_timeout_ms]
@@ -54,14 +55,6 @@ defmodule Worker.AdmissionTest do
   end
 
   defp release(pid), do: send(pid, :release)
-
-  defp eventually(fun, tries \\ 500) do
-    cond do
-      fun.() -> true
-      tries == 0 -> false
-      true -> Process.sleep(10) && eventually(fun, tries - 1)
-    end
-  end
 
   # Starts runner `id` and waits until it is queued as the `n`th waiter.
   defp queued_runner(id, n, opts \\ []) do
@@ -233,6 +226,30 @@ defmodule Worker.AdmissionTest do
       end
 
     assert order == Enum.to_list(1..6)
+  end
+
+  @tag max: 1
+  test "a newcomer does not overtake a waiter while a freed slot is handed over", %{
+    server: server
+  } do
+    r1 = running_runner(1)
+    r2 = queued_runner(2, 1)
+
+    # the slot is free, but the server has not handed it to r2 yet
+    :erlang.suspend_process(server)
+    release(r1)
+    assert_receive {:done, 1, {:ran, 1}}
+    assert counts() == %{running: 0, waiting: 1}
+    r3 = runner(3)
+    refute_receive {:running, 3}, 100
+    :erlang.resume_process(server)
+
+    assert_receive {:running, 2}, 5_000
+    refute_received {:running, 3}
+    release(r2)
+    assert_receive {:running, 3}, 5_000
+    release(r3)
+    assert_receive {:done, 3, {:ran, 3}}
   end
 
   test "a request to the server that is not a wait is refused; the server lives on", %{

@@ -2,20 +2,13 @@ defmodule Worker.GateTest do
   # Each test makes its own gate: nothing global is touched.
   use ExUnit.Case, async: true
 
+  import Worker.Test.Helpers, only: [eventually: 1]
   alias Worker.Gate
 
   defp used(gate), do: Gate.info(gate).used
 
   # Waits for `fun` to hold (a ticket is freed with its holder's heap, just
   # after the holder is reported down).
-  defp eventually(fun, tries \\ 500) do
-    cond do
-      fun.() -> true
-      tries == 0 -> false
-      true -> Process.sleep(10) && eventually(fun, tries - 1)
-    end
-  end
-
   # Runs `fun` in a process of its own, which then waits to be told to end.
   defp holder(fun) do
     parent = self()

@@ -15,8 +15,9 @@ defmodule Worker.Metrics.Endpoint do
   after the render ends: scrapes that arrive while it renders wait for it,
   and all get that same binary. So however many scrapes come at once, the
   node holds one page, and renders at most once per second plus the time
-  a render takes. `:cpu_sup` measures since its caller's last call, so
-  this long-lived server reads the CPU figure for each render.
+  a render takes. The CPU figure is measured since its reader's last call
+  (`Worker.Metrics.OS`), so this long-lived server reads it for each
+  render.
   """
   use GenServer
 
@@ -60,8 +61,6 @@ defmodule Worker.Metrics.Endpoint do
       port ->
         # :any (every IPv4 interface), or an IPv4 or IPv6 address
         address = Application.fetch_env!(:worker, :metrics_addr)
-        # CPU and memory figures for the page
-        {:ok, _} = Application.ensure_all_started(:os_mon)
         root = Path.join(System.tmp_dir!(), "fl-worker-httpd")
         File.mkdir_p!(root)
 
@@ -111,7 +110,7 @@ defmodule Worker.Metrics.Endpoint do
         )
       end)
 
-    # a render that hangs (os_mon stuck, say) is killed, and answered
+    # a render that hangs (a server stuck, say) is killed, and answered
     Process.send_after(self(), {:"$fl_render_deadline", ref, pid}, @render_deadline_ms)
     {:noreply, %{state | render: ref, waiters: [from]}}
   end

@@ -7,6 +7,7 @@ defmodule Worker.Metrics.Prometheus do
   """
 
   alias Worker.Metrics
+  alias Worker.Metrics.OS
 
   # where each figure sits in a function's row
   layout = Metrics.layout()
@@ -30,11 +31,12 @@ defmodule Worker.Metrics.Prometheus do
   @deleted layout.deleted
 
   @doc """
-  The CPU utilization for the page. `:cpu_sup` measures it since the
-  calling process's last call: call it from a long-lived process.
+  The CPU utilization for the page, measured since the calling process's
+  last call (`Worker.Metrics.OS.cpu_utilization/0`): call it from a
+  long-lived process.
   """
   @spec cpu_utilization() :: number()
-  def cpu_utilization, do: safe(fn -> :cpu_sup.util() end, 0)
+  def cpu_utilization, do: OS.cpu_utilization()
 
   @doc """
   The whole page, in the Prometheus text exposition format 0.0.4. Option
@@ -171,7 +173,8 @@ defmodule Worker.Metrics.Prometheus do
   # The names the FunLess Core reads from Prometheus, as the FunLess worker
   # (PromEx's os_mon plugin) exports them.
   defp os_metrics(cpu_utilization) do
-    memory = safe(fn -> :memsup.get_system_memory_data() end, [])
+    memory = OS.memory()
+    {load1, load5, load15} = OS.load() || {0, 0, 0}
     prefix = "worker_prom_ex_os_mon_resources_"
 
     [
@@ -179,25 +182,13 @@ defmodule Worker.Metrics.Prometheus do
       gauge(
         prefix <> "available_mem",
         "Available memory, bytes.",
-        memory[:available_memory] || 0
+        Map.get(memory, :available, 0)
       ),
-      gauge(prefix <> "free_mem", "Free memory, bytes.", memory[:free_memory] || 0),
-      gauge(prefix <> "total_mem", "Total memory, bytes.", memory[:total_memory] || 0),
-      gauge(
-        prefix <> "load_avg1",
-        "Load average over 1 minute.",
-        safe(fn -> :cpu_sup.avg1() / 256 end, 0)
-      ),
-      gauge(
-        prefix <> "load_avg5",
-        "Load average over 5 minutes.",
-        safe(fn -> :cpu_sup.avg5() / 256 end, 0)
-      ),
-      gauge(
-        prefix <> "load_avg15",
-        "Load average over 15 minutes.",
-        safe(fn -> :cpu_sup.avg15() / 256 end, 0)
-      )
+      gauge(prefix <> "free_mem", "Free memory, bytes.", Map.get(memory, :free, 0)),
+      gauge(prefix <> "total_mem", "Total memory, bytes.", Map.get(memory, :total, 0)),
+      gauge(prefix <> "load_avg1", "Load average over 1 minute.", load1),
+      gauge(prefix <> "load_avg5", "Load average over 5 minutes.", load5),
+      gauge(prefix <> "load_avg15", "Load average over 15 minutes.", load15)
     ]
   end
 
@@ -310,7 +301,7 @@ defmodule Worker.Metrics.Prometheus do
     ]
   end
 
-  # A figure that cannot be had (os_mon not running, an error tuple) is the
+  # A figure that cannot be had (a server not running, an error tuple) is the
   # default: one missing figure never takes the page down.
   defp safe(fun, default) do
     case fun.() do
