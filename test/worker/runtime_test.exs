@@ -83,6 +83,28 @@ defmodule Worker.RuntimeTest do
       assert :persistent_term.get({Runtime, :fingerprint}) == fingerprint
     end
 
+    @tag :tmp_dir
+    test "without settings the runtime is unavailable, and says so; the store copes",
+         %{tmp_dir: dir} do
+      # a VM of its own: the runtime of this one is configured
+      script = """
+      {:error, {:runtime_unavailable, _}} = Worker.Runtime.fingerprint()
+      {:error, {:runtime_unavailable, _}} = Worker.Runtime.compile("(module)")
+      Application.put_env(:worker, :data_dir, #{inspect(dir)})
+      :error = Worker.Store.get_artifact("code")
+      {:error, {:runtime_unavailable, _}} = Worker.Store.put_artifact("code", "artifact")
+      :ok = Worker.Store.prune_artifacts()
+      :ok = Worker.Runtime.configure(Worker.Runtime.default_settings())
+      {:ok, _} = Worker.Runtime.fingerprint()
+      IO.puts("checked")
+      """
+
+      ebin = Path.join(:code.lib_dir(:worker), "ebin")
+      {output, status} = System.cmd("elixir", ["-pa", ebin, "-e", script], stderr_to_stdout: true)
+      assert status == 0, output
+      assert output =~ "checked"
+    end
+
     test "a serialized module loads back as a module struct; garbage does not" do
       hello = compile!("hello")
       assert {:ok, artifact} = Runtime.serialize(hello)
