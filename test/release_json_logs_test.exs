@@ -107,9 +107,11 @@ defmodule Worker.ReleaseJSONLogsTest do
     assert crash["crash_reason"] =~ "** (KeyError)"
   end
 
-  test "a bad FL_LOG_FORMAT or FL_METRICS_ADDR stops the boot, naming the variable",
+  test "a bad FL_LOG_FORMAT, FL_METRICS_ADDR or other FL_* value stops the boot, naming the variable",
        %{bin: bin, tmp_dir: dir} do
-    for {variable, value} <- [{"FL_LOG_FORMAT", "yaml"}, {"FL_METRICS_ADDR", "localhost"}] do
+    for {variable, value} <-
+          [{"FL_LOG_FORMAT", "yaml"}, {"FL_METRICS_ADDR", "localhost"}] ++
+            [{"FL_LOG_LEVEL", "loud"}, {"FL_POOL_INSTANCES", "abc"}, {"FL_EPOCH_TICK_US", "5"}] do
       worker = start!(bin, dir, [{variable, value}])
       {status, out} = wait_exit!(worker)
       assert status != 0
