@@ -31,20 +31,11 @@ pub enum Error {
     InvalidResponse(String),
     /// `{:panic, reason}`: a bug in the worker; the runtime stays usable.
     Panic(String),
-    /// `{:exec_error, message}`
-    Exec(String),
-    /// `{:trap, message}`
-    Trap(String),
-    /// `:timeout`
-    Timeout,
-    /// `:no_response`
-    NoResponse,
-    /// `{:bad_return, code}`
-    BadReturn(i32),
-    /// `{:exit, code}`
-    Exit(i32),
-    /// `{:instantiate, reason}`
-    Instantiate(String),
+    /// How an invocation that gave no response ended (never
+    /// `Outcome::Response`): `{:exec_error, message}`, `{:trap, message}`,
+    /// `:timeout`, `:no_response`, `{:bad_return, code}`, `{:exit, code}`
+    /// or `{:instantiate, reason}`.
+    Ended(Outcome),
     /// A bare reason string, for `Worker.JSON` and `Worker.Store`.
     Reason(String),
 }
@@ -67,16 +58,10 @@ impl Error {
     /// The response's JSON text, or how an invocation that did not respond
     /// ended.
     pub fn from_outcome(outcome: Outcome) -> Result<Vec<u8>, Error> {
-        Err(match outcome {
-            Outcome::Response(bytes) => return Ok(bytes),
-            Outcome::ExecError(message) => Error::Exec(message),
-            Outcome::Trap(message) => Error::Trap(message),
-            Outcome::Timeout => Error::Timeout,
-            Outcome::NoResponse => Error::NoResponse,
-            Outcome::BadReturn(code) => Error::BadReturn(code),
-            Outcome::Exit(code) => Error::Exit(code),
-            Outcome::Instantiate(message) => Error::Instantiate(message),
-        })
+        match outcome {
+            Outcome::Response(bytes) => Ok(bytes),
+            ended => Err(Error::Ended(ended)),
+        }
     }
 }
 
@@ -93,13 +78,17 @@ impl Encoder for Error {
             Error::InvalidOption(m) => tagged(atoms::invalid_option(), m),
             Error::InvalidResponse(m) => tagged(atoms::invalid_response(), m),
             Error::Panic(m) => tagged(atoms::panic(), m),
-            Error::Exec(m) => tagged(atoms::exec_error(), m),
-            Error::Trap(m) => tagged(atoms::trap(), m),
-            Error::Timeout => atoms::timeout().encode(env),
-            Error::NoResponse => atoms::no_response().encode(env),
-            Error::BadReturn(code) => (atoms::bad_return(), code).encode(env),
-            Error::Exit(code) => (atoms::exit(), code).encode(env),
-            Error::Instantiate(m) => tagged(atoms::instantiate(), m),
+            Error::Ended(outcome) => match outcome {
+                Outcome::ExecError(m) => tagged(atoms::exec_error(), m),
+                Outcome::Trap(m) => tagged(atoms::trap(), m),
+                Outcome::Timeout => atoms::timeout().encode(env),
+                Outcome::NoResponse => atoms::no_response().encode(env),
+                Outcome::BadReturn(code) => (atoms::bad_return(), code).encode(env),
+                Outcome::Exit(code) => (atoms::exit(), code).encode(env),
+                Outcome::Instantiate(m) => tagged(atoms::instantiate(), m),
+                // not made by from_outcome; a response is no error
+                Outcome::Response(_) => tagged(atoms::panic(), "a response reported as an error"),
+            },
             Error::Reason(m) => m.encode(env),
         }
     }
