@@ -1,8 +1,18 @@
 defmodule Mix.Tasks.Worker.Bench do
   @shortdoc "Measures invocation cost against Wasmtime's own floor"
   @moduledoc """
-  Measures the worker and prints one table (markdown), in about a minute:
+  Measures the worker and prints one table (markdown), in about a minute
+  and a half:
 
+    * **over distribution** - as a FunLess Core sees the worker: this VM
+      stands in for the Core, and a `:peer` node on 127.0.0.1 runs the
+      worker application (`:worker` registered). In turns, in the same
+      run: a bare `GenServer.call` to a process on the worker node that
+      replies at once (the link's own cost), the same from a process that
+      spawns a process per call to reply (`:worker`'s shape with no work),
+      the Core's `{:invoke, ...}` of hello, and the same request from a
+      process on the worker node; then calls/s at 1, 2, 8 and 64 Core
+      callers. The ratios are the targets of issue 13;
     * **floor** - the `floor` binary of `native/worker_runtime`: the same
       runtime and engine configuration with no BEAM around it;
     * **runtime** - `Worker.Runtime.invoke/3`, warm, from one process;
@@ -23,9 +33,14 @@ defmodule Mix.Tasks.Worker.Bench do
   floor measured in the same run. Functions: `hello` and `echo` from
   `functions/`, and a no-op WAT module.
 
-      mix worker.bench [--quick] [--out BENCHMARKS-table.md]
+      mix worker.bench [--quick] [--dist] [--worker-args "+sbwt none"] [--out FILE]
 
-  `--quick` runs a tenth of the iterations, for a smoke test.
+    * `--quick` runs a tenth of the iterations, for a smoke test (CI runs
+      it); the distribution part then takes a few seconds;
+    * `--dist` runs the distribution part alone;
+    * `--worker-args` passes emulator flags to the worker node, to measure
+      VM flags (they are printed with the table);
+    * `--out` writes the table to a file as well.
   """
   use Mix.Task
 
