@@ -39,7 +39,8 @@ defmodule Mix.Tasks.Worker.Bench do
       it); the distribution part then takes a few seconds;
     * `--dist` runs the distribution part alone;
     * `--worker-args` passes emulator flags to the worker node, to measure
-      VM flags (they are printed with the table);
+      VM flags; the worker node also reads the `FL_*` variables, as a
+      release does (both are printed with the table);
     * `--out` writes the table to a file as well.
   """
   use Mix.Task
@@ -289,7 +290,9 @@ defmodule Mix.Tasks.Worker.Bench do
 
   # A worker node, booted as test/support/cluster.ex boots one: this VM's
   # code path, the application environment set before the application
-  # starts. `worker_args` are extra emulator flags (`+sbwt none`, say).
+  # starts, from this environment's `FL_*` variables as a release reads
+  # them (`FL_EPOCH_TICK_US=1000 mix worker.bench --dist`, say), but its
+  # own data directory. `worker_args` are extra emulator flags.
   defp start_worker_node!(worker_args) do
     paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
 
@@ -304,7 +307,7 @@ defmodule Mix.Tasks.Worker.Bench do
     data = Path.join(System.tmp_dir!(), "fl-bench-node-#{System.unique_integer([:positive])}")
     :ok = :erpc.call(node, Application, :load, [:worker])
 
-    for {key, value} <- [data_dir: data, metrics_port: 0] do
+    for {key, value} <- Worker.Config.from_env() ++ [data_dir: data, metrics_port: 0] do
       :ok = :erpc.call(node, Application, :put_env, [:worker, key, value])
     end
 
@@ -386,6 +389,12 @@ defmodule Mix.Tasks.Worker.Bench do
     at_64 = rates[{:invoke, 64}] / rates[{:bare, 64}]
     flags = if worker_args == [], do: "none", else: "`#{Enum.join(worker_args, " ")}`"
 
+    variables =
+      case for({k, v} <- System.get_env(), String.starts_with?(k, "FL_"), do: "#{k}=#{v}") do
+        [] -> "none"
+        set -> "`#{Enum.join(Enum.sort(set), " ")}`"
+      end
+
     rows = [
       {"bare call: `GenServer.call` to a process on the worker node that replies at once",
        latency.bare},
@@ -400,7 +409,8 @@ defmodule Mix.Tasks.Worker.Bench do
     ### Over distribution (a Core node calls a worker node on loopback)
 
     This VM stands in for the Core; a `:peer` node on 127.0.0.1 runs the
-    worker application (extra emulator flags on the worker node: #{flags}).
+    worker application (extra emulator flags on the worker node: #{flags};
+    `FL_*` variables: #{variables}).
 
     | path | median µs | p99 µs | × bare call |
     |---|---:|---:|---:|
