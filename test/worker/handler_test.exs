@@ -3,6 +3,8 @@ defmodule Worker.HandlerTest do
   # as the Core reaches it, without distribution.
   use ExUnit.Case, async: false
 
+  @moduletag :capture_log
+
   import Worker.Test.Fixtures
   alias Worker.Handler
 
