@@ -121,6 +121,21 @@ defmodule Worker.ReleaseJSONLogsTest do
     end
   end
 
+  test "settings the engine cannot start with stop the boot, naming them", %{
+    bin: bin,
+    tmp_dir: dir
+  } do
+    # each value in its range; together, a pool of 100,000 memories of 4 GiB
+    # reserves more address space than there is
+    env = [{"FL_POOL_INSTANCES", "100000"}, {"FL_MEMORY_CAP_MB", "4096"}]
+    worker = start!(bin, dir, env)
+    {status, out} = wait_exit!(worker)
+    assert status != 0
+    assert out =~ "the native runtime cannot start with these settings"
+    assert out =~ "FL_POOL_INSTANCES"
+    refute worker_up?(worker.node)
+  end
+
   # -- the release ---------------------------------------------------------------
 
   defp build_release!(path) do

@@ -5,8 +5,15 @@ defmodule Worker.Application do
   @impl true
   def start(_type, _args) do
     Worker.Config.apply_defaults()
-    # before anything uses the runtime; a refusal is logged (Worker.Config)
-    _ = Worker.Config.configure_runtime()
+    # before anything uses the runtime: an engine that cannot start with
+    # these settings stops the boot; other settings already in force in
+    # this VM are logged and kept (Worker.Config.configure_runtime/0)
+    with {:error, {:runtime_unavailable, reason}} <- Worker.Config.configure_runtime() do
+      raise "the native runtime cannot start with these settings " <>
+              "(FL_POOL_INSTANCES, FL_MEMORY_CAP_MB, FL_MAX_MODULE_MB, FL_EPOCH_TICK_US, " <>
+              "FL_POOL_KEEP_RESIDENT_KB): #{reason}"
+    end
+
     File.mkdir_p!(Worker.Store.dir())
     # before anything writes
     Worker.Store.remove_temporary()

@@ -193,10 +193,10 @@ defmodule Worker.Config do
 
   @doc """
   Hands the native runtime its settings (`runtime_settings/0`), at
-  application start. A refusal (other settings already in force in this
-  VM, or an engine that cannot start with them) is logged as an error and
-  returned: the application starts anyway, and the runtime either keeps
-  its first settings or answers `{:error, {:runtime_unavailable, _}}`.
+  application start. A refusal is logged as an error and returned: other
+  settings already in force in this VM are kept (the application starts
+  with them); an engine that cannot start with these settings
+  (`{:runtime_unavailable, _}`) stops the application's start.
   """
   @spec configure_runtime() :: :ok | {:error, term()}
   def configure_runtime do

@@ -113,13 +113,15 @@ defmodule Worker.Runtime do
     timeout = Worker.Config.get(:compile_timeout_ms)
     max_mb = Worker.Config.get(:compile_max_mb)
     ref = make_ref()
-    :ok = Native.module_compile(wasm, ref, compiler(), timeout, max_mb)
 
-    # The native side always answers: it kills the compiler at `timeout`.
-    receive do
-      {^ref, reply} -> reply
-    after
-      timeout + 60_000 -> {:error, {:runtime_unavailable, "the compiler did not answer"}}
+    # Once started, the native side always answers: it kills the compiler
+    # at `timeout`.
+    with :ok <- Native.module_compile(wasm, ref, compiler(), timeout, max_mb) do
+      receive do
+        {^ref, reply} -> reply
+      after
+        timeout + 60_000 -> {:error, {:runtime_unavailable, "the compiler did not answer"}}
+      end
     end
   end
 

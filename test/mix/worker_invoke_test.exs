@@ -41,6 +41,15 @@ defmodule Mix.Tasks.Worker.InvokeTest do
     refute output =~ "** ("
   end
 
+  test "settings that cannot work are one line, naming them, and a non-zero exit" do
+    {output, status} =
+      invoke_with([max_concurrency: 20, pool_instances: 10], [wasm_path("hello")])
+
+    assert status == 1
+    assert List.last(String.split(output, "\n", trim: true)) =~ "FL_MAX_CONCURRENCY"
+    refute output =~ "** ("
+  end
+
   test "arguments that are not JSON are one line and a non-zero exit" do
     {output, status} = mix(["worker.invoke", wasm_path("hello"), "{not json"])
     assert status == 1

@@ -90,10 +90,15 @@ defmodule Mix.Tasks.Worker.Invoke do
 
   # What Worker.Application does for the runtime, and nothing else: the
   # settings (with their defaults). The NIF loads with Worker.Native.
+  # A bad FL_* value is one line too, naming the variable.
   defp start_runtime do
     Mix.Task.run("app.config")
     Worker.Config.apply_defaults()
-    Worker.Config.configure_runtime()
+
+    with {:error, reason} <- Worker.Config.configure_runtime(),
+         do: fail("cannot start the runtime: #{inspect(reason)}")
+  rescue
+    error in ArgumentError -> fail(Exception.message(error))
   end
 
   defp ms(us), do: :io_lib.format("~.3f ms", [us / 1000]) |> IO.iodata_to_binary()

@@ -187,7 +187,9 @@ defmodule Worker.Metrics.Endpoint do
 
   defp respond(_method, _path), do: {404, "text/plain", "not found\n"}
 
-  # :worker starts after Worker.Functions, whose start has already loaded
-  # the runtime (it reads the engine fingerprint): registered means ready.
-  defp ready?, do: Process.whereis(:worker) != nil
+  # The runtime is configured before the supervision tree starts, and
+  # :worker starts after Worker.Functions: registered, with a runtime that
+  # answers, means ready.
+  defp ready?,
+    do: Process.whereis(:worker) != nil and match?({:ok, _}, Worker.Runtime.fingerprint())
 end

@@ -40,16 +40,17 @@ impl From<CompiledModule> for Module {
 /// Compiles a module in a child process (`worker_runtime::compile_isolated`)
 /// on a thread of its own, so that no scheduler, dirty or normal, waits on
 /// a compile. Returns `:ok` at once; the caller then receives
-/// `{reply_to, {:ok, %Worker.Runtime.Module{}} | {:error, reason}}`.
+/// `{reply_to, {:ok, %Worker.Runtime.Module{}} | {:error, reason}}`. If no
+/// thread can be started, returns `{:error, {:runtime_unavailable, _}}`.
 #[rustler::nif]
-fn module_compile(
-    env: Env,
+fn module_compile<'a>(
+    env: Env<'a>,
     wasm: Binary,
     reply_to: Term,
     compiler: String,
     timeout_ms: u64,
     max_memory_mb: u64,
-) -> rustler::NifResult<rustler::Atom> {
+) -> Term<'a> {
     let pid = env.pid();
     let mut owned = OwnedEnv::new();
     // The binary is kept alive, not copied: nothing here scales with its size.
@@ -60,18 +61,21 @@ fn module_compile(
         timeout: std::time::Duration::from_millis(timeout_ms),
         max_memory_mb,
     };
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("fl-compile".into())
         .spawn(move || {
             let _ = owned.send_and_clear(&pid, |env| {
                 let result = compile(wasm.load(env), &isolation);
                 (reply_to.load(env), result).encode(env)
             });
-        })
-        .map_err(|e| {
-            rustler::Error::Term(Box::new(format!("cannot start a compile thread: {e}")))
-        })?;
-    Ok(atoms::ok())
+        });
+    match spawned {
+        Ok(_) => atoms::ok().encode(env),
+        Err(e) => {
+            let reason = format!("cannot start a compile thread: {e}");
+            Err::<(), _>(Error::RuntimeUnavailable(reason)).encode(env)
+        }
+    }
 }
 
 fn compile(wasm: Term, isolation: &Isolation) -> Result<Module, Error> {

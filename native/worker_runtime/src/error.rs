@@ -25,8 +25,8 @@ pub enum Error {
     /// A compiled module could not be written out. `{:serialize, reason}`.
     #[error("{0}")]
     Serialize(String),
-    /// Invocation input or options the runtime refuses (input over the
-    /// cap, a bad allow-list entry). `{:invalid_args, reason}`.
+    /// Invocation input the runtime refuses (over the input cap).
+    /// `{:invalid_args, reason}`.
     #[error("{0}")]
     InvalidArgs(String),
     /// A bug in the runtime or the compiler; the runtime stays usable.
