@@ -57,19 +57,22 @@ defmodule Worker.Functions do
 
   @doc """
   Stores a function that carries its code: compiles it (refusing invalid
-  modules), writes it to disk and caches it.
+  modules), writes it to disk and caches it. Code the cache holds already
+  is not compiled again; it is written again only if the stored copy is
+  not that code.
   """
   @spec store(Function.t()) :: :ok | {:error, term()}
   def store(%Function{code: code} = function) when is_binary(code) do
     key = Function.key(function)
-    code = {code, Loader.code_hash(code)}
 
-    with :miss <- cached(key, code),
-         {:ok, _module} <- GenServer.call(server(), {:load, key, code, :store}, :infinity) do
-      :ok
-    else
-      {:ok, _module} -> :ok
-      error -> error
+    case cached(key, {code, Loader.code_hash(code)}) do
+      {:ok, _module} ->
+        if Store.get_code(key) == {:ok, code}, do: :ok, else: Store.put_code(key, code)
+
+      :miss ->
+        load = {:load, key, {code, Loader.code_hash(code)}, :store}
+
+        with {:ok, _module} <- GenServer.call(server(), load, :infinity), do: :ok
     end
   end
 
@@ -156,7 +159,7 @@ defmodule Worker.Functions do
   @impl true
   def handle_call({:load, key, code, cause}, from, state) do
     case state.loading do
-      %{^key => %{code: running} = load} when is_nil(code) or code == running ->
+      %{^key => %{code: running} = load} when is_nil(code) or elem(code, 1) == elem(running, 1) ->
         {:noreply, put_in(state.loading[key], %{load | waiters: [from | load.waiters]})}
 
       %{^key => load} ->
@@ -238,6 +241,8 @@ defmodule Worker.Functions do
               {insert(state, key, loaded), {:ok, loaded.module}}
 
             error ->
+              # a fetch the cache could not serve, though nothing came of it
+              if load.cause == :miss, do: Metrics.cache(Function.id(key), :miss)
               {state, error}
           end
 

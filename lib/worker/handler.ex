@@ -117,7 +117,7 @@ defmodule Worker.Handler do
       held ->
         reply(from, {:error, :code_not_found, self()})
         timeout = Application.fetch_env!(:worker, :handler_timeout_ms)
-        await_code(input, ticket, System.monotonic_time(:millisecond) + timeout)
+        wait_for_code(input, ticket, System.monotonic_time(:millisecond) + timeout)
         Gate.leave(held)
     end
   end
@@ -127,7 +127,7 @@ defmodule Worker.Handler do
   # nobody else can reach, which takes over the request ticket. This one
   # stays until it ends (the Core's call watches this pid), consuming
   # whatever else arrives.
-  defp await_code(input, ticket, deadline) do
+  defp wait_for_code(input, ticket, deadline) do
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
@@ -148,11 +148,11 @@ defmodule Worker.Handler do
       {:"$gen_call", {caller, _} = from, other} when is_pid(caller) ->
         Stray.drop("Worker code handler", other)
         reply(from, {:error, {:bad_request, "expected {:invoke, function_with_code}"}})
-        await_code(input, ticket, deadline)
+        wait_for_code(input, ticket, deadline)
 
       message ->
         Stray.drop("Worker code handler", message)
-        await_code(input, ticket, deadline)
+        wait_for_code(input, ticket, deadline)
     after
       left -> :ok
     end

@@ -98,8 +98,8 @@ defmodule Worker.Metrics do
     :ok
   end
 
-  @typedoc "`{module, function}`: the labels of a function's metrics."
-  @type function_id :: {String.t(), String.t()}
+  @typedoc "`{module, function}` (`Worker.Function.id/1`): the labels of a function's metrics."
+  @type function_id :: Worker.Function.id()
 
   # One row per function, a counter per position, so that an invocation
   # costs one update_counter when it starts and one when it ends.
@@ -204,11 +204,19 @@ defmodule Worker.Metrics do
   def outcome({:error, :timeout}), do: "timeout"
   def outcome(_), do: "error"
 
-  @doc "Counts a cache hit or eviction (`Worker.Functions`)."
-  @spec cache(function_id(), :hit | :eviction) :: :ok
+  @doc """
+  Counts a cache hit, an eviction, or a miss whose load failed
+  (`Worker.Functions`; a miss that loads is counted by `loaded/3`).
+  """
+  @spec cache(function_id(), :hit | :eviction | :miss) :: :ok
   def cache(id, :hit) do
     total(:hits)
     record(id, [{@hits, 1}])
+  end
+
+  def cache(id, :miss) do
+    total(:misses)
+    record(id, [{@misses, 1}])
   end
 
   def cache(id, :eviction) do

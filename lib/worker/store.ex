@@ -17,7 +17,7 @@ defmodule Worker.Store do
 
   @magic "FLW1"
 
-  @type key :: {module :: String.t(), name :: String.t(), hash :: binary()}
+  @type key :: Worker.Function.key()
 
   @doc "The data directory."
   @spec dir() :: Path.t()

@@ -57,6 +57,12 @@ defmodule Worker.FunctionsTest do
 
     assert counted(fn -> assert {:ok, _} = Functions.fetch(f) end) ==
              %{hits: 1, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
+
+    # a store is the Core asking for the code to be kept: it is written again
+    assert counted(fn -> assert Functions.store(f) == :ok end) ==
+             %{hits: 0, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
+
+    assert Store.get_code(Function.key(f)) == {:ok, hello}
   end
 
   test "other code under the same key is a miss, and is loaded", %{hello: hello, name: name} do
@@ -84,10 +90,10 @@ defmodule Worker.FunctionsTest do
              %{hits: 0, misses: 1, compiles: 0, artifact_loads: 1, evictions: 0}
   end
 
-  test "unknown functions: code_not_found, nothing counted", %{name: name} do
+  test "unknown functions: code_not_found, a miss", %{name: name} do
     assert counted(fn ->
              assert Functions.fetch(function(name, nil)) == {:error, :code_not_found}
-           end) == %{hits: 0, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
+           end) == %{hits: 0, misses: 1, compiles: 0, artifact_loads: 0, evictions: 0}
   end
 
   test "invalid code is refused and neither stored nor cached", %{name: name} do
