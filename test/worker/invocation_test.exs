@@ -1,0 +1,69 @@
+defmodule Worker.InvocationTest do
+  # One Core invocation, as Worker.Handler runs it, in this VM.
+  use ExUnit.Case, async: false
+
+  import ExUnit.CaptureLog
+  import Worker.Test.Fixtures
+  alias Worker.{Function, Functions, Invocation}
+
+  defp function(name, code, capacity \\ nil) do
+    %Function{
+      module: "invocation_test",
+      name: "#{name}#{System.unique_integer([:positive])}",
+      hash: "h",
+      code: code,
+      capacity_mb: capacity
+    }
+  end
+
+  test "without code anywhere: code_not_found, nothing run" do
+    assert Invocation.run(function("none", nil), {:json, "{}"}, self()) ==
+             {:error, :code_not_found}
+  end
+
+  test "with code: compiled, stored and run, with the arguments as JSON text" do
+    f = function("hello", wasm!("hello"))
+
+    assert Invocation.run(f, {:json, ~s({"name":"Inv"})}, self()) ==
+             {:ok, %{"payload" => "Hello Inv!"}}
+
+    # and after, without the code
+    assert Invocation.run(%{f | code: nil}, %{"name" => "Again"}, self()) ==
+             {:ok, %{"payload" => "Hello Again!"}}
+  end
+
+  test "the Core's capacity bounds memory, never above FL_MAX_CAPACITY_MB" do
+    grow = function("grow", wat!("grow"), 1)
+    assert Functions.store(grow) == :ok
+    # 1 MiB: 16 pages, one of which the module starts with
+    assert Invocation.run(grow, 15, self()) == {:ok, 1}
+    assert Invocation.run(grow, 16, self()) == {:ok, -1}
+
+    previous = Application.fetch_env!(:worker, :max_capacity_mb)
+    Application.put_env(:worker, :max_capacity_mb, 1)
+    on_exit(fn -> Application.put_env(:worker, :max_capacity_mb, previous) end)
+    big = %{grow | capacity_mb: 64}
+    assert Invocation.run(big, 16, self()) == {:ok, -1}
+  end
+
+  test "failures are logged with the function, the invocation and the outcome" do
+    previous = Logger.level()
+    Logger.configure(level: :info)
+    on_exit(fn -> Logger.configure(level: previous) end)
+    error = function("error", wasm!("error"))
+    trap = function("trap", wat!("trap_unreachable"))
+
+    log =
+      capture_log([metadata: [:fl_function, :fl_outcome, :fl_invocation]], fn ->
+        assert {:error, {:exec_error, _}} = Invocation.run(error, %{}, self())
+        assert {:error, {:trap, _}} = Invocation.run(trap, %{}, self())
+      end)
+
+    assert log =~ ~r/\[info\].*invocation failed in the function/
+    assert log =~ "fl_function=#{error.name}"
+    assert log =~ "fl_outcome=exec_error"
+    assert log =~ ~r/\[warning\].*invocation failed: \{:trap/
+    assert log =~ "fl_outcome=trap"
+    assert log =~ ~r/fl_invocation=\d+/
+  end
+end
