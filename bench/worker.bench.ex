@@ -31,7 +31,8 @@ defmodule Mix.Tasks.Worker.Bench do
 
   Each latency is µs per invocation (median and p99) and its ratio to the
   floor measured in the same run. Functions: `hello` and `echo` from
-  `functions/`, and a no-op WAT module.
+  `functions/`, a no-op WAT module, and `hello_command`, the same greeting
+  as a WASI command (arguments on stdin, result on stdout).
 
       mix worker.bench [--quick] [--dist] [--worker-args "+sbwt none"] [--out FILE]
 
@@ -82,7 +83,9 @@ defmodule Mix.Tasks.Worker.Bench do
       {"hello", File.read!(wasm_path("hello")), %{"name" => "FunLess"}, ~s({"name":"FunLess"})},
       {"echo", File.read!(wasm_path("echo")), %{"a" => [1, 2, 3], "b" => "text"},
        ~s({"a":[1,2,3],"b":"text"})},
-      {"noop", File.read!(@noop), %{}, "{}"}
+      {"noop", File.read!(@noop), %{}, "{}"},
+      # a WASI command (stdin, stdout) beside the FunLess modules
+      {"hello_command", File.read!(wasm_path("hello_command")), "FunLess", ~s("FunLess")}
     ]
 
     info("latency: #{iterations} invocations per path")

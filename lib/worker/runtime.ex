@@ -1,7 +1,10 @@
 defmodule Worker.Runtime do
   @moduledoc """
-  Compiles and runs FunLess functions: WebAssembly modules that import host
-  functions from `fl_imps` and export `__invoke(len) -> 0 | 1`.
+  Compiles and runs functions: FunLess modules, which import host
+  functions from `fl_imps` and export `__invoke(len) -> 0 | 1`, and WASI
+  commands, which export `_start`, read their arguments (JSON) on stdin and
+  print their result on stdout (see `Worker.Runtime.Module` and the
+  README's "Writing a function").
 
   The work happens in Rust (`native/`), on one global Wasmtime engine:
 
@@ -209,7 +212,11 @@ defmodule Worker.Runtime do
   A bad option raises `ArgumentError`, an allow-list entry that does not
   parse included.
 
-  Results:
+  Results, for a FunLess module (a WASI command's are in the README's
+  "Writing a function": its output decoded as `{:ok, term}`, a non-zero
+  exit as `{:exec_error, "exited with status N: ..."}`, a trap with the end
+  of stderr, output that is not UTF-8 as `{:invalid_response, _}`, and no
+  output as `:no_response`):
 
     * `{:ok, term}` - `__invoke` returned 0 after `__insert_response`;
     * `{:error, {:exec_error, message}}` - it returned 1; `message` is the

@@ -72,6 +72,26 @@ defmodule Worker.HandlerTest do
     assert Handler.info().requests == before.requests
   end
 
+  test "a WASI command is stored and invoked like any function, through a code handler too" do
+    code = wasm!("hello_command")
+
+    command = %{
+      name: "c#{System.unique_integer([:positive])}",
+      module: "m",
+      hash: "c",
+      code: code
+    }
+
+    without_code = %{command | code: nil}
+
+    assert {:error, :code_not_found, handler} = call(:worker, {:invoke, without_code, "Handler"})
+    assert call(handler, {:invoke, command}) == {:ok, "Hello Handler!"}
+    assert call(:worker, {:invoke, without_code, %{"name" => "Core"}}) == {:ok, "Hello Core!"}
+
+    assert {:error, {:exec_error, "exited with status 2" <> _}} =
+             call(:worker, {:invoke, without_code, %{"exit" => 2}})
+  end
+
   test "store, update and delete, each in a process of its own", context do
     assert call(:worker, {:store_function, context.hello}) == :ok
 

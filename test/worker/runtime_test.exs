@@ -9,7 +9,7 @@ defmodule Worker.RuntimeTest do
       assert {:ok, %Runtime.Module{} = module} = Runtime.compile(wasm!("hello"))
       assert module.wasm_bytes == byte_size(wasm!("hello"))
       assert module.initial_memory > 0
-      assert inspect(module) =~ ~r/^#Worker.Runtime.Module<\d+ bytes, \d+ KiB memory>$/
+      assert inspect(module) =~ ~r/^#Worker.Runtime.Module<funless, \d+ bytes, \d+ KiB memory>$/
     end
 
     test "refuses bytes that are not a module" do

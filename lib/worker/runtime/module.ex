@@ -1,6 +1,9 @@
 defmodule Worker.Runtime.Module do
   @moduledoc """
-  A compiled FunLess function, from `Worker.Runtime.compile/1`.
+  A compiled function, from `Worker.Runtime.compile/1`: a FunLess module
+  (`kind: :funless`, exporting `__invoke`) or a WASI command
+  (`kind: :wasi_command`, exporting `_start`: its arguments on stdin, its
+  result on stdout).
 
   It wraps a native resource: a module compiled and linked once, which any
   number of processes may invoke at the same time. The compiled code stays
@@ -8,16 +11,21 @@ defmodule Worker.Runtime.Module do
   struct itself (`native/worker_nif/src/module.rs`).
   """
 
-  @enforce_keys [:ref, :wasm_bytes, :native_bytes, :initial_memory]
-  defstruct [:ref, :wasm_bytes, :native_bytes, :initial_memory]
+  @enforce_keys [:ref, :kind, :wasm_bytes, :native_bytes, :initial_memory]
+  defstruct [:ref, :kind, :wasm_bytes, :native_bytes, :initial_memory]
+
+  @typedoc "What kind of function a module is, told by its exports."
+  @type kind :: :funless | :wasi_command
 
   @typedoc """
+  * `kind` - see `t:kind/0`;
   * `wasm_bytes` - size of the Wasm binary;
   * `native_bytes` - size of the compiled code in memory;
   * `initial_memory` - bytes of linear memory an instance starts with.
   """
   @type t :: %__MODULE__{
           ref: reference(),
+          kind: kind(),
           wasm_bytes: non_neg_integer(),
           native_bytes: non_neg_integer(),
           initial_memory: non_neg_integer()
@@ -29,6 +37,8 @@ defmodule Worker.Runtime.Module do
     def inspect(module, opts) do
       concat([
         "#Worker.Runtime.Module<",
+        Atom.to_string(module.kind),
+        ", ",
         to_doc(module.wasm_bytes, opts),
         " bytes, ",
         to_doc(div(module.initial_memory, 1024), opts),

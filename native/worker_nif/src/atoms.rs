@@ -28,6 +28,8 @@ rustler::atoms! {
     stderr,
     host,
     nil,
+    funless,
+    wasi_command,
     fl_wake = "$fl_wake",
     fl_gate_free = "$fl_gate_free",
 }

@@ -33,8 +33,9 @@ pub enum Error {
     Panic(String),
     /// How an invocation that gave no response ended (never
     /// `Outcome::Response`): `{:exec_error, message}`, `{:trap, message}`,
-    /// `:timeout`, `:no_response`, `{:bad_return, code}`, `{:exit, code}`
-    /// or `{:instantiate, reason}`.
+    /// `:timeout`, `:no_response`, `{:bad_return, code}`, `{:exit, code}`,
+    /// `{:instantiate, reason}` or (a WASI command's output)
+    /// `{:invalid_response, reason}`.
     Ended(Outcome),
     /// A bare reason string, for `Worker.JSON` and `Worker.Store`.
     Reason(String),
@@ -86,6 +87,7 @@ impl Encoder for Error {
                 Outcome::BadReturn(code) => (atoms::bad_return(), code).encode(env),
                 Outcome::Exit(code) => (atoms::exit(), code).encode(env),
                 Outcome::Instantiate(m) => tagged(atoms::instantiate(), m),
+                Outcome::InvalidResponse(m) => tagged(atoms::invalid_response(), m),
                 // not made by from_outcome; a response is no error
                 Outcome::Response(_) => tagged(atoms::panic(), "a response reported as an error"),
             },

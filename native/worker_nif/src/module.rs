@@ -4,9 +4,9 @@ use crate::atoms;
 use crate::error::Error;
 use rustler::{Binary, Encoder, Env, NifStruct, OwnedEnv, ResourceArc, Term};
 use std::sync::{Arc, OnceLock};
-use worker_runtime::CompiledModule;
 use worker_runtime::logs::LineBudget;
 use worker_runtime::module::{self, Isolation};
+use worker_runtime::{CompiledModule, Kind};
 
 /// A compiled, linked function. Any process may invoke it concurrently; it
 /// lives as long as some process holds a reference. Its invocations share
@@ -16,11 +16,14 @@ pub struct ModuleResource(pub CompiledModule, pub OnceLock<Arc<LineBudget>>);
 #[rustler::resource_impl]
 impl rustler::Resource for ModuleResource {}
 
-/// `%Worker.Runtime.Module{}`: the resource in `ref`, with its sizes.
+/// `%Worker.Runtime.Module{}`: the resource in `ref`, with its kind and
+/// sizes.
 #[derive(NifStruct)]
 #[module = "Worker.Runtime.Module"]
 pub struct Module {
     r#ref: ResourceArc<ModuleResource>,
+    /// `:funless` or `:wasi_command`
+    kind: rustler::Atom,
     wasm_bytes: usize,
     native_bytes: usize,
     initial_memory: u64,
@@ -29,6 +32,10 @@ pub struct Module {
 impl From<CompiledModule> for Module {
     fn from(module: CompiledModule) -> Module {
         Module {
+            kind: match module.kind {
+                Kind::FunLess => atoms::funless(),
+                Kind::WasiCommand => atoms::wasi_command(),
+            },
             wasm_bytes: module.wasm_bytes,
             native_bytes: module.native_bytes,
             initial_memory: module.initial_memory,

@@ -7,10 +7,11 @@
 //! when to poll again. Dropping the invocation at any point frees everything.
 
 use crate::Error;
+use crate::command;
 use crate::engine::{Running, runtime};
 use crate::host::{GuestFault, HostState};
 use crate::logs::{LogLimits, LogSink, Stream, WasiLog};
-use crate::module::CompiledModule;
+use crate::module::{CompiledModule, Kind};
 use crate::policy::Policy;
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Extern, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 /// Per-invocation limits.
 #[derive(Debug, Clone)]
@@ -94,6 +96,8 @@ pub enum Outcome {
     Exit(i32),
     /// Instantiation failed (for example, memory over the limit).
     Instantiate(String),
+    /// A WASI command's output is neither JSON nor UTF-8 text.
+    InvalidResponse(String),
 }
 
 /// Raised by the epoch callback when the deadline has passed.
@@ -155,19 +159,31 @@ impl Invocation {
             )));
         }
         let logs = LogSink::new(limits.log, limits.log_budget.clone());
-        let wasi = WasiCtxBuilder::new()
-            .stdout(WasiLog {
-                sink: logs.clone(),
-                stream: Stream::Stdout,
-            })
-            .stderr(WasiLog {
-                sink: logs.clone(),
-                stream: Stream::Stderr,
-            })
-            // random_get fills a host buffer of the asked size before
-            // copying it, and traps past this (see README, limits)
-            .max_random_size(MAX_RANDOM_BYTES)
-            .build_p1();
+        let log = |stream| WasiLog {
+            sink: logs.clone(),
+            stream,
+        };
+        let mut wasi = WasiCtxBuilder::new();
+        // random_get fills a host buffer of the asked size before copying
+        // it, and traps past this (see README, limits)
+        wasi.max_random_size(MAX_RANDOM_BYTES);
+        // A command talks over stdio (crate::command); a FunLess function's
+        // stdout and stderr are log lines.
+        let stdio = match module.kind {
+            Kind::FunLess => {
+                wasi.stdout(log(Stream::Stdout)).stderr(log(Stream::Stderr));
+                None
+            }
+            Kind::WasiCommand => {
+                let stdout = command::Stdout::new(limits.max_response_bytes);
+                let stderr = command::Stderr::new(log(Stream::Stderr));
+                wasi.stdin(MemoryInputPipe::new(input.clone()))
+                    .stdout(stdout.clone())
+                    .stderr(stderr.clone());
+                Some((stdout, stderr))
+            }
+        };
+        let wasi = wasi.build_p1();
         let max_memory = limits.max_memory.min(rt.settings.memory_cap);
         let deadline = Instant::now() + limits.timeout;
         let state = HostState {
@@ -203,7 +219,13 @@ impl Invocation {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let future = Box::pin(run(store, module.pre.clone(), module.invoke, module.memory));
+        let entry = Entry {
+            pre: module.pre.clone(),
+            export: module.entry,
+            memory: module.memory,
+            stdio,
+        };
+        let future = Box::pin(run(store, entry));
         Ok(Invocation {
             future: Some(future),
             logs,
@@ -263,42 +285,57 @@ impl Invocation {
     }
 }
 
-async fn run(
-    mut store: Store<HostState>,
+/// What an invocation instantiates and calls: the entry point of its
+/// kind, and a command's stdout and stderr.
+struct Entry {
     pre: wasmtime::InstancePre<HostState>,
-    invoke: wasmtime::ModuleExport,
+    export: wasmtime::ModuleExport,
     memory: wasmtime::ModuleExport,
-) -> (Outcome, Store<HostState>) {
-    let outcome = call(&mut store, pre, invoke, memory).await;
+    stdio: Option<(command::Stdout, command::Stderr)>,
+}
+
+async fn run(mut store: Store<HostState>, entry: Entry) -> (Outcome, Store<HostState>) {
+    let outcome = call(&mut store, entry).await;
     (outcome, store)
 }
 
-async fn call(
-    store: &mut Store<HostState>,
-    pre: wasmtime::InstancePre<HostState>,
-    invoke: wasmtime::ModuleExport,
-    memory: wasmtime::ModuleExport,
-) -> Outcome {
-    let instance = match pre.instantiate_async(&mut *store).await {
+async fn call(store: &mut Store<HostState>, entry: Entry) -> Outcome {
+    let instance = match entry.pre.instantiate_async(&mut *store).await {
         Ok(instance) => instance,
         Err(e) => return classify(e, true),
     };
-    let Some(Extern::Memory(memory)) = instance.get_module_export(&mut *store, &memory) else {
+    let Some(Extern::Memory(memory)) = instance.get_module_export(&mut *store, &entry.memory)
+    else {
         return Outcome::Instantiate("exported memory missing".into());
     };
     store.data_mut().memory = Some(memory);
-    let func = match instance
-        .get_module_export(&mut *store, &invoke)
-        .and_then(Extern::into_func)
-        .map(|f| f.typed::<i32, i32>(&*store))
-    {
-        Some(Ok(func)) => func,
-        _ => return Outcome::Instantiate("exported __invoke missing".into()),
-    };
-    let len = store.data().input.len() as i32;
+    let func = instance
+        .get_module_export(&mut *store, &entry.export)
+        .and_then(Extern::into_func);
     // The epoch callback enforces the deadline while wasm runs; this timer
     // enforces it while the guest is suspended in a host call (a WASI sleep).
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
+    if let Some((stdout, stderr)) = &entry.stdio {
+        let Some(Ok(start)) = func.map(|f| f.typed::<(), ()>(&*store)) else {
+            return Outcome::Instantiate("exported _start missing".into());
+        };
+        let Ok(call) = tokio::time::timeout_at(deadline, start.call_async(&mut *store, ())).await
+        else {
+            return Outcome::Timeout;
+        };
+        let ended = match call {
+            Ok(()) => Ok(()),
+            Err(e) => match classify(e, false) {
+                Outcome::Exit(0) => Ok(()),
+                failed => Err(failed),
+            },
+        };
+        return command::outcome(ended, stdout, stderr);
+    }
+    let Some(Ok(func)) = func.map(|f| f.typed::<i32, i32>(&*store)) else {
+        return Outcome::Instantiate("exported __invoke missing".into());
+    };
+    let len = store.data().input.len() as i32;
     let call = tokio::time::timeout_at(deadline, func.call_async(&mut *store, len)).await;
     let Ok(call) = call else {
         return Outcome::Timeout;

@@ -3,6 +3,7 @@
 //! it alone.
 
 pub mod bulk;
+pub mod command;
 pub mod engine;
 pub mod error;
 pub mod host;
@@ -17,4 +18,4 @@ pub mod policy;
 pub use engine::{Settings, configure};
 pub use error::Error;
 pub use invocation::{Invocation, Limits, Outcome};
-pub use module::{CompiledModule, compile, deserialize, engine_fingerprint, serialize};
+pub use module::{CompiledModule, Kind, compile, deserialize, engine_fingerprint, serialize};

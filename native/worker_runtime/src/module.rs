@@ -13,13 +13,26 @@ use std::time::Duration;
 use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport, ValType};
 
 pub const INVOKE: &str = "__invoke";
+pub use crate::command::START;
 pub const MEMORY: &str = "memory";
+
+/// What kind of function a module is, told by its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The FunLess ABI: exports `__invoke(len) -> 0 | 1`, imports `fl_imps`.
+    FunLess,
+    /// A WASI command: exports `_start`, reads stdin, writes stdout
+    /// (see [`crate::command`]).
+    WasiCommand,
+}
 
 /// A compiled and linked function, ready to instantiate from any thread.
 pub struct CompiledModule {
     pub(crate) pre: InstancePre<HostState>,
-    pub(crate) invoke: ModuleExport,
+    /// `__invoke` or `_start`, as `kind` says.
+    pub(crate) entry: ModuleExport,
     pub(crate) memory: ModuleExport,
+    pub kind: Kind,
     /// Size of the Wasm binary it was compiled from.
     pub wasm_bytes: usize,
     /// Size of its compiled code in memory.
@@ -349,27 +362,56 @@ pub fn engine_fingerprint() -> Result<String, Error> {
     Ok(format!("{:016x}", hasher.finish()))
 }
 
-/// Checks the ABI's exports and links the imports once.
-fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
-    let rt = runtime()?;
-    let invoke = match module.get_export(INVOKE) {
+/// The entry point a function's exports make it: `__invoke` (a FunLess
+/// function), else `_start` (a WASI command), each of the right type.
+fn entry(module: &Module) -> Result<(Kind, ModuleExport), Error> {
+    let (kind, name, expected) = if module.get_export(INVOKE).is_some() {
+        (Kind::FunLess, INVOKE, "(i32) -> i32")
+    } else if module.get_export(START).is_some() {
+        (Kind::WasiCommand, START, "() -> ()")
+    } else {
+        let exports: Vec<String> = module
+            .exports()
+            .map(|e| format!("`{}`", e.name().escape_debug()))
+            .collect();
+        let exports = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        };
+        return Err(invalid(format!(
+            "module does not export `{INVOKE}` (a FunLess function) or `{START}` \
+             (a WASI command); it exports {exports}"
+        )));
+    };
+    match module.get_export(name) {
         Some(ExternType::Func(ty)) => {
             let params: Vec<ValType> = ty.params().collect();
             let results: Vec<ValType> = ty.results().collect();
-            if !(matches!(params[..], [ValType::I32]) && matches!(results[..], [ValType::I32])) {
+            let fits = match kind {
+                Kind::FunLess => {
+                    matches!(params[..], [ValType::I32]) && matches!(results[..], [ValType::I32])
+                }
+                Kind::WasiCommand => params.is_empty() && results.is_empty(),
+            };
+            if !fits {
                 return Err(invalid(format!(
-                    "export `{INVOKE}` must have type (i32) -> i32, found {ty}"
+                    "export `{name}` must have type {expected}, found {ty}"
                 )));
             }
-            module.get_export_index(INVOKE).expect("export exists")
+            Ok((kind, module.get_export_index(name).expect("export exists")))
         }
-        Some(other) => {
-            return Err(invalid(format!(
-                "export `{INVOKE}` must be a function, found {other:?}"
-            )));
-        }
-        None => return Err(invalid(format!("module does not export `{INVOKE}`"))),
-    };
+        Some(other) => Err(invalid(format!(
+            "export `{name}` must be a function, found {other:?}"
+        ))),
+        None => unreachable!("checked above"),
+    }
+}
+
+/// Checks the ABI's exports and links the imports once.
+fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
+    let rt = runtime()?;
+    let (kind, entry) = entry(&module)?;
     let (memory, initial_memory) = match module.get_export(MEMORY) {
         Some(ExternType::Memory(ty)) => {
             if ty.is_64() || ty.is_shared() {
@@ -399,8 +441,9 @@ fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
     Ok(CompiledModule {
         native_bytes: image.end as usize - image.start as usize,
         pre,
-        invoke,
+        entry,
         memory,
+        kind,
         wasm_bytes,
         initial_memory,
     })
