@@ -237,7 +237,7 @@ defmodule Worker.Functions do
         {state, reply} =
           case result do
             {:ok, loaded} ->
-              Metrics.loaded(Function.id(key), load.cause, loaded.source)
+              Metrics.loaded(Function.id(key), load.cause, loaded.source, loaded.module.kind)
               {insert(state, key, loaded), {:ok, loaded.module}}
 
             error ->

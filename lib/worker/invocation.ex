@@ -62,7 +62,8 @@ defmodule Worker.Invocation do
         Logger.debug(fn -> "invocation ok in #{us(duration)} us" end, metadata)
 
       {:error, {:exec_error, message}} ->
-        Logger.info("invocation failed in the function: #{message}", metadata)
+        # inspected: the function's text, one line whatever it holds
+        Logger.info("invocation failed in the function: #{inspect(message)}", metadata)
 
       {:error, reason} ->
         Logger.warning("invocation failed: #{inspect(reason)}", metadata)

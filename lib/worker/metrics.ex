@@ -120,7 +120,10 @@ defmodule Worker.Metrics do
   @dropped @http_ok + 3
   # 1 once the function is deleted (see forget/1); not a counter
   @deleted @dropped + 1
-  @row_size @deleted
+  # the function's kind once loaded (see @kinds); not a counter
+  @kind @deleted + 1
+  @row_size @kind
+  @kinds %{funless: 1, wasi_command: 2}
 
   @outcome_at Map.new(Enum.with_index(@outcomes, @first_outcome))
   @outcome_samples for {outcome, at} <- Enum.with_index(@outcomes, @first_outcome),
@@ -230,8 +233,13 @@ defmodule Worker.Metrics do
   (with the compile's duration, in native time units). It makes the
   function's row (see the moduledoc).
   """
-  @spec loaded(function_id(), :miss | :store, :artifact | {:compiled, integer()}) :: :ok
-  def loaded(id, cause, source) do
+  @spec loaded(
+          function_id(),
+          :miss | :store,
+          :artifact | {:compiled, integer()},
+          Worker.Runtime.Module.kind() | nil
+        ) :: :ok
+  def loaded(id, cause, source, kind \\ nil) do
     miss = if cause == :miss, do: [{@misses, 1}], else: []
     if cause == :miss, do: total(:misses)
 
@@ -249,6 +257,9 @@ defmodule Worker.Metrics do
       end
 
     loaded_row(id, ops)
+    # the row's kind label (worker_function_info); not on the shared row
+    if code = @kinds[kind], do: :ets.update_element(@table, {:fn, id}, {@kind, code})
+    :ok
   end
 
   @doc """
@@ -401,7 +412,9 @@ defmodule Worker.Metrics do
       http_failed: @http_failed,
       http_refused: @http_refused,
       dropped: @dropped,
-      deleted: @deleted
+      deleted: @deleted,
+      kind: @kind,
+      kinds: @kinds
     }
   end
 

@@ -18,6 +18,12 @@ defmodule Worker.Test.Helpers do
     end
   end
 
+  @doc """
+  A name no run has used: random, because the test data directory (and
+  the functions stored in it) outlives a run.
+  """
+  def unique_name(prefix), do: prefix <> Base.encode16(:crypto.strong_rand_bytes(8))
+
   @doc "A TCP port on 127.0.0.1 that nothing listened on a moment ago."
   def free_port do
     {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})

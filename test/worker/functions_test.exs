@@ -3,16 +3,17 @@ defmodule Worker.FunctionsTest do
   use ExUnit.Case, async: false
 
   import Worker.Test.Fixtures
+  alias Worker.Test.Helpers
   alias Worker.{Function, Functions, Store}
 
   setup do
-    %{hello: unique(wasm!("hello")), name: "f#{System.unique_integer([:positive])}"}
+    %{hello: unique(wasm!("hello")), name: Helpers.unique_name("f")}
   end
 
   # The module with a custom section of its own: code no test compiled
   # before, so that no artifact of it is stored.
   defp unique(wasm) do
-    name = "t#{System.unique_integer([:positive])}"
+    name = Helpers.unique_name("t")
     wasm <> <<0, byte_size(name) + 1, byte_size(name), name::binary>>
   end
 
@@ -88,6 +89,15 @@ defmodule Worker.FunctionsTest do
 
     assert counted(fn -> assert {:ok, _} = Functions.fetch(%{f | code: nil}) end) ==
              %{hits: 0, misses: 1, compiles: 0, artifact_loads: 1, evictions: 0}
+  end
+
+  test "a load records the function's kind for the metrics", %{name: name} do
+    f = function(name, unique(wasm!("hello_command")))
+    assert Functions.store(f) == :ok
+
+    page = Worker.Test.Prometheus.parse!(IO.iodata_to_binary(Worker.Metrics.Prometheus.render()))
+    labels = %{"module" => "functions_test", "function" => name, "kind" => "wasi_command"}
+    assert Worker.Test.Prometheus.value(page, "worker_function_info", labels) == 1.0
   end
 
   test "unknown functions: code_not_found, a miss", %{name: name} do

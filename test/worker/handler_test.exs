@@ -6,10 +6,11 @@ defmodule Worker.HandlerTest do
   @moduletag :capture_log
 
   import Worker.Test.Fixtures
+  alias Worker.Test.Helpers
   alias Worker.Handler
 
   setup do
-    name = "h#{System.unique_integer([:positive])}"
+    name = Helpers.unique_name("h")
     hello = %{name: name, module: "handler_test", hash: "h", code: wasm!("hello")}
     %{hello: hello, without_code: %{hello | code: nil}}
   end
@@ -76,7 +77,7 @@ defmodule Worker.HandlerTest do
     code = wasm!("hello_command")
 
     command = %{
-      name: "c#{System.unique_integer([:positive])}",
+      name: Helpers.unique_name("c"),
       module: "m",
       hash: "c",
       code: code

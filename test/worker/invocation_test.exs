@@ -4,12 +4,13 @@ defmodule Worker.InvocationTest do
 
   import ExUnit.CaptureLog
   import Worker.Test.Fixtures
+  alias Worker.Test.Helpers
   alias Worker.{Function, Functions, Invocation}
 
   defp function(name, code, capacity \\ nil) do
     %Function{
       module: "invocation_test",
-      name: "#{name}#{System.unique_integer([:positive])}",
+      name: Helpers.unique_name(name),
       hash: "h",
       code: code,
       capacity_mb: capacity

@@ -29,6 +29,8 @@ defmodule Worker.Metrics.Prometheus do
   @http_refused layout.http_refused
   @dropped layout.dropped
   @deleted layout.deleted
+  @kind layout.kind
+  @kind_labels Map.new(layout.kinds, fn {kind, code} -> {code, ~s(,kind="#{kind}"})} end)
 
   @doc """
   The CPU utilization for the page, measured since the calling process's
@@ -83,6 +85,16 @@ defmodule Worker.Metrics.Prometheus do
       for {pos, name} <- [{@hits, "hits"}, {@misses, "misses"}, {@evictions, "evictions"}] do
         counter(rows, "worker_cache_#{name}_total", "Compiled-module cache #{name}.", [{"}", pos}])
       end,
+      [
+        header(
+          "worker_function_info",
+          "Functions with figures of their own, with their kind (funless, wasi_command).",
+          "gauge"
+        )
+        | for {labels, row} <- rows, kind = @kind_labels[elem(row, @kind - 1)] do
+            sample("worker_function_info", labels, kind, 1)
+          end
+      ],
       [
         header("worker_invocations_in_flight", "Invocations running now.", "gauge")
         | for {labels, row} <- rows do

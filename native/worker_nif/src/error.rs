@@ -33,9 +33,8 @@ pub enum Error {
     Panic(String),
     /// How an invocation that gave no response ended (never
     /// `Outcome::Response`): `{:exec_error, message}`, `{:trap, message}`,
-    /// `:timeout`, `:no_response`, `{:bad_return, code}`, `{:exit, code}`,
-    /// `{:instantiate, reason}` or (a WASI command's output)
-    /// `{:invalid_response, reason}`.
+    /// `:timeout`, `:no_response`, `{:bad_return, code}`, `{:exit, code}`
+    /// or `{:instantiate, reason}`.
     Ended(Outcome),
     /// A bare reason string, for `Worker.JSON` and `Worker.Store`.
     Reason(String),
@@ -51,17 +50,6 @@ impl From<worker_runtime::Error> for Error {
             E::Serialize(m) => Error::Serialize(m),
             E::InvalidArgs(m) => Error::InvalidArgs(m),
             E::Panic(m) => Error::Panic(m),
-        }
-    }
-}
-
-impl Error {
-    /// The response's JSON text, or how an invocation that did not respond
-    /// ended.
-    pub fn from_outcome(outcome: Outcome) -> Result<Vec<u8>, Error> {
-        match outcome {
-            Outcome::Response(bytes) => Ok(bytes),
-            ended => Err(Error::Ended(ended)),
         }
     }
 }
@@ -87,9 +75,10 @@ impl Encoder for Error {
                 Outcome::BadReturn(code) => (atoms::bad_return(), code).encode(env),
                 Outcome::Exit(code) => (atoms::exit(), code).encode(env),
                 Outcome::Instantiate(m) => tagged(atoms::instantiate(), m),
-                Outcome::InvalidResponse(m) => tagged(atoms::invalid_response(), m),
-                // not made by from_outcome; a response is no error
-                Outcome::Response(_) => tagged(atoms::panic(), "a response reported as an error"),
+                // not made by reply::result; a response is no error
+                Outcome::Response(_) | Outcome::Output(_) => {
+                    tagged(atoms::panic(), "a response reported as an error")
+                }
             },
             Error::Reason(m) => m.encode(env),
         }

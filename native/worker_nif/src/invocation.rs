@@ -39,8 +39,9 @@ const HEAVY_SLICE: Duration = Duration::from_millis(2);
 
 enum Stage {
     Running(Box<Invocation>),
-    /// Finished with a response too large to decode on a normal scheduler.
-    Decode(Vec<u8>),
+    /// Finished with a response (or output) too large to decode on a
+    /// normal scheduler.
+    Decode(Outcome),
     Closed,
 }
 
@@ -176,7 +177,7 @@ fn invocation_resume_dirty<'a>(
 fn invocation_decode<'a>(env: Env<'a>, resource: ResourceArc<InvocationResource>) -> Term<'a> {
     let result = match resource.stage.try_lock() {
         Ok(mut stage) => match std::mem::replace(&mut *stage, Stage::Closed) {
-            Stage::Decode(bytes) => reply::response(env, &bytes),
+            Stage::Decode(outcome) => reply::result(env, outcome),
             _ => Err(misuse()),
         },
         Err(_) => Err(misuse()),
@@ -243,8 +244,8 @@ fn step<'a>(env: Env<'a>, stage: &mut Stage, wake: &Arc<WakeState>) -> Step<'a> 
             wake.set(CLOSED);
             let stats = reply::stats(invocation.logs().stats());
             match outcome {
-                Outcome::Response(bytes) if bytes.len() > DIRTY_DECODE_BYTES => {
-                    *stage = Stage::Decode(bytes);
+                outcome if reply::decoded_bytes(&outcome) > DIRTY_DECODE_BYTES => {
+                    *stage = Stage::Decode(outcome);
                     let lines = reply::lines(env, &lines);
                     Step::Continue(Next::Decode { lines, stats })
                 }

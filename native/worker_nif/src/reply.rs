@@ -59,14 +59,41 @@ pub fn failed(env: Env, error: Error) -> Term {
     done(env, Err(error), &[], None)
 }
 
-/// The invocation's result: the response decoded, or how it failed.
+/// The invocation's result: the response (or a WASI command's output)
+/// decoded, or how it failed.
 pub fn result(env: Env, outcome: Outcome) -> Result<Term, Error> {
-    Error::from_outcome(outcome).and_then(|bytes| response(env, &bytes))
+    match outcome {
+        Outcome::Response(bytes) => response(env, &bytes),
+        Outcome::Output(bytes) => output(env, &bytes),
+        ended => Err(Error::Ended(ended)),
+    }
+}
+
+/// Bytes of the response or output an outcome carries, to decode.
+pub fn decoded_bytes(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Response(bytes) | Outcome::Output(bytes) => bytes.len(),
+        _ => 0,
+    }
 }
 
 /// A response's JSON text decoded into terms.
-pub fn response<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
+fn response<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
     terms::from_json(env, bytes).map_err(Error::InvalidResponse)
+}
+
+/// A WASI command's output: JSON decoded (with the same decoder as a
+/// response), else its UTF-8 text as a binary, less one trailing newline.
+fn output<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
+    match terms::from_json(env, bytes) {
+        Ok(term) => Ok(term),
+        Err(_) => match worker_runtime::command::text(bytes) {
+            Some(text) => Ok(text.encode(env)),
+            None => Err(Error::InvalidResponse(
+                "the output is neither JSON nor UTF-8 text".into(),
+            )),
+        },
+    }
 }
 
 /// An invocation that goes on after this reply.

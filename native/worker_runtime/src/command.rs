@@ -8,18 +8,19 @@
 //!
 //! | the command | outcome |
 //! |---|---|
-//! | returns from `_start`, or exits 0, having written JSON | `Response` (that JSON) |
-//! | the same, having written other UTF-8 text | `Response` (the text as a JSON string, less one trailing newline) |
-//! | the same, having written bytes that are not UTF-8 | `InvalidResponse` |
-//! | the same, having written nothing | `NoResponse` |
-//! | exits with another status | `ExecError`, with the status and the end of stderr |
-//! | traps (a Rust panic is a trap) | `Trap`, after the end of stderr (a panic's text) |
+//! | returns from `_start`, or exits 0, having written something | `Output` (the bytes; the embedder decodes them as JSON, else as UTF-8 text, see [`text`]) |
+//! | the same, having written nothing but whitespace | `NoResponse` |
+//! | exits with a status from 1 to 125 | `ExecError`, with the status and the end of stderr |
+//! | traps (a Rust panic is a trap; so is `proc_exit` with a status of 126 or more) | `Trap`, after the end of stderr (a panic's text) |
 //!
 //! Writing more than the response cap to stdout traps: a result is never
-//! cut short silently.
+//! cut short silently. The end of stderr in a message is escaped as log
+//! lines are ([`crate::logs`]), so that a guest cannot forge log records
+//! through it.
 
+use crate::host::GuestFault;
 use crate::invocation::Outcome;
-use crate::logs::WasiLog;
+use crate::logs::{self, WasiLog};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -30,6 +31,9 @@ pub const START: &str = "_start";
 
 /// Bytes of stderr kept for a failure's message.
 const STDERR_TAIL: usize = 1024;
+
+/// What Rust prints after a panic's text.
+const RUST_HINT: &str = "note: run with `RUST_BACKTRACE";
 
 /// The command's stdout, kept up to a cap: its result.
 #[derive(Clone)]
@@ -87,23 +91,26 @@ impl Stderr {
         tail.drain(..excess);
     }
 
-    /// The end of what was written, as text, trimmed.
+    /// The end of what was written, as text, trimmed: from the first
+    /// whole character, and Rust's closing hint about `RUST_BACKTRACE`
+    /// (after a panic's text) left out.
     fn tail(&self) -> String {
-        String::from_utf8_lossy(&lock(&self.tail))
-            .trim()
-            .to_string()
+        let bytes = lock(&self.tail);
+        let start = bytes.iter().take_while(|&&b| b & 0xC0 == 0x80).count();
+        let text = String::from_utf8_lossy(&bytes[start..]);
+        let text = text.trim();
+        let text = match text.rsplit_once('\n') {
+            Some((before, last)) if last.starts_with(RUST_HINT) => before,
+            None if text.starts_with(RUST_HINT) => "",
+            _ => text,
+        };
+        text.trim().to_string()
     }
 
-    /// The end of what was written, for a trap's message: Rust's hint
-    /// about `RUST_BACKTRACE`, which follows a panic's text, left out.
-    fn before_trap(&self) -> Option<String> {
+    /// The end of what was written, escaped as a log line is (one line).
+    fn escaped_tail(&self) -> Option<String> {
         let tail = self.tail();
-        let text = match tail.rfind("\nnote: run with `RUST_BACKTRACE") {
-            Some(at) => &tail[..at],
-            None if tail.starts_with("note: run with `RUST_BACKTRACE") => "",
-            None => &tail,
-        };
-        Some(text.trim().to_string()).filter(|t| !t.is_empty())
+        (!tail.is_empty()).then(|| logs::escape(tail.as_bytes()))
     }
 }
 
@@ -117,40 +124,35 @@ fn lock(bytes: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
 /// the command exited with status 0, else the outcome of the failure.
 pub fn outcome(ended: Result<(), Outcome>, stdout: &Stdout, stderr: &Stderr) -> Outcome {
     match ended {
-        Ok(()) => result(stdout.take()),
-        Err(Outcome::Exit(status)) => {
-            let tail = stderr.tail();
-            Outcome::ExecError(if tail.is_empty() {
-                format!("exited with status {status}")
+        Ok(()) => {
+            let output = stdout.take();
+            if output.iter().all(u8::is_ascii_whitespace) {
+                Outcome::NoResponse
             } else {
-                format!("exited with status {status}: {tail}")
-            })
+                Outcome::Output(output)
+            }
         }
-        Err(Outcome::Trap(message)) => match stderr.before_trap() {
-            Some(text) => Outcome::Trap(format!("{text}\n{message}")),
+        Err(Outcome::Exit(status)) => Outcome::ExecError(match stderr.escaped_tail() {
+            Some(tail) => format!("exited with status {status}: {tail}"),
+            None => format!("exited with status {status}"),
+        }),
+        Err(Outcome::Trap(message)) => match stderr.escaped_tail() {
+            Some(tail) => Outcome::Trap(format!("{tail}\n{message}")),
             None => Outcome::Trap(message),
         },
         Err(other) => other,
     }
 }
 
-fn result(output: Vec<u8>) -> Outcome {
-    if output.iter().all(u8::is_ascii_whitespace) {
-        return Outcome::NoResponse;
-    }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&output).is_ok() {
-        return Outcome::Response(output);
-    }
-    match String::from_utf8(output) {
-        Ok(text) => {
-            let text = text
-                .strip_suffix('\n')
-                .map(|t| t.strip_suffix('\r').unwrap_or(t))
-                .unwrap_or(&text);
-            Outcome::Response(serde_json::to_vec(text).expect("a string encodes"))
-        }
-        Err(_) => Outcome::InvalidResponse("the output is not UTF-8 text".into()),
-    }
+/// What a command's output is as text, when it is not JSON: UTF-8, less
+/// one trailing newline; `None` if it is not UTF-8.
+pub fn text(output: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(output).ok()?;
+    Some(
+        text.strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(text),
+    )
 }
 
 impl IsTerminal for Stdout {
@@ -187,7 +189,8 @@ impl StdoutStream for Stderr {
 
 impl OutputStream for Stdout {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.push(&bytes).map_err(|m| StreamError::trap(&m))
+        self.push(&bytes)
+            .map_err(|m| StreamError::Trap(wasmtime::Error::new(GuestFault(m))))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -296,20 +299,19 @@ mod tests {
     }
 
     #[test]
-    fn results() {
-        assert_eq!(
-            ok(b"{\"a\":1}\n"),
-            Outcome::Response(b"{\"a\":1}\n".to_vec())
-        );
-        assert_eq!(ok(b"\"Hello!\""), Outcome::Response(b"\"Hello!\"".to_vec()));
-        assert_eq!(
-            ok(b"Hello \"x\"\n"),
-            Outcome::Response(b"\"Hello \\\"x\\\"\"".to_vec())
-        );
-        assert_eq!(ok(b"two\r\n"), Outcome::Response(b"\"two\"".to_vec()));
+    fn output_is_left_to_the_embedder_unless_blank() {
+        assert_eq!(ok(b"{\"a\":1}\n"), Outcome::Output(b"{\"a\":1}\n".to_vec()));
+        assert_eq!(ok(b"\xff\xfe"), Outcome::Output(b"\xff\xfe".to_vec()));
         assert_eq!(ok(b"  \n"), Outcome::NoResponse);
         assert_eq!(ok(b""), Outcome::NoResponse);
-        assert!(matches!(ok(b"\xff\xfe"), Outcome::InvalidResponse(_)));
+    }
+
+    #[test]
+    fn text_is_utf8_less_one_trailing_newline() {
+        assert_eq!(text(b"Hello \"x\"\n"), Some("Hello \"x\""));
+        assert_eq!(text(b"two\r\n"), Some("two"));
+        assert_eq!(text(b"two\n\n"), Some("two\n"));
+        assert_eq!(text(b"\xff"), None);
     }
 
     #[test]
@@ -324,10 +326,10 @@ mod tests {
     }
 
     #[test]
-    fn failures_carry_stderr() {
+    fn failures_carry_stderr_escaped() {
         let err = stderr();
         err.push(b"starting\n");
-        err.push(b"thread 'main' panicked at src/main.rs:3:5:\nboom\n");
+        err.push(b"thread 'main' panicked at src/main.rs:3:5:\nboom \x1b[31m\n");
         err.push(
             b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
         );
@@ -335,7 +337,7 @@ mod tests {
         assert_eq!(
             outcome(Err(Outcome::Trap("wasm trap: unreachable".into())), &out, &err),
             Outcome::Trap(
-                "starting\nthread 'main' panicked at src/main.rs:3:5:\nboom\nwasm trap: unreachable"
+                "starting\\nthread 'main' panicked at src/main.rs:3:5:\\nboom \\x1b[31m\nwasm trap: unreachable"
                     .into()
             )
         );
@@ -347,6 +349,7 @@ mod tests {
             Outcome::ExecError(m) => {
                 assert!(m.starts_with("exited with status 2: starting"), "{m}");
                 assert!(m.contains("boom"), "{m}");
+                assert!(!m.contains('\n') && !m.contains('\x1b'), "{m}");
             }
             other => panic!("{other:?}"),
         }
@@ -358,12 +361,31 @@ mod tests {
     }
 
     #[test]
-    fn only_the_end_of_stderr_is_kept() {
+    fn the_hint_goes_only_when_it_is_last() {
         let err = stderr();
-        err.push(&vec![b'a'; 5000]);
+        err.push(b"note: run with `RUST_BACKTRACE=1`\nthen more\n");
+        assert_eq!(err.tail(), "note: run with `RUST_BACKTRACE=1`\nthen more");
+        let err = stderr();
+        err.push(b"note: run with `RUST_BACKTRACE=1`\n");
+        assert_eq!(err.tail(), "");
+    }
+
+    #[test]
+    fn only_the_end_of_stderr_is_kept_from_a_whole_character() {
+        let err = stderr();
+        err.push(&[b'a'; 5000]);
         err.push(b"last");
         let tail = err.tail();
         assert_eq!(tail.len(), STDERR_TAIL);
         assert!(tail.ends_with("last"));
+
+        // "é" is two bytes: a cut between them starts at the next one
+        let err = stderr();
+        let mut bytes = "é".repeat(600).into_bytes();
+        bytes.push(b'!');
+        err.push(&bytes);
+        let tail = err.tail();
+        assert!(!tail.contains('\u{fffd}'), "{tail}");
+        assert!(tail.ends_with("é!"));
     }
 }

@@ -96,8 +96,9 @@ pub enum Outcome {
     Exit(i32),
     /// Instantiation failed (for example, memory over the limit).
     Instantiate(String),
-    /// A WASI command's output is neither JSON nor UTF-8 text.
-    InvalidResponse(String),
+    /// A WASI command returned (or exited 0); what it printed on stdout,
+    /// which the embedder decodes (JSON, else UTF-8 text).
+    Output(Vec<u8>),
 }
 
 /// Raised by the epoch callback when the deadline has passed.

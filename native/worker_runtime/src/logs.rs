@@ -184,7 +184,7 @@ fn needs_escape(c: char) -> bool {
 
 /// Decodes `bytes` as UTF-8 (invalid sequences becoming U+FFFD) and escapes
 /// it as the module doc says. The result is never shorter than `bytes`.
-fn escape(bytes: &[u8]) -> String {
+pub(crate) fn escape(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {

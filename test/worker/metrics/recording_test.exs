@@ -119,6 +119,20 @@ defmodule Worker.Metrics.RecordingTest do
     assert at(page, "worker_http_requests_total", Map.put(labels, "outcome", "refused")) == 4.0
   end
 
+  test "worker_function_info carries a function's kind, as last loaded", %{id: id, labels: labels} do
+    Metrics.loaded(id, :store, :artifact, :wasi_command)
+    assert at(page(), "worker_function_info", Map.put(labels, "kind", "wasi_command")) == 1.0
+
+    Metrics.loaded(id, :store, :artifact, :funless)
+
+    assert [{%{"kind" => "funless"}, 1.0}] =
+             Prometheus.samples(page(), "worker_function_info", labels)
+
+    # the shared row has none
+    other = %{"module" => "_other", "function" => "_other"}
+    assert Prometheus.samples(page(), "worker_function_info", other) == []
+  end
+
   test "the outcome label of every result" do
     assert Metrics.outcome({:ok, nil}) == "ok"
     assert Metrics.outcome({:error, {:exec_error, "m"}}) == "exec_error"

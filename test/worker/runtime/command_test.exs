@@ -29,12 +29,20 @@ defmodule Worker.Runtime.CommandTest do
   test "other UTF-8 text is a binary, less its trailing newline", %{hello: hello} do
     assert Runtime.invoke(hello, %{"text" => "plain words"}) == {:ok, "plain words"}
     assert Runtime.invoke(hello, %{"text" => "{not json"}) == {:ok, "{not json"}
+    # JSON the worker's decoder refuses (too deep, out of range) is text too
+    deep = String.duplicate("[", 200) <> String.duplicate("]", 200)
+    assert Runtime.invoke(hello, %{"text" => deep}) == {:ok, deep}
+    assert Runtime.invoke(hello, %{"text" => "1e400"}) == {:ok, "1e400"}
+    # a large output is decoded off the normal schedulers, the same way
+    big = String.duplicate("x", 100_000)
+    assert Runtime.invoke(hello, %{"text" => big}) == {:ok, big}
+    assert Runtime.invoke(hello, %{"text" => ~s(["#{big}"])}) == {:ok, [big]}
   end
 
   test "bytes that are not UTF-8 are an invalid response; no output is no response",
        %{cases: cases} do
     assert {:error, {:invalid_response, reason}} = Runtime.invoke(cases, 3)
-    assert reason =~ "not UTF-8"
+    assert reason =~ "neither JSON nor UTF-8 text"
     assert Runtime.invoke(cases, 4) == {:error, :no_response}
   end
 
@@ -79,8 +87,8 @@ defmodule Worker.Runtime.CommandTest do
   end
 
   test "output over the response cap traps, never cut short", %{cases: cases} do
-    assert {:error, {:trap, message}} = Runtime.invoke(cases, 8)
-    assert message =~ "over the response cap"
+    assert {:error, {:trap, "the output is over the response cap of 4194304 bytes" <> _}} =
+             Runtime.invoke(cases, 8)
   end
 
   test "a module with neither __invoke nor _start is refused, naming what it exports" do
