@@ -18,13 +18,10 @@
 //! lines are ([`crate::logs`]), so that a guest cannot forge log records
 //! through it.
 
-use crate::host::GuestFault;
 use crate::invocation::Outcome;
 use crate::logs::{self, WasiLog};
-use bytes::Bytes;
+use crate::stdio::Sink;
 use std::sync::{Arc, Mutex, MutexGuard};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// The export that makes a core module a WASI command.
 pub const START: &str = "_start";
@@ -155,128 +152,16 @@ pub fn text(output: &[u8]) -> Option<&str> {
     )
 }
 
-impl IsTerminal for Stdout {
-    fn is_terminal(&self) -> bool {
-        false
+impl Sink for Stdout {
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        self.push(bytes)
     }
 }
 
-impl IsTerminal for Stderr {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for Stdout {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl StdoutStream for Stderr {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl OutputStream for Stdout {
-    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.push(&bytes)
-            .map_err(|m| StreamError::Trap(wasmtime::Error::new(GuestFault(m))))
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
+impl Sink for Stderr {
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        self.push(bytes);
         Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(1 << 20)
-    }
-}
-
-impl OutputStream for Stderr {
-    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.push(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(1 << 20)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for Stdout {
-    async fn ready(&mut self) {}
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for Stderr {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for Stdout {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::task::Poll::Ready(
-            self.push(buf)
-                .map(|()| buf.len())
-                .map_err(std::io::Error::other),
-        )
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for Stderr {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.push(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::host::{GuestFault, HostState};
 use crate::logs::{LogLimits, LogSink, Stream, WasiLog};
 use crate::module::{CompiledModule, Kind};
 use crate::policy::Policy;
+use crate::stdio::Output;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -172,15 +173,16 @@ impl Invocation {
         // stdout and stderr are log lines.
         let stdio = match module.kind {
             Kind::FunLess => {
-                wasi.stdout(log(Stream::Stdout)).stderr(log(Stream::Stderr));
+                wasi.stdout(Output(log(Stream::Stdout)))
+                    .stderr(Output(log(Stream::Stderr)));
                 None
             }
             Kind::WasiCommand => {
                 let stdout = command::Stdout::new(limits.max_response_bytes);
                 let stderr = command::Stderr::new(log(Stream::Stderr));
                 wasi.stdin(MemoryInputPipe::new(input.clone()))
-                    .stdout(stdout.clone())
-                    .stderr(stderr.clone());
+                    .stdout(Output(stdout.clone()))
+                    .stderr(Output(stderr.clone()));
                 Some((stdout, stderr))
             }
         };

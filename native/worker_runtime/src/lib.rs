@@ -14,6 +14,7 @@ pub mod logs;
 pub mod memory;
 pub mod module;
 pub mod policy;
+pub mod stdio;
 
 pub use engine::{Settings, configure};
 pub use error::Error;

@@ -37,12 +37,10 @@
 //! [`Stream::Host`] notes are not charged to it. Lines refused by the
 //! budget are dropped and counted like those past the caps.
 
-use bytes::Bytes;
+use crate::stdio::Sink;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -351,71 +349,18 @@ impl LogSink {
     }
 }
 
-/// A WASI stdout or stderr that writes into a [`LogSink`].
+/// A WASI stdout or stderr that writes into a [`LogSink`] (through
+/// [`crate::stdio::Output`]).
 #[derive(Clone)]
 pub struct WasiLog {
     pub sink: Arc<LogSink>,
     pub stream: Stream,
 }
 
-impl IsTerminal for WasiLog {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for WasiLog {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl OutputStream for WasiLog {
-    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.sink.write(self.stream, &bytes);
+impl Sink for WasiLog {
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        self.sink.write(self.stream, bytes);
         Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(1 << 20)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for WasiLog {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for WasiLog {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.sink.write(self.stream, buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
     }
 }
 
