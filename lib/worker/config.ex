@@ -177,7 +177,12 @@ defmodule Worker.Config do
   `Worker.Runtime` used as a library).
   """
   @spec get(atom()) :: term()
-  def get(key), do: Application.get_env(:worker, key, defaults()[key])
+  def get(key) do
+    case Application.fetch_env(:worker, key) do
+      {:ok, value} -> value
+      :error -> defaults()[key]
+    end
+  end
 
   @doc "The native runtime's settings, from the application environment."
   @spec runtime_settings() :: Settings.t()

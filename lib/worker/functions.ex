@@ -64,14 +64,15 @@ defmodule Worker.Functions do
   @spec store(Function.t()) :: :ok | {:error, term()}
   def store(%Function{code: code} = function) when is_binary(code) do
     key = Function.key(function)
+    code = {code, Loader.code_hash(code)}
 
-    case cached(key, {code, Loader.code_hash(code)}) do
+    case cached(key, code) do
       {:ok, _module} ->
-        if Store.get_code(key) == {:ok, code}, do: :ok, else: Store.put_code(key, code)
+        {bytes, _hash} = code
+        if Store.get_code(key) == {:ok, bytes}, do: :ok, else: Store.put_code(key, bytes)
 
       :miss ->
-        load = {:load, key, {code, Loader.code_hash(code)}, :store}
-
+        load = {:load, key, code, :store}
         with {:ok, _module} <- GenServer.call(server(), load, :infinity), do: :ok
     end
   end

@@ -23,7 +23,7 @@ defmodule Worker.Invocation do
   end
 
   defp run(%Function{module: module_name, name: name} = function, module, input, caller) do
-    id = {module_name, name}
+    id = Function.id(function)
     invocation = System.unique_integer([:positive])
     metadata = [fl_module: module_name, fl_function: name, fl_invocation: invocation]
 

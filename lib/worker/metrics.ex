@@ -26,7 +26,7 @@ defmodule Worker.Metrics do
   Each function has one ETS row of counters, so recording an invocation is
   one `:ets.update_counter/3` when it starts and one when it ends: cheap
   enough for every invocation. A row is made when the function is loaded
-  into the cache (`loaded/3`: a store, or a miss), never by a later event:
+  into the cache (`loaded/4`: a store, or a miss), never by a later event:
   an event of a function without a row is counted in the shared row below.
 
   **The cap.** At most `FL_METRICS_MAX_FUNCTIONS` functions (default 1 000)
@@ -209,7 +209,7 @@ defmodule Worker.Metrics do
 
   @doc """
   Counts a cache hit, an eviction, or a miss whose load failed
-  (`Worker.Functions`; a miss that loads is counted by `loaded/3`).
+  (`Worker.Functions`; a miss that loads is counted by `loaded/4`).
   """
   @spec cache(function_id(), :hit | :eviction | :miss) :: :ok
   def cache(id, :hit) do

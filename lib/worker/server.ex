@@ -37,6 +37,9 @@ defmodule Worker.Server do
 
   @doc false
   def init do
+    # any node can message :worker: a backlog (a flood of casts, say) stays
+    # off its heap, so collections never walk it
+    Process.flag(:message_queue_data, :off_heap)
     true = Process.register(self(), :worker)
     :proc_lib.init_ack({:ok, self()})
     loop()

@@ -37,7 +37,6 @@ defmodule Worker.HandlerTest do
              {:error, {:bad_request, "expected {:invoke, function_with_code}"}}
 
     send(handler, :noise)
-    assert Process.alive?(handler)
 
     assert call(handler, {:invoke, context.hello}) == {:ok, %{"payload" => "Hello Handler!"}}
     await_down(handler)
@@ -47,6 +46,11 @@ defmodule Worker.HandlerTest do
     # the code was stored: the next invocation needs none
     assert call(:worker, {:invoke, context.without_code, %{}}) ==
              {:ok, %{"payload" => "Hello World!"}}
+  end
+
+  test ":worker keeps its message queue off its heap" do
+    assert Process.info(Process.whereis(:worker), :message_queue_data) ==
+             {:message_queue_data, :off_heap}
   end
 
   test "a code handler sent a bad function answers that, and ends", context do

@@ -58,9 +58,11 @@ defmodule Worker.Runtime.ConcurrencyTest do
 
     worst = Task.await(pinger, 5_000)
     assert Enum.all?(Task.await_many(tasks, 10_000), &(&1 == {:error, :timeout}))
-    # a message round trip while 4 x schedulers guests spin
+    # a message round trip while 4 x schedulers guests spin: a few ms here.
+    # A guest holding a scheduler would stall it for its whole 1.5 s; the
+    # bound leaves room for this shared VM's own stalls (74 ms seen once).
     IO.puts("worst ping round trip with #{spinners} spinning guests: #{worst} us")
-    assert worst < 40_000, "worst ping round trip was #{worst} us"
+    assert worst < 250_000, "worst ping round trip was #{worst} us"
   end
 
   test "a caller killed mid-invocation leaks nothing" do
