@@ -51,18 +51,6 @@ impl Stdout {
     pub fn take(&self) -> Vec<u8> {
         std::mem::take(&mut lock(&self.bytes))
     }
-
-    fn push(&self, bytes: &[u8]) -> Result<(), String> {
-        let mut kept = lock(&self.bytes);
-        if kept.len() + bytes.len() > self.max {
-            return Err(format!(
-                "the output is over the response cap of {} bytes",
-                self.max
-            ));
-        }
-        kept.extend_from_slice(bytes);
-        Ok(())
-    }
 }
 
 /// The command's stderr: to the log, with its last bytes kept.
@@ -78,14 +66,6 @@ impl Stderr {
             log,
             tail: Arc::default(),
         }
-    }
-
-    fn push(&self, bytes: &[u8]) {
-        self.log.sink.write(self.log.stream, bytes);
-        let mut tail = lock(&self.tail);
-        tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL)..]);
-        let excess = tail.len().saturating_sub(STDERR_TAIL);
-        tail.drain(..excess);
     }
 
     /// The end of what was written, as text, trimmed: from the first
@@ -154,13 +134,26 @@ pub fn text(output: &[u8]) -> Option<&str> {
 
 impl Sink for Stdout {
     fn put(&self, bytes: &[u8]) -> Result<(), String> {
-        self.push(bytes)
+        let mut kept = lock(&self.bytes);
+        if kept.len() + bytes.len() > self.max {
+            return Err(format!(
+                "the output is over the response cap of {} bytes",
+                self.max
+            ));
+        }
+        kept.extend_from_slice(bytes);
+        Ok(())
     }
 }
 
 impl Sink for Stderr {
+    /// To the log, as every function's stderr; the last bytes kept.
     fn put(&self, bytes: &[u8]) -> Result<(), String> {
-        self.push(bytes);
+        self.log.put(bytes)?;
+        let mut tail = lock(&self.tail);
+        tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL)..]);
+        let excess = tail.len().saturating_sub(STDERR_TAIL);
+        tail.drain(..excess);
         Ok(())
     }
 }
@@ -179,7 +172,7 @@ mod tests {
 
     fn ok(stdout: &[u8]) -> Outcome {
         let out = Stdout::new(64);
-        out.push(stdout).unwrap();
+        out.put(stdout).unwrap();
         outcome(Ok(()), &out, &stderr())
     }
 
@@ -202,9 +195,9 @@ mod tests {
     #[test]
     fn output_over_the_cap_is_refused() {
         let out = Stdout::new(4);
-        assert!(out.push(b"1234").is_ok());
+        assert!(out.put(b"1234").is_ok());
         assert!(
-            out.push(b"5")
+            out.put(b"5")
                 .unwrap_err()
                 .contains("over the response cap of 4 bytes")
         );
@@ -213,11 +206,11 @@ mod tests {
     #[test]
     fn failures_carry_stderr_escaped() {
         let err = stderr();
-        err.push(b"starting\n");
-        err.push(b"thread 'main' panicked at src/main.rs:3:5:\nboom \x1b[31m\n");
-        err.push(
-            b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
-        );
+        err.put(b"starting\n").unwrap();
+        err.put(b"thread 'main' panicked at src/main.rs:3:5:\nboom \x1b[31m\n")
+            .unwrap();
+        err.put(b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n")
+            .unwrap();
         let out = Stdout::new(64);
         assert_eq!(
             outcome(Err(Outcome::Trap("wasm trap: unreachable".into())), &out, &err),
@@ -248,18 +241,19 @@ mod tests {
     #[test]
     fn the_hint_goes_only_when_it_is_last() {
         let err = stderr();
-        err.push(b"note: run with `RUST_BACKTRACE=1`\nthen more\n");
+        err.put(b"note: run with `RUST_BACKTRACE=1`\nthen more\n")
+            .unwrap();
         assert_eq!(err.tail(), "note: run with `RUST_BACKTRACE=1`\nthen more");
         let err = stderr();
-        err.push(b"note: run with `RUST_BACKTRACE=1`\n");
+        err.put(b"note: run with `RUST_BACKTRACE=1`\n").unwrap();
         assert_eq!(err.tail(), "");
     }
 
     #[test]
     fn only_the_end_of_stderr_is_kept_from_a_whole_character() {
         let err = stderr();
-        err.push(&[b'a'; 5000]);
-        err.push(b"last");
+        err.put(&[b'a'; 5000]).unwrap();
+        err.put(b"last").unwrap();
         let tail = err.tail();
         assert_eq!(tail.len(), STDERR_TAIL);
         assert!(tail.ends_with("last"));
@@ -268,7 +262,7 @@ mod tests {
         let err = stderr();
         let mut bytes = "é".repeat(600).into_bytes();
         bytes.push(b'!');
-        err.push(&bytes);
+        err.put(&bytes).unwrap();
         let tail = err.tail();
         assert!(!tail.contains('\u{fffd}'), "{tail}");
         assert!(tail.ends_with("é!"));

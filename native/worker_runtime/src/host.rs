@@ -40,7 +40,8 @@ pub struct HostState {
     pub store_limits: StoreLimits,
     pub limits: Limits,
     pub deadline: Instant,
-    pub input: Vec<u8>,
+    /// The arguments' JSON text (shared with a command's stdin, not copied).
+    pub input: bytes::Bytes,
     pub response: Option<Vec<u8>>,
     pub error: Option<Vec<u8>>,
     pub logs: Arc<LogSink>,

@@ -160,6 +160,7 @@ impl Invocation {
                 limits.max_input_bytes
             )));
         }
+        let input = bytes::Bytes::from(input);
         let logs = LogSink::new(limits.log, limits.log_budget.clone());
         let log = |stream| WasiLog {
             sink: logs.clone(),

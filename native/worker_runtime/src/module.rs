@@ -253,7 +253,6 @@ fn run_compiler(
             &threads.to_string(),
         ])
         .env("MALLOC_ARENA_MAX", "2")
-        .env("RAYON_NUM_THREADS", threads.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -362,50 +361,70 @@ pub fn engine_fingerprint() -> Result<String, Error> {
     Ok(format!("{:016x}", hasher.finish()))
 }
 
+/// Export names listed in a refusal, at most, each cut to
+/// [`LISTED_NAME_CHARS`]: a module may have 100,000 exports of 100 KB.
+const LISTED_EXPORTS: usize = 8;
+const LISTED_NAME_CHARS: usize = 64;
+
 /// The entry point a function's exports make it: `__invoke` (a FunLess
 /// function), else `_start` (a WASI command), each of the right type.
 fn entry(module: &Module) -> Result<(Kind, ModuleExport), Error> {
-    let (kind, name, expected) = if module.get_export(INVOKE).is_some() {
-        (Kind::FunLess, INVOKE, "(i32) -> i32")
-    } else if module.get_export(START).is_some() {
-        (Kind::WasiCommand, START, "() -> ()")
-    } else {
-        let exports: Vec<String> = module
-            .exports()
-            .map(|e| format!("`{}`", e.name().escape_debug()))
-            .collect();
-        let exports = if exports.is_empty() {
-            "nothing".to_string()
-        } else {
-            exports.join(", ")
-        };
+    let (kind, name, expected, found) = match (module.get_export(INVOKE), module.get_export(START))
+    {
+        (Some(found), _) => (Kind::FunLess, INVOKE, "(i32) -> i32", found),
+        (None, Some(found)) => (Kind::WasiCommand, START, "() -> ()", found),
+        (None, None) => {
+            return Err(invalid(format!(
+                "module does not export `{INVOKE}` (a FunLess function) or `{START}` \
+                 (a WASI command); it exports {}",
+                listed_exports(module)
+            )));
+        }
+    };
+    let ExternType::Func(ty) = found else {
         return Err(invalid(format!(
-            "module does not export `{INVOKE}` (a FunLess function) or `{START}` \
-             (a WASI command); it exports {exports}"
+            "export `{name}` must be a function, found {found:?}"
         )));
     };
-    match module.get_export(name) {
-        Some(ExternType::Func(ty)) => {
-            let params: Vec<ValType> = ty.params().collect();
-            let results: Vec<ValType> = ty.results().collect();
-            let fits = match kind {
-                Kind::FunLess => {
-                    matches!(params[..], [ValType::I32]) && matches!(results[..], [ValType::I32])
-                }
-                Kind::WasiCommand => params.is_empty() && results.is_empty(),
-            };
-            if !fits {
-                return Err(invalid(format!(
-                    "export `{name}` must have type {expected}, found {ty}"
-                )));
-            }
-            Ok((kind, module.get_export_index(name).expect("export exists")))
+    let params: Vec<ValType> = ty.params().collect();
+    let results: Vec<ValType> = ty.results().collect();
+    let fits = match kind {
+        Kind::FunLess => {
+            matches!(params[..], [ValType::I32]) && matches!(results[..], [ValType::I32])
         }
-        Some(other) => Err(invalid(format!(
-            "export `{name}` must be a function, found {other:?}"
-        ))),
-        None => unreachable!("checked above"),
+        Kind::WasiCommand => params.is_empty() && results.is_empty(),
+    };
+    if !fits {
+        return Err(invalid(format!(
+            "export `{name}` must have type {expected}, found {ty}"
+        )));
     }
+    Ok((kind, module.get_export_index(name).expect("export exists")))
+}
+
+/// The first export names, escaped and cut, and how many more there are.
+fn listed_exports(module: &Module) -> String {
+    let total = module.exports().len();
+    if total == 0 {
+        return "nothing".into();
+    }
+    let mut listed: Vec<String> = module
+        .exports()
+        .take(LISTED_EXPORTS)
+        .map(|e| {
+            let name: String = e.name().chars().take(LISTED_NAME_CHARS).collect();
+            let cut = if e.name().chars().count() > LISTED_NAME_CHARS {
+                "..."
+            } else {
+                ""
+            };
+            format!("`{}{cut}`", name.escape_debug())
+        })
+        .collect();
+    if total > LISTED_EXPORTS {
+        listed.push(format!("and {} more", total - LISTED_EXPORTS));
+    }
+    listed.join(", ")
 }
 
 /// Checks the ABI's exports and links the imports once.

@@ -3,30 +3,41 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use worker_runtime::module::{Isolation, compile_isolated};
 use worker_runtime::{Error, Settings, configure};
 
-/// A compiler that reads the module, then runs `then`.
-fn fake(name: &str, then: &str) -> Isolation {
+/// Held by each test while it writes and runs its fake: a child forked by
+/// one test while another still has its script open for writing would make
+/// that script's exec fail (ETXTBSY).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A compiler that reads the module, then runs `then`; the guard keeps
+/// the other tests out until it is dropped.
+fn fake(name: &str, then: &str) -> (MutexGuard<'static, ()>, Isolation) {
+    let guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     configure(Settings::default()).unwrap();
     let dir = std::env::temp_dir().join(format!("fl-compile-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let program: PathBuf = dir.join(name);
     std::fs::write(&program, format!("#!/bin/sh\ncat >/dev/null\n{then}\n")).unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Isolation {
+    let isolation = Isolation {
         program,
         timeout: Duration::from_secs(10),
         max_memory_mb: 256,
-    }
+    };
+    (guard, isolation)
 }
 
 const MODULE: &[u8] = b"(module)";
 
 #[test]
 fn a_panic_in_the_compiler_is_a_panic() {
-    let isolation = fake("panics", "printf 'Pindex out of bounds'; exit 3");
+    let (_one, isolation) = fake("panics", "printf 'Pindex out of bounds'; exit 3");
     match compile_isolated(MODULE, &isolation) {
         Err(Error::Panic(message)) => {
             assert!(
@@ -40,7 +51,7 @@ fn a_panic_in_the_compiler_is_a_panic() {
 
 #[test]
 fn a_refused_module_is_an_invalid_module() {
-    let isolation = fake("refuses", "printf 'Eunknown import'; exit 2");
+    let (_one, isolation) = fake("refuses", "printf 'Eunknown import'; exit 2");
     assert_eq!(
         compile_isolated(MODULE, &isolation).err(),
         Some(Error::InvalidModule("unknown import".into()))
@@ -49,7 +60,7 @@ fn a_refused_module_is_an_invalid_module() {
 
 #[test]
 fn a_compiler_killed_by_a_signal_names_the_limits() {
-    let isolation = fake("killed", "kill -9 $$");
+    let (_one, isolation) = fake("killed", "kill -9 $$");
     match compile_isolated(MODULE, &isolation) {
         Err(Error::InvalidModule(reason)) => {
             assert!(reason.contains("FL_COMPILE_MAX_MB"), "{reason}")
@@ -60,6 +71,10 @@ fn a_compiler_killed_by_a_signal_names_the_limits() {
 
 #[test]
 fn a_compiler_that_cannot_start_leaves_the_runtime_unavailable() {
+    // it forks too
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     configure(Settings::default()).unwrap();
     let isolation = Isolation {
         program: "/nonexistent/fl-compile".into(),

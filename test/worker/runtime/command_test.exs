@@ -96,6 +96,14 @@ defmodule Worker.Runtime.CommandTest do
     assert reason =~ "`__invoke`"
     assert reason =~ "`_start`"
     assert reason =~ "it exports `memory`, `main`"
+
+    # however many exports, and however long their names, a few are named
+    long = String.duplicate("n", 5_000)
+    funcs = for i <- 1..20, do: ~s|(func (export "f#{i}#{if i == 1, do: long}"))|
+    assert {:error, {:invalid_module, reason}} = Runtime.compile("(module #{funcs})")
+    assert reason =~ "and 12 more"
+    assert reason =~ "..."
+    assert byte_size(reason) < 1_000
   end
 
   test "a command's artifact loads as a command", %{hello: hello} do

@@ -43,10 +43,13 @@ fn main() {
     if let Err(e) = std::io::stdin().read_to_end(&mut module) {
         fail(&format!("reading the module: {e}"));
     }
-    // `--threads`: the threads this compile may use (the worker also sets
-    // RAYON_NUM_THREADS, for the compiler's thread pool, and its CPU limit
-    // counts them); one means no parallel compilation. Neither is part of
-    // an artifact's compatibility.
+    // `--threads`: the threads this compile may use (its CPU limit counts
+    // them); one means no parallel compilation. It sizes the compiler's
+    // thread pool (rayon's, which reads RAYON_NUM_THREADS when it starts).
+    // Neither is part of an artifact's compatibility.
+    // SAFETY: no other thread exists yet: the engine, and with it the
+    // pool, is made below.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     let mut config = compiler_config();
     config.parallel_compilation(threads > 1);
     let engine =
