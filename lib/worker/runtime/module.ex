@@ -1,9 +1,16 @@
 defmodule Worker.Runtime.Module do
   @moduledoc """
-  A compiled function, from `Worker.Runtime.compile/1`: a FunLess module
-  (`kind: :funless`, exporting `__invoke`) or a WASI command
-  (`kind: :wasi_command`, exporting `_start`: its arguments on stdin, its
-  result on stdout).
+  A compiled function, from `Worker.Runtime.compile/1`, of one of four
+  kinds, told by its exports:
+
+    * `:funless` - a FunLess module, exporting `__invoke`;
+    * `:wasi_command` - a WASI core command, exporting `_start`: its
+      arguments on stdin, its result on stdout;
+    * `:cli_component` - a WASI 0.2 component exporting `wasi:cli/run`:
+      stdin and stdout, as a command;
+    * `:http_component` - a WASI 0.2 component exporting
+      `wasi:http/incoming-handler`: its arguments are the body of a
+      `POST /`, its result the body of the response.
 
   It wraps a native resource: a module compiled and linked once, which any
   number of processes may invoke at the same time. The compiled code stays
@@ -15,7 +22,7 @@ defmodule Worker.Runtime.Module do
   defstruct [:ref, :kind, :wasm_bytes, :native_bytes, :initial_memory]
 
   @typedoc "What kind of function a module is, told by its exports."
-  @type kind :: :funless | :wasi_command
+  @type kind :: :funless | :wasi_command | :cli_component | :http_component
 
   @typedoc """
   * `kind` - see `t:kind/0`;

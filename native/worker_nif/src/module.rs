@@ -22,7 +22,7 @@ impl rustler::Resource for ModuleResource {}
 #[module = "Worker.Runtime.Module"]
 pub struct Module {
     r#ref: ResourceArc<ModuleResource>,
-    /// `:funless` or `:wasi_command`
+    /// `:funless`, `:wasi_command`, `:cli_component` or `:http_component`
     kind: rustler::Atom,
     wasm_bytes: usize,
     native_bytes: usize,
@@ -35,6 +35,8 @@ impl From<CompiledModule> for Module {
             kind: match module.kind {
                 Kind::FunLess => atoms::funless(),
                 Kind::WasiCommand => atoms::wasi_command(),
+                Kind::CliComponent => atoms::cli_component(),
+                Kind::HttpComponent => atoms::http_component(),
             },
             wasm_bytes: module.wasm_bytes,
             native_bytes: module.native_bytes,

@@ -41,6 +41,84 @@ pub fn make_interruptible(wasm: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     make_interruptible_with_chunk(wasm, CHUNK)
 }
 
+/// [`make_interruptible`] for every core module inside a component, nested
+/// components included. Returns the input unchanged when no module changes.
+/// Fails only when the component's sections do not parse.
+pub fn make_component_interruptible(wasm: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    rewrite_component(wasm, CHUNK, 0)
+}
+
+/// Nested components deeper than this are left as they are (validation
+/// refuses far shallower nesting than a stack overflow would need).
+const MAX_NESTING: usize = 100;
+
+/// The core module section of a component, and a nested component's.
+const CORE_MODULE_SECTION: u8 = 1;
+const COMPONENT_SECTION: u8 = 4;
+
+fn rewrite_component(wasm: &[u8], chunk: u32, depth: usize) -> Result<Cow<'_, [u8]>, String> {
+    let bad = || "bulk memory rewrite: the component's sections do not parse".to_string();
+    if wasm.len() < 8 || depth > MAX_NESTING {
+        return Ok(Cow::Borrowed(wasm));
+    }
+    let mut sections = Vec::new();
+    let mut at = 8;
+    let mut changed = false;
+    while at < wasm.len() {
+        let id = wasm[at];
+        let (size, leb) = read_u32(&wasm[at + 1..]).ok_or_else(bad)?;
+        let start = at + 1 + leb;
+        let end = start
+            .checked_add(size as usize)
+            .filter(|&e| e <= wasm.len())
+            .ok_or_else(bad)?;
+        let content = &wasm[start..end];
+        let rewritten = match id {
+            CORE_MODULE_SECTION => make_interruptible_with_chunk(content, chunk)?,
+            COMPONENT_SECTION => rewrite_component(content, chunk, depth + 1)?,
+            _ => Cow::Borrowed(content),
+        };
+        changed |= matches!(rewritten, Cow::Owned(_));
+        sections.push((id, rewritten));
+        at = end;
+    }
+    if !changed {
+        return Ok(Cow::Borrowed(wasm));
+    }
+    let mut out = wasm[..8].to_vec();
+    for (id, content) in sections {
+        out.push(id);
+        let len = u32::try_from(content.len()).map_err(|_| bad())?;
+        write_u32(&mut out, len);
+        out.extend_from_slice(&content);
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// An unsigned LEB128 u32 and its length in bytes.
+fn read_u32(bytes: &[u8]) -> Option<(u32, usize)> {
+    let mut value: u64 = 0;
+    for (i, &byte) in bytes.iter().take(5).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return u32::try_from(value).ok().map(|v| (v, i + 1));
+        }
+    }
+    None
+}
+
+fn write_u32(out: &mut Vec<u8>, mut value: u32) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// [`make_interruptible`] with a chunk of `chunk` bytes (at least 1).
 pub(crate) fn make_interruptible_with_chunk(
     wasm: &[u8],

@@ -89,6 +89,23 @@ impl Stderr {
         let tail = self.tail();
         (!tail.is_empty()).then(|| logs::escape(tail.as_bytes()))
     }
+
+    /// An exec error: `message`, then the end of stderr.
+    fn exec_error(&self, message: String) -> Outcome {
+        Outcome::ExecError(match self.escaped_tail() {
+            Some(tail) => format!("{message}: {tail}"),
+            None => message,
+        })
+    }
+
+    /// A trap's message, after the end of stderr (a panic's text); any
+    /// other outcome as it is.
+    pub fn explain(&self, outcome: Outcome) -> Outcome {
+        match (outcome, self.escaped_tail()) {
+            (Outcome::Trap(message), Some(tail)) => Outcome::Trap(format!("{tail}\n{message}")),
+            (other, _) => other,
+        }
+    }
 }
 
 fn lock(bytes: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
@@ -109,15 +126,9 @@ pub fn outcome(ended: Result<(), Outcome>, stdout: &Stdout, stderr: &Stderr) -> 
                 Outcome::Output(output)
             }
         }
-        Err(Outcome::Exit(status)) => Outcome::ExecError(match stderr.escaped_tail() {
-            Some(tail) => format!("exited with status {status}: {tail}"),
-            None => format!("exited with status {status}"),
-        }),
-        Err(Outcome::Trap(message)) => match stderr.escaped_tail() {
-            Some(tail) => Outcome::Trap(format!("{tail}\n{message}")),
-            None => Outcome::Trap(message),
-        },
-        Err(other) => other,
+        Err(Outcome::Exit(status)) => stderr.exec_error(format!("exited with status {status}")),
+        Err(Outcome::ExecError(message)) => stderr.exec_error(message),
+        Err(other) => stderr.explain(other),
     }
 }
 

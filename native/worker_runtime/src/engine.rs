@@ -6,7 +6,9 @@
 //! ticker, and a small Tokio runtime for outbound HTTP and WASI timers.
 
 use crate::Error;
+use crate::component::ComponentState;
 use crate::host::{self, HostState};
+use crate::invocation::MAX_COMPONENT_PARTS;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -70,6 +72,7 @@ impl Default for Settings {
 pub struct Runtime {
     pub engine: Engine,
     pub linker: Linker<HostState>,
+    pub component_linker: wasmtime::component::Linker<ComponentState>,
     pub settings: Settings,
     pub tokio: tokio::runtime::Runtime,
     ticker: Ticker,
@@ -130,12 +133,23 @@ impl Runtime {
                 "the tick and the pool must be above zero: {settings:?}"
             )));
         }
+        // A FunLess module or a WASI command is one core instance, with one
+        // memory and one table; a component is several (a Rust one has 2
+        // to 4 core instances, one memory and 2 tables): the pool holds
+        // `pool_instances` invocations of either, and twice the core
+        // instances and tables, so that components mostly fit too. Memories
+        // stay at one per invocation: each reserves address space for the
+        // memory cap and its guard.
+        let n = settings.pool_instances;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(settings.pool_instances)
-            .total_memories(settings.pool_instances)
-            .total_tables(settings.pool_instances)
-            .total_stacks(settings.pool_instances)
-            .total_component_instances(0)
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(2))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(2))
+            .total_stacks(n)
+            .max_core_instances_per_component(MAX_COMPONENT_PARTS as u32)
+            .max_memories_per_component(MAX_COMPONENT_PARTS as u32)
+            .max_tables_per_component(MAX_COMPONENT_PARTS as u32)
             .max_memory_size(settings.memory_cap)
             .max_unused_warm_slots(settings.pool_instances.min(64));
         if settings.keep_resident > 0 {
@@ -157,6 +171,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| unavailable(format!("linker: {e:#}")))?;
+        let component_linker = crate::component::linker(&engine)
+            .map_err(|e| unavailable(format!("component linker: {e:#}")))?;
 
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -169,6 +185,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            component_linker,
             settings,
             tokio,
             ticker,

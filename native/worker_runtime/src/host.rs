@@ -12,7 +12,7 @@ use crate::logs::{LogSink, Stream};
 use crate::memory::{self, addr};
 use std::sync::Arc;
 use std::time::Instant;
-use wasmtime::{Caller, Linker, Memory, Result, StoreLimits};
+use wasmtime::{Caller, Linker, Memory, Result};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
 
@@ -37,7 +37,7 @@ fn fault(message: String) -> wasmtime::Error {
 /// Per-invocation state, owned by the store.
 pub struct HostState {
     pub wasi: WasiP1Ctx,
-    pub store_limits: StoreLimits,
+    pub limiter: crate::invocation::Limiter,
     pub limits: Limits,
     pub deadline: Instant,
     /// The arguments' JSON text (shared with a command's stdin, not copied).

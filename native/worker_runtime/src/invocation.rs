@@ -8,10 +8,12 @@
 
 use crate::Error;
 use crate::command;
+use crate::component::{self, ComponentState};
 use crate::engine::{Running, runtime};
 use crate::host::{GuestFault, HostState};
 use crate::logs::{LogLimits, LogSink, Stream, WasiLog};
-use crate::module::{CompiledModule, Kind};
+use crate::module::{Code, CompiledModule, Kind};
+use crate::outbound::Outbound;
 use crate::policy::Policy;
 use crate::stdio::Output;
 use std::future::Future;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
-use wasmtime::{Extern, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Extern, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -107,7 +109,125 @@ pub enum Outcome {
 #[error("invocation deadline reached")]
 struct DeadlineReached;
 
-type Run = Pin<Box<dyn Future<Output = (Outcome, Store<HostState>)> + Send>>;
+/// An invocation's work; it releases its store before it ends.
+type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Core instances, memories and tables one component's store may hold;
+/// its memories are each bounded by the invocation's memory limit. (Rust
+/// and Python components have a few.)
+pub const MAX_COMPONENT_PARTS: usize = 32;
+
+/// What the epoch callback of a store needs: the deadline, and when the
+/// current slice began.
+struct Clock {
+    deadline: Instant,
+    slice: Arc<SliceClock>,
+    half_tick: Duration,
+}
+
+impl Clock {
+    /// A store for `data`, limited by its [`Limiter`], that yields at each
+    /// tick once the slice has run half a tick, and traps at the deadline.
+    fn store<T: Limited>(self, engine: &wasmtime::Engine, data: T) -> Store<T> {
+        let mut store = Store::new(engine, data);
+        store.limiter(|state| state.limiter());
+        let Clock {
+            deadline,
+            slice,
+            half_tick,
+        } = self;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            let now = Instant::now();
+            if now >= deadline {
+                Err(wasmtime::Error::new(DeadlineReached))
+            } else if slice.elapsed(now) < half_tick {
+                // The slice began just before this tick: keep going.
+                Ok(UpdateDeadline::Continue(1))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
+/// Store data with a [`Limiter`].
+pub(crate) trait Limited: Send + 'static {
+    fn limiter(&mut self) -> &mut Limiter;
+}
+
+impl Limited for HostState {
+    fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+}
+
+impl Limited for crate::component::ComponentState {
+    fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+}
+
+/// The store's limits (memory size, and how many instances, memories and
+/// tables), and the linear memory it has granted so far, across all its
+/// memories.
+pub struct Limiter {
+    limits: StoreLimits,
+    granted: usize,
+}
+
+impl Limiter {
+    /// Each memory at most `max_memory` bytes; `parts` instances,
+    /// memories and tables.
+    pub fn new(max_memory: usize, parts: usize) -> Limiter {
+        Limiter {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(max_memory)
+                .instances(parts)
+                .memories(parts)
+                .tables(parts)
+                .build(),
+            granted: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grows = self.limits.memory_growing(current, desired, maximum)?;
+        if grows {
+            self.granted += desired.saturating_sub(current);
+        }
+        Ok(grows)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
 
 pub struct Invocation {
     /// `None` once finished.
@@ -169,67 +289,96 @@ impl Invocation {
         let mut wasi = WasiCtxBuilder::new();
         // random_get fills a host buffer of the asked size before copying
         // it, and traps past this (see README, limits)
-        wasi.max_random_size(MAX_RANDOM_BYTES);
-        // A command talks over stdio (crate::command); a FunLess function's
-        // stdout and stderr are log lines.
-        let stdio = match module.kind {
-            Kind::FunLess => {
-                wasi.stdout(Output(log(Stream::Stdout)))
-                    .stderr(Output(log(Stream::Stderr)));
-                None
-            }
-            Kind::WasiCommand => {
-                let stdout = command::Stdout::new(limits.max_response_bytes);
-                let stderr = command::Stderr::new(log(Stream::Stderr));
-                wasi.stdin(MemoryInputPipe::new(input.clone()))
-                    .stdout(Output(stdout.clone()))
-                    .stderr(Output(stderr.clone()));
-                Some((stdout, stderr))
-            }
-        };
-        let wasi = wasi.build_p1();
+        wasi.max_random_size(MAX_RANDOM_BYTES)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         let max_memory = limits.max_memory.min(rt.settings.memory_cap);
         let deadline = Instant::now() + limits.timeout;
-        let state = HostState {
-            wasi,
-            store_limits: StoreLimitsBuilder::new()
-                .memory_size(max_memory)
-                .instances(1)
-                .memories(1)
-                .build(),
-            limits,
-            deadline,
-            input,
-            response: None,
-            error: None,
-            logs: logs.clone(),
-            http_requests: 0,
-            memory: None,
-        };
-        let mut store = Store::new(&rt.engine, state);
-        store.limiter(|state| &mut state.store_limits);
         let slice = Arc::new(SliceClock::default());
-        let half_tick = rt.settings.tick / 2;
-        let clock = slice.clone();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            let now = Instant::now();
-            if now >= deadline {
-                Err(wasmtime::Error::new(DeadlineReached))
-            } else if clock.elapsed(now) < half_tick {
-                // The slice began just before this tick: keep going.
-                Ok(UpdateDeadline::Continue(1))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        let entry = Entry {
-            pre: module.pre.clone(),
-            export: module.entry,
-            memory: module.memory,
-            stdio,
+        let clock = Clock {
+            deadline,
+            slice: slice.clone(),
+            half_tick: rt.settings.tick / 2,
         };
-        let future = Box::pin(run(store, entry));
+        let future: Run = match &module.code {
+            Code::Core { pre, entry, memory } => {
+                // A command talks over stdio (crate::command); a FunLess
+                // function's stdout and stderr are log lines.
+                let stdio = match module.kind {
+                    Kind::WasiCommand => {
+                        let stdout = command::Stdout::new(limits.max_response_bytes);
+                        let stderr = command::Stderr::new(log(Stream::Stderr));
+                        wasi.stdin(MemoryInputPipe::new(input.clone()))
+                            .stdout(Output(stdout.clone()))
+                            .stderr(Output(stderr.clone()));
+                        Some((stdout, stderr))
+                    }
+                    _ => {
+                        wasi.stdout(Output(log(Stream::Stdout)))
+                            .stderr(Output(log(Stream::Stderr)));
+                        None
+                    }
+                };
+                let state = HostState {
+                    wasi: wasi.build_p1(),
+                    limiter: Limiter::new(max_memory, 1),
+                    limits,
+                    deadline,
+                    input,
+                    response: None,
+                    error: None,
+                    logs: logs.clone(),
+                    http_requests: 0,
+                    memory: None,
+                };
+                let store = clock.store(&rt.engine, state);
+                let entry = Entry {
+                    pre: pre.clone(),
+                    export: *entry,
+                    memory: *memory,
+                    stdio,
+                };
+                Box::pin(run(store, entry))
+            }
+            Code::Component { pre, entry } => {
+                let stderr = command::Stderr::new(log(Stream::Stderr));
+                wasi.stderr(Output(stderr.clone()));
+                let stdio = match entry {
+                    component::Entry::Run(_) => {
+                        let stdout = command::Stdout::new(limits.max_response_bytes);
+                        wasi.stdin(MemoryInputPipe::new(input.clone()))
+                            .stdout(Output(stdout.clone()));
+                        component::Stdio::Command(stdout, stderr)
+                    }
+                    component::Entry::Handle(_) => {
+                        wasi.stdout(Output(log(Stream::Stdout)));
+                        component::Stdio::Handler(stderr)
+                    }
+                };
+                let outbound = Outbound {
+                    policy: limits.http_allow.clone().unwrap_or_default(),
+                    deadline,
+                    max_requests: limits.max_http_requests,
+                    max_request_bytes: limits.max_http_request_bytes,
+                    max_body: limits.max_http_body_bytes,
+                    logs: logs.clone(),
+                    requests: 0,
+                };
+                let limiter = Limiter::new(max_memory, MAX_COMPONENT_PARTS);
+                let state = ComponentState::new(wasi.build(), outbound, limiter);
+                let store = clock.store(&rt.engine, state);
+                let max_response = limits.max_response_bytes;
+                Box::pin(component::run(
+                    store,
+                    pre.clone(),
+                    *entry,
+                    stdio,
+                    input,
+                    max_response,
+                ))
+            }
+        };
         Ok(Invocation {
             future: Some(future),
             logs,
@@ -251,10 +400,9 @@ impl Invocation {
             return Poll::Ready(Outcome::Instantiate("the invocation is over".into()));
         };
         match future.as_mut().poll(cx) {
-            Poll::Ready((outcome, store)) => {
+            Poll::Ready(outcome) => {
                 self.future = None;
                 self.logs.finish();
-                release(store);
                 Poll::Ready(outcome)
             }
             Poll::Pending => Poll::Pending,
@@ -298,9 +446,10 @@ struct Entry {
     stdio: Option<(command::Stdout, command::Stderr)>,
 }
 
-async fn run(mut store: Store<HostState>, entry: Entry) -> (Outcome, Store<HostState>) {
+async fn run(mut store: Store<HostState>, entry: Entry) -> Outcome {
     let outcome = call(&mut store, entry).await;
-    (outcome, store)
+    release(store);
+    outcome
 }
 
 async fn call(store: &mut Store<HostState>, entry: Entry) -> Outcome {
@@ -364,12 +513,9 @@ async fn call(store: &mut Store<HostState>, entry: Entry) -> Outcome {
 /// never on the scheduler that ran the guest.
 const RELEASE_ELSEWHERE_BYTES: usize = 16 << 20;
 
-fn release(store: Store<HostState>) {
-    let big = store
-        .data()
-        .memory
-        .is_some_and(|memory| memory.data_size(&store) > RELEASE_ELSEWHERE_BYTES);
-    if big {
+/// Drops a store that has run, elsewhere if its memories are big.
+pub(crate) fn release<T: Limited>(mut store: Store<T>) {
+    if store.data_mut().limiter().granted > RELEASE_ELSEWHERE_BYTES {
         elsewhere(Box::new(store));
     }
 }
@@ -402,7 +548,7 @@ fn elsewhere(value: Box<dyn Send>) {
     }
 }
 
-fn classify(error: wasmtime::Error, instantiating: bool) -> Outcome {
+pub(crate) fn classify(error: wasmtime::Error, instantiating: bool) -> Outcome {
     if error.is::<DeadlineReached>() {
         return Outcome::Timeout;
     }

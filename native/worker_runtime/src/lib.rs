@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod command;
+pub mod component;
 pub mod engine;
 pub mod error;
 pub mod host;
@@ -13,6 +14,7 @@ pub mod json;
 pub mod logs;
 pub mod memory;
 pub mod module;
+pub mod outbound;
 pub mod policy;
 pub mod stdio;
 

@@ -2,6 +2,7 @@
 
 use crate::Error;
 use crate::bulk;
+use crate::component::ComponentState;
 use crate::engine::runtime;
 use crate::host::HostState;
 use std::io::{Read, Write};
@@ -10,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
-use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport, ValType};
+use wasmparser::Parser;
+use wasmtime::component::{self, Component};
+use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport, Precompiled, ValType};
 
 pub const INVOKE: &str = "__invoke";
 pub use crate::command::START;
@@ -24,14 +27,17 @@ pub enum Kind {
     /// A WASI command: exports `_start`, reads stdin, writes stdout
     /// (see [`crate::command`]).
     WasiCommand,
+    /// A WASI 0.2 component exporting `wasi:cli/run`: stdin and stdout,
+    /// as a command (see [`crate::component`]).
+    CliComponent,
+    /// A WASI 0.2 component exporting `wasi:http/incoming-handler`: the
+    /// arguments are a request's body, the result a response's.
+    HttpComponent,
 }
 
 /// A compiled and linked function, ready to instantiate from any thread.
 pub struct CompiledModule {
-    pub(crate) pre: InstancePre<HostState>,
-    /// `__invoke` or `_start`, as `kind` says.
-    pub(crate) entry: ModuleExport,
-    pub(crate) memory: ModuleExport,
+    pub(crate) code: Code,
     pub kind: Kind,
     /// Size of the Wasm binary it was compiled from.
     pub wasm_bytes: usize,
@@ -39,6 +45,20 @@ pub struct CompiledModule {
     pub native_bytes: usize,
     /// Bytes of linear memory the module asks for at instantiation.
     pub initial_memory: u64,
+}
+
+/// What an invocation instantiates, and the export it calls.
+pub(crate) enum Code {
+    Core {
+        pre: InstancePre<HostState>,
+        /// `__invoke` or `_start`, as the kind says.
+        entry: ModuleExport,
+        memory: ModuleExport,
+    },
+    Component {
+        pre: component::InstancePre<ComponentState>,
+        entry: crate::component::Entry,
+    },
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -56,6 +76,11 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, Error> {
     let rt = runtime()?;
     check_size(bytes, rt.settings.max_module_bytes)?;
     let binary = prepare(&rt.engine, bytes)?;
+    if Parser::is_component(&binary) {
+        let component =
+            Component::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
+        return link_component(component, bytes.len());
+    }
     // Also refuses a memory whose minimum is over the cap (the pool's limit).
     let module = Module::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
     link(module, bytes.len())
@@ -76,9 +101,12 @@ fn check_size(bytes: &[u8], max: usize) -> Result<(), Error> {
 /// and compiles for `engine`, returning the artifact.
 pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let binary = prepare(engine, bytes)?;
-    engine
-        .precompile_module(&binary)
-        .map_err(|e| invalid(format!("{e:#}")))
+    let compiled = if Parser::is_component(&binary) {
+        engine.precompile_component(&binary)
+    } else {
+        engine.precompile_module(&binary)
+    };
+    compiled.map_err(|e| invalid(format!("{e:#}")))
 }
 
 /// The binary that is compiled: parsed, validated, and rewritten.
@@ -89,6 +117,11 @@ fn prepare(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, Error> {
             "not a WebAssembly module (no \\0asm header), nor WAT text: {e}"
         ))
     })?;
+    if Parser::is_component(&binary) {
+        // validated as it is compiled
+        let rewritten = bulk::make_component_interruptible(&binary).map_err(invalid)?;
+        return Ok(rewritten.into_owned());
+    }
     // Validate the module as given, so that errors name its own offsets.
     Module::validate(engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
     let rewritten = bulk::make_interruptible(&binary).map_err(invalid)?;
@@ -128,9 +161,29 @@ pub fn compile_isolated(bytes: &[u8], isolation: &Isolation) -> Result<CompiledM
     // SAFETY: made by the fl-compile child with this engine's configuration
     // (Wasmtime checks the version and configuration); the child is our own
     // program, as trusted as compiling here.
-    let module = unsafe { Module::deserialize(&rt.engine, &artifact) }
-        .map_err(|e| invalid(format!("{e:#}")))?;
-    link(module, bytes.len())
+    unsafe { load(&artifact, bytes.len()) }
+}
+
+/// Loads an artifact of a module or a component and links it.
+///
+/// # Safety
+///
+/// As [`deserialize`].
+unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
+    let rt = runtime()?;
+    let failed = |e: wasmtime::Error| invalid(format!("{e:#}"));
+    // SAFETY: upheld by the caller
+    match Engine::detect_precompiled(artifact) {
+        Some(Precompiled::Component) => {
+            let component =
+                unsafe { Component::deserialize(&rt.engine, artifact) }.map_err(failed)?;
+            link_component(component, wasm_bytes)
+        }
+        _ => {
+            let module = unsafe { Module::deserialize(&rt.engine, artifact) }.map_err(failed)?;
+            link(module, wasm_bytes)
+        }
+    }
 }
 
 /// At most one compile per core at a time; the rest wait (on threads of
@@ -328,11 +381,11 @@ fn run_compiler(
 
 /// The compiled form of a module, to keep on disk (see [`deserialize`]).
 pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
-    module
-        .pre
-        .module()
-        .serialize()
-        .map_err(|e| Error::Serialize(format!("{e:#}")))
+    match &module.code {
+        Code::Core { pre, .. } => pre.module().serialize(),
+        Code::Component { pre, .. } => pre.component().serialize(),
+    }
+    .map_err(|e| Error::Serialize(format!("{e:#}")))
 }
 
 /// Loads a module from [`serialize`]'s output, without compiling.
@@ -344,11 +397,8 @@ pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
 /// the machine code it contains as is. The caller must verify the bytes'
 /// integrity (the worker stores a checksum with each artifact).
 pub unsafe fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
-    let rt = runtime()?;
     // SAFETY: as documented above, upheld by the caller.
-    let module =
-        unsafe { Module::deserialize(&rt.engine, bytes) }.map_err(|e| invalid(format!("{e:#}")))?;
-    link(module, wasm_bytes)
+    unsafe { load(bytes, wasm_bytes) }
 }
 
 /// A fingerprint of the engine's compiler and configuration: artifacts made
@@ -377,7 +427,7 @@ fn entry(module: &Module) -> Result<(Kind, ModuleExport), Error> {
             return Err(invalid(format!(
                 "module does not export `{INVOKE}` (a FunLess function) or `{START}` \
                  (a WASI command); it exports {}",
-                listed_exports(module)
+                listed(module.exports().map(|e| e.name()))
             )));
         }
     };
@@ -392,7 +442,7 @@ fn entry(module: &Module) -> Result<(Kind, ModuleExport), Error> {
         Kind::FunLess => {
             matches!(params[..], [ValType::I32]) && matches!(results[..], [ValType::I32])
         }
-        Kind::WasiCommand => params.is_empty() && results.is_empty(),
+        _ => params.is_empty() && results.is_empty(),
     };
     if !fits {
         return Err(invalid(format!(
@@ -403,21 +453,20 @@ fn entry(module: &Module) -> Result<(Kind, ModuleExport), Error> {
 }
 
 /// The first export names, escaped and cut, and how many more there are.
-fn listed_exports(module: &Module) -> String {
-    let total = module.exports().len();
+pub(crate) fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = names.len();
     if total == 0 {
         return "nothing".into();
     }
-    let mut listed: Vec<String> = module
-        .exports()
+    let mut listed: Vec<String> = names
         .take(LISTED_EXPORTS)
-        .map(|e| {
-            let name: String = e.name().chars().take(LISTED_NAME_CHARS).collect();
-            let cut = if e.name().chars().count() > LISTED_NAME_CHARS {
+        .map(|name| {
+            let cut = if name.chars().count() > LISTED_NAME_CHARS {
                 "..."
             } else {
                 ""
             };
+            let name: String = name.chars().take(LISTED_NAME_CHARS).collect();
             format!("`{}{cut}`", name.escape_debug())
         })
         .collect();
@@ -425,6 +474,31 @@ fn listed_exports(module: &Module) -> String {
         listed.push(format!("and {} more", total - LISTED_EXPORTS));
     }
     listed.join(", ")
+}
+
+/// Checks a component's exports and links its imports once.
+fn link_component(component: Component, wasm_bytes: usize) -> Result<CompiledModule, Error> {
+    let rt = runtime()?;
+    let entry = crate::component::entry(&component, &rt.engine)?;
+    let kind = match entry {
+        crate::component::Entry::Run(_) => Kind::CliComponent,
+        crate::component::Entry::Handle(_) => Kind::HttpComponent,
+    };
+    let initial_memory = component.resources_required().map_or(0, |r| {
+        u64::from(r.num_memories) * r.max_initial_memory_size.unwrap_or(0) * 65536
+    });
+    let pre = rt
+        .component_linker
+        .instantiate_pre(&component)
+        .map_err(|e| invalid(format!("{e:#}")))?;
+    let image = component.image_range();
+    Ok(CompiledModule {
+        native_bytes: image.end as usize - image.start as usize,
+        code: Code::Component { pre, entry },
+        kind,
+        wasm_bytes,
+        initial_memory,
+    })
 }
 
 /// Checks the ABI's exports and links the imports once.
@@ -459,9 +533,7 @@ fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
     let image = module.image_range();
     Ok(CompiledModule {
         native_bytes: image.end as usize - image.start as usize,
-        pre,
-        entry,
-        memory,
+        code: Code::Core { pre, entry, memory },
         kind,
         wasm_bytes,
         initial_memory,

@@ -124,6 +124,28 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The addresses `host` resolved to that a request may connect to:
+    /// the public ones, or all of them if the name is on the allow-list.
+    /// None left is a refusal naming what was found.
+    pub fn usable(&self, host: &str, found: &[SocketAddr]) -> Result<Vec<SocketAddr>, Refusal> {
+        let allowed = self.names(host);
+        let usable: Vec<SocketAddr> = found
+            .iter()
+            .copied()
+            .filter(|a| allowed || is_global(a.ip()))
+            .collect();
+        if usable.is_empty() {
+            let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
+            return Err(Refusal(format!(
+                "{host} resolves to no public address ({}) and is not on the allow-list",
+                shown.join(", ")
+            )));
+        }
+        Ok(usable)
+    }
+}
+
 /// Resolves names and drops addresses that are not public, unless the name
 /// is on the allow-list. A name with no address left fails to resolve.
 pub struct PolicyResolver(pub Arc<Policy>);
@@ -135,20 +157,9 @@ impl Resolve for PolicyResolver {
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed = policy.names(&host);
-            let usable: Vec<SocketAddr> = found
-                .iter()
-                .copied()
-                .filter(|a| allowed || is_global(a.ip()))
-                .collect();
-            if usable.is_empty() {
-                let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
-                return Err(Box::new(Refusal(format!(
-                    "{host} resolves to no public address ({}) and is not on the allow-list",
-                    shown.join(", ")
-                )))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let usable = policy
+                .usable(&host, &found)
+                .map_err(|refusal| Box::new(refusal) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(Box::new(usable.into_iter()) as Addrs)
         })
     }

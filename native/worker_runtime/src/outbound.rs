@@ -1,0 +1,313 @@
+//! Outbound HTTP for components (`wasi:http/outgoing-handler`), under the
+//! policy and caps of `__http_request` ([`crate::http`]).
+//!
+//! Wasmtime's default sender resolves and connects by itself, so a check of
+//! the host name alone would let a name that resolves to a private address
+//! through. Here the host is resolved, every address is checked
+//! ([`Policy::usable`]), and the connection goes to a checked address,
+//! never to the name. A refused request reaches no one: the guest gets
+//! `error-code.destination-ip-prohibited`, and the log and
+//! `worker_http_requests_total` say it was refused.
+//!
+//! wasi:http never follows redirects: a guest that follows one sends a new
+//! request, checked like the first.
+
+use crate::logs::{LogSink, Stream};
+use crate::policy::Policy;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use url::Url;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error as Code, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Longest wait for a connection (and a TLS handshake), as `__http_request`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One invocation's outbound HTTP: its policy, caps and count.
+pub struct Outbound {
+    pub policy: Arc<Policy>,
+    pub deadline: Instant,
+    pub max_requests: u32,
+    /// Each of a request's URL, headers and body.
+    pub max_request_bytes: usize,
+    /// A response body.
+    pub max_body: usize,
+    pub logs: Arc<LogSink>,
+    pub requests: u32,
+}
+
+/// Why a request got no response: the code the guest sees, whether the
+/// policy refused it, and what the log says.
+struct Failure {
+    code: Code,
+    refused: bool,
+    reason: String,
+}
+
+fn refused(reason: String) -> Failure {
+    Failure {
+        code: Code::DestinationIpProhibited,
+        refused: true,
+        reason,
+    }
+}
+
+fn failed(code: Code, reason: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        refused: false,
+        reason: reason.into(),
+    }
+}
+
+type Response = http::Response<WasiBody>;
+type Io = Box<dyn Future<Output = Result<(), Code>> + Send>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _done: Box<dyn Future<Output = Result<(), Code>> + Send>,
+    ) -> Box<dyn Future<Output = Result<(Response, Io), Code>> + Send> {
+        self.requests += 1;
+        let over = (self.requests > self.max_requests).then(|| {
+            refused(format!(
+                "more than {} requests in one invocation",
+                self.max_requests
+            ))
+        });
+        let policy = self.policy.clone();
+        let logs = self.logs.clone();
+        let caps = (self.deadline, self.max_request_bytes, self.max_body);
+        Box::new(async move {
+            let uri = request.uri().to_string();
+            let sent = match over {
+                Some(failure) => Err(failure),
+                None => send(request, options, &policy, caps).await,
+            };
+            match &sent {
+                Ok(_) => logs.http(Ok(())),
+                Err(failure) => {
+                    logs.http(Err(failure.refused));
+                    let text = format!("http request failed: {uri}: {}", failure.reason);
+                    logs.line(Stream::Host, text.as_bytes());
+                }
+            }
+            sent.map_err(|failure| failure.code)
+        })
+    }
+}
+
+async fn send(
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    policy: &Policy,
+    (deadline, max_request, max_body): (Instant, usize, usize),
+) -> Result<(Response, Io), Failure> {
+    let uri = request.uri().to_string();
+    if uri.len() > max_request {
+        return Err(failed(
+            Code::HttpRequestUriTooLong,
+            format!("the URL is over the limit of {max_request} bytes"),
+        ));
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers > max_request {
+        return Err(failed(
+            Code::HttpRequestHeaderSectionSize(u32::try_from(headers).ok()),
+            format!("the headers are over the limit of {max_request} bytes"),
+        ));
+    }
+    let url = Url::parse(&uri).map_err(|e| failed(Code::HttpRequestUriInvalid, e.to_string()))?;
+    policy.check_url(&url).map_err(refused)?;
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Err(failed(Code::HttpRequestUriInvalid, "no host"));
+    };
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let connect_within = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(CONNECT_TIMEOUT)
+        .min(CONNECT_TIMEOUT)
+        .min(left());
+
+    let connecting = async {
+        let addresses = resolve(policy, host, port).await?;
+        let stream = connect(&addresses).await?;
+        let io: Box<dyn Connection> = if url.scheme() == "https" {
+            Box::new(tls(host, stream).await?)
+        } else {
+            Box::new(stream)
+        };
+        hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| failed(Code::HttpProtocolError, e.to_string()))
+    };
+    let (mut sender, connection) = tokio::time::timeout(connect_within, connecting)
+        .await
+        .map_err(|_| {
+            failed(
+                Code::ConnectionTimeout,
+                format!("no connection within {} ms", connect_within.as_millis()),
+            )
+        })??;
+
+    // Sent in origin form: the scheme and authority are for proxies.
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = path
+        .parse()
+        .map_err(|_| failed(Code::HttpRequestUriInvalid, "bad path"))?;
+    let body = Capped {
+        inner: body,
+        left: max_request,
+        over: Code::HttpRequestBodySize,
+    };
+    let request = http::Request::from_parts(parts, body);
+
+    let first_byte_within = options
+        .and_then(|o| o.first_byte_timeout)
+        .map_or(left(), |t| t.min(left()));
+    let response = tokio::time::timeout(first_byte_within, sender.send_request(request))
+        .await
+        .map_err(|_| failed(Code::HttpResponseTimeout, "no response in time"))?
+        .map_err(|e| failed(Code::from(e), "the exchange failed"))?;
+    if let Some(length) = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .filter(|&length| length > max_body as u64)
+    {
+        return Err(failed(
+            Code::HttpResponseBodySize(Some(length)),
+            format!("response body of {length} bytes is over the limit of {max_body}"),
+        ));
+    }
+    let response = response.map(|incoming| {
+        Capped {
+            inner: incoming.map_err(Code::from),
+            left: max_body,
+            over: Code::HttpResponseBodySize,
+        }
+        .boxed_unsync()
+    });
+    let io: Io = Box::new(async move { connection.await.map_err(Code::from) });
+    Ok((response, io))
+}
+
+/// The addresses of `host` that the policy lets a request reach.
+async fn resolve(policy: &Policy, host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        // an IP literal: check_url has checked it
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| {
+            failed(
+                Code::DnsError {
+                    rcode: Some(e.to_string()),
+                    info_code: None,
+                },
+                format!("cannot resolve {host}: {e}"),
+            )
+        })?
+        .collect();
+    policy.usable(host, &found).map_err(|r| refused(r.0))
+}
+
+/// Connects to the first address that answers.
+async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = Some(format!("{address}: {e}")),
+        }
+    }
+    Err(failed(
+        Code::ConnectionRefused,
+        last.unwrap_or_else(|| "no address".into()),
+    ))
+}
+
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// TLS to `host`, with the platform's roots, as `__http_request`.
+async fn tls(host: &str, stream: TcpStream) -> Result<impl Connection, Failure> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let config = CONFIG
+        .get_or_init(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            use rustls_platform_verifier::ConfigVerifierExt;
+            rustls::ClientConfig::with_platform_verifier()
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| failed(Code::InternalError(Some(e.clone())), e))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| failed(Code::TlsProtocolError, e.to_string()))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| {
+            let code = if e.to_string().contains("certificate") {
+                Code::TlsCertificateError
+            } else {
+                Code::TlsProtocolError
+            };
+            failed(code, format!("TLS: {e}"))
+        })
+}
+
+/// A body cut off with an error once it passes `left` bytes.
+struct Capped<B> {
+    inner: B,
+    left: usize,
+    over: fn(Option<u64>) -> Code,
+}
+
+impl<B: Body<Data = Bytes, Error = Code> + Unpin> Body for Capped<B> {
+    type Data = Bytes;
+    type Error = Code;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Code>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let len = data.map_or(0, Bytes::len);
+            if len > self.left {
+                return Poll::Ready(Some(Err((self.over)(None))));
+            }
+            self.left -= len;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
