@@ -1,13 +1,33 @@
 defmodule Worker.Test.Fixtures do
   @moduledoc """
   Test modules: the example functions in `functions/`, built from source for
-  wasm32-wasip1, and the WAT files in `test/fixtures/`.
+  wasm32-wasip1, the example components (WASI 0.2), and the WAT files in
+  `test/fixtures/`.
+
+  The components, each named as `component_path/1` takes it:
+
+    * `functions/components`, a cargo workspace built for wasm32-wasip2:
+      `"hello_http"` and `"fetch_http"` (wasi:http/incoming-handler),
+      `"hello_cli"` (wasi:cli/run);
+    * `"hello_py"` (functions/python/hello_py, wasi:cli/run) and
+      `"hello_js"` (functions/js/hello_js, wasi:http/incoming-handler),
+      built by `scripts/componentize` with the tools `scripts/setup`
+      installs;
+    * wstd's own examples, built by `scripts/foreign-guests` from the crate
+      as cargo downloaded it: `"wstd_http_server"`,
+      `"wstd_http_server_proxy"` (both export wasi:http/incoming-handler
+      and wasi:cli/run), `"wstd_http_client"`, `"wstd_complex_http_client"`
+      (wasi:cli/run, URL from argv), `"wstd_tcp_echo_server"`,
+      `"wstd_tcp_stream_client"` (wasi:cli/run, importing wasi:sockets).
   """
 
   alias Worker.MixCargo
 
   @root Path.expand("../..", __DIR__)
   @functions Path.join(@root, "functions")
+  @components Path.join(@functions, "components")
+  @cargo_components ~w(hello_http fetch_http hello_cli)
+  @componentized ~w(hello_py hello_js)
 
   @doc "Builds every example function (incrementally); raises with cargo's output on failure."
   def build_functions! do
@@ -30,6 +50,58 @@ defmodule Worker.Test.Fixtures do
   @doc "Where cargo puts the Wasm binary of an example function."
   def wasm_path(name),
     do: Path.join(MixCargo.release_dir(@functions, "wasm32-wasip1"), name <> ".wasm")
+
+  @doc """
+  Builds the example components (incrementally): `functions/components` for
+  wasm32-wasip2, then the Python and JavaScript ones. Raises with the
+  build's output on failure, or when their tools are missing (run
+  `scripts/setup`).
+  """
+  def build_components! do
+    run!(
+      "building the example components",
+      MixCargo.cargo!(),
+      ["build", "--release", "--target", "wasm32-wasip2"],
+      cd: @components
+    )
+
+    run!("building the Python and JavaScript components", "bash", [script("componentize")])
+  end
+
+  @doc """
+  Builds wstd's own examples (incrementally) with `scripts/foreign-guests`;
+  raises with its output on failure.
+  """
+  def build_foreign_components! do
+    run!("building wstd's examples", "bash", [script("foreign-guests")])
+  end
+
+  @doc "The binary of an example component, e.g. `component!(\"hello_http\")`."
+  def component!(name), do: File.read!(component_path(name))
+
+  @doc "Where the build puts an example component (see the module doc for the names)."
+  def component_path(name) when name in @cargo_components,
+    do: Path.join(MixCargo.release_dir(@components, "wasm32-wasip2"), name <> ".wasm")
+
+  def component_path(name) when name in @componentized,
+    do: Path.join([MixCargo.target_dir(@components), "componentized", name <> ".wasm"])
+
+  def component_path("wstd_" <> _ = name),
+    do: Path.join([MixCargo.target_dir(@components), "foreign", name <> ".wasm"])
+
+  defp script(name), do: Path.join([@root, "scripts", name])
+
+  defp run!(what, command, args, opts \\ []) do
+    env = [{"CARGO", MixCargo.cargo!()}]
+    opts = Keyword.merge([stderr_to_stdout: true, env: env], opts)
+    {output, status} = System.cmd(command, args, opts)
+
+    if status != 0 do
+      raise "#{what} failed:\n#{output}"
+    end
+
+    :ok
+  end
 
   @doc "The text of `test/fixtures/NAME.wat`."
   def wat!(name), do: File.read!(Path.join([@root, "test", "fixtures", name <> ".wat"]))

@@ -75,15 +75,41 @@ defmodule Worker.Test.HttpServer do
             {String.downcase(k), String.trim(v)}
           end)
 
-        length = String.to_integer(Map.get(headers, "content-length", "0"))
+        body =
+          if headers["transfer-encoding"] == "chunked" do
+            read_chunked(socket, rest, [])
+          else
+            read_body(socket, rest, String.to_integer(Map.get(headers, "content-length", "0")))
+          end
 
-        with {:ok, body} <- read_body(socket, rest, length) do
+        with {:ok, body} <- body do
           {:ok, %{method: method, path: path, headers: headers, body: body}}
         end
 
       [_] ->
         case :gen_tcp.recv(socket, 0, 5_000) do
           {:ok, data} -> read_request(socket, buffer <> data)
+          error -> error
+        end
+    end
+  end
+
+  # A chunked body (wasi:http sends one when the guest gives no length):
+  # size lines in hex, each chunk, and a last chunk of size 0.
+  defp read_chunked(socket, data, chunks) do
+    with [size_line, rest] <- :binary.split(data, "\r\n"),
+         {size, _} <- Integer.parse(size_line, 16),
+         true <- byte_size(rest) >= size + 2 do
+      if size == 0 do
+        {:ok, IO.iodata_to_binary(Enum.reverse(chunks))}
+      else
+        <<chunk::binary-size(size), "\r\n", rest::binary>> = rest
+        read_chunked(socket, rest, [chunk | chunks])
+      end
+    else
+      _ ->
+        case :gen_tcp.recv(socket, 0, 5_000) do
+          {:ok, more} -> read_chunked(socket, data <> more, chunks)
           error -> error
         end
     end

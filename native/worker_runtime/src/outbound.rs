@@ -112,77 +112,44 @@ async fn send(
     policy: &Policy,
     (deadline, max_request, max_body): (Instant, usize, usize),
 ) -> Result<(Response, Io), Failure> {
-    let uri = request.uri().to_string();
-    if uri.len() > max_request {
-        return Err(failed(
-            Code::HttpRequestUriTooLong,
-            format!("the URL is over the limit of {max_request} bytes"),
-        ));
-    }
-    let headers: usize = request
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    if headers > max_request {
-        return Err(failed(
-            Code::HttpRequestHeaderSectionSize(u32::try_from(headers).ok()),
-            format!("the headers are over the limit of {max_request} bytes"),
-        ));
-    }
-    let url = Url::parse(&uri).map_err(|e| failed(Code::HttpRequestUriInvalid, e.to_string()))?;
-    policy.check_url(&url).map_err(refused)?;
-    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-        return Err(failed(Code::HttpRequestUriInvalid, "no host"));
-    };
     let left = || deadline.saturating_duration_since(Instant::now());
-    let connect_within = options
-        .and_then(|o| o.connect_timeout)
-        .unwrap_or(CONNECT_TIMEOUT)
-        .min(CONNECT_TIMEOUT)
-        .min(left());
-
-    let connecting = async {
-        let addresses = resolve(policy, host, port).await?;
-        let stream = connect(&addresses).await?;
-        let io: Box<dyn Connection> = if url.scheme() == "https" {
-            Box::new(tls(host, stream).await?)
-        } else {
-            Box::new(stream)
-        };
-        hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| failed(Code::HttpProtocolError, e.to_string()))
+    let (mut parts, mut body) = request.into_parts();
+    let (mut sender, connection) = match connect_for(&parts, options, policy, max_request).await {
+        Ok(connected) => connected,
+        Err(failure) => {
+            // The guest may still be writing the body: take it (and drop
+            // it), so that what it sees is why the request failed, not a
+            // closed stream.
+            let _ = tokio::time::timeout(left(), drain(&mut body, max_request)).await;
+            return Err(failure);
+        }
     };
-    let (mut sender, connection) = tokio::time::timeout(connect_within, connecting)
-        .await
-        .map_err(|_| {
-            failed(
-                Code::ConnectionTimeout,
-                format!("no connection within {} ms", connect_within.as_millis()),
-            )
-        })??;
+    // The connection's I/O runs beside the exchange, and stops when the
+    // response (and so the invocation) is dropped.
+    let connection = wasmtime_wasi::runtime::spawn(connection);
 
     // Sent in origin form: the scheme and authority are for proxies.
-    let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = path
         .parse()
         .map_err(|_| failed(Code::HttpRequestUriInvalid, "bad path"))?;
-    let body = Capped {
+    let body = Outgoing(Some(Capped {
         inner: body,
         left: max_request,
         over: Code::HttpRequestBodySize,
-    };
+    }));
     let request = http::Request::from_parts(parts, body);
 
-    let first_byte_within = options
-        .and_then(|o| o.first_byte_timeout)
-        .map_or(left(), |t| t.min(left()));
-    let response = tokio::time::timeout(first_byte_within, sender.send_request(request))
-        .await
-        .map_err(|_| failed(Code::HttpResponseTimeout, "no response in time"))?
-        .map_err(|e| failed(Code::from(e), "the exchange failed"))?;
+    // The invocation's deadline bounds the exchange (its timer drops the
+    // store, and with it this request); the guest may ask for less.
+    let exchange = sender.send_request(request);
+    let response = match options.and_then(|o| o.first_byte_timeout) {
+        Some(within) => tokio::time::timeout(within, exchange)
+            .await
+            .map_err(|_| failed(Code::HttpResponseTimeout, "no response in time"))?,
+        None => exchange.await,
+    }
+    .map_err(|e| failed(Code::from(e), "the exchange failed"))?;
     if let Some(length) = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -204,6 +171,68 @@ async fn send(
     });
     let io: Io = Box::new(async move { connection.await.map_err(Code::from) });
     Ok((response, io))
+}
+
+type Connected = (
+    hyper::client::conn::http1::SendRequest<Outgoing>,
+    hyper::client::conn::http1::Connection<TokioIo<Box<dyn Connection>>, Outgoing>,
+);
+
+/// Checks the request against the caps and the policy, then resolves,
+/// checks the addresses, and connects to one of them (with TLS for https).
+async fn connect_for(
+    parts: &http::request::Parts,
+    options: Option<RequestOptions>,
+    policy: &Policy,
+    max_request: usize,
+) -> Result<Connected, Failure> {
+    let uri = parts.uri.to_string();
+    if uri.len() > max_request {
+        return Err(failed(
+            Code::HttpRequestUriTooLong,
+            format!("the URL is over the limit of {max_request} bytes"),
+        ));
+    }
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers > max_request {
+        return Err(failed(
+            Code::HttpRequestHeaderSectionSize(u32::try_from(headers).ok()),
+            format!("the headers are over the limit of {max_request} bytes"),
+        ));
+    }
+    let url = Url::parse(&uri).map_err(|e| failed(Code::HttpRequestUriInvalid, e.to_string()))?;
+    policy.check_url(&url).map_err(refused)?;
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Err(failed(Code::HttpRequestUriInvalid, "no host"));
+    };
+    let within = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(CONNECT_TIMEOUT)
+        .min(CONNECT_TIMEOUT);
+    let connecting = async {
+        let addresses = resolve(policy, host, port).await?;
+        let stream = connect(&addresses).await?;
+        let io: Box<dyn Connection> = if url.scheme() == "https" {
+            Box::new(tls(host, stream).await?)
+        } else {
+            Box::new(stream)
+        };
+        hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| failed(Code::HttpProtocolError, e.to_string()))
+    };
+    tokio::time::timeout(within, connecting)
+        .await
+        .map_err(|_| {
+            failed(
+                Code::ConnectionTimeout,
+                format!("no connection within {} ms", within.as_millis()),
+            )
+        })?
 }
 
 /// The addresses of `host` that the policy lets a request reach.
@@ -275,6 +304,64 @@ async fn tls(host: &str, stream: TcpStream) -> Result<impl Connection, Failure> 
             };
             failed(code, format!("TLS: {e}"))
         })
+}
+
+/// Reads a body to its end, or to `max` bytes, and drops what it read.
+async fn drain(body: &mut WasiBody, max: usize) {
+    let mut taken = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        taken += frame.data_ref().map_or(0, Bytes::len);
+        if taken > max {
+            return;
+        }
+    }
+}
+
+/// The guest's request body, as hyper sends it. A server may answer (and
+/// close) before the guest has finished writing the body; hyper then drops
+/// it, and the guest's next write would fail with a closed stream instead
+/// of reading the response. So a body dropped before its end is read to its
+/// end (at most its cap) on a task of its own, which ends at the latest
+/// with the guest's store.
+struct Outgoing(Option<Capped<WasiBody>>);
+
+impl Body for Outgoing {
+    type Data = Bytes;
+    type Error = Code;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Code>>> {
+        match self.0.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(SizeHint::default, Body::size_hint)
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        let Some(body) = self.0.take().filter(|b| !b.is_end_stream()) else {
+            return;
+        };
+        if let Ok(tokio) = tokio::runtime::Handle::try_current() {
+            let Capped {
+                mut inner, left, ..
+            } = body;
+            tokio.spawn(async move { drain(&mut inner, left).await });
+        }
+    }
 }
 
 /// A body cut off with an error once it passes `left` bytes.
