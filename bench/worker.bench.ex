@@ -52,6 +52,8 @@ defmodule Mix.Tasks.Worker.Bench do
   @functions Path.join(@root, "functions")
   @noop Path.join(@root, "test/fixtures/noop.wat")
   @in_flight 900
+  @components ~w(hello_cli echo_cli hello_http echo_http)
+  @in_flight_components 200
 
   @impl true
   def run(argv) do
@@ -189,8 +191,107 @@ defmodule Mix.Tasks.Worker.Bench do
         {beam, floor_hello.median}
       )
 
+    table = table <> "\n" <> components(iterations)
     File.rm_rf(data)
     table
+  end
+
+  ## Components
+
+  # Each kind of component beside the FunLess module of the same function:
+  # the floor, the same component in a default Wasmtime embedding (the
+  # floor binary's baseline), Worker.Runtime.invoke/3 and :worker; then
+  # cold starts from an artifact and memory.
+  defp components(iterations) do
+    info("components")
+    hello = {%{"name" => "FunLess"}, ~s({"name":"FunLess"})}
+    echo = {%{"a" => [1, 2, 3], "b" => "text"}, ~s({"a":[1,2,3],"b":"text"})}
+
+    cases = [
+      {"hello", "funless", File.read!(wasm_path("hello")), hello},
+      {"hello_cli", "cli_component", File.read!(component_path("hello_cli")), hello},
+      {"hello_http", "http_component", File.read!(component_path("hello_http")), hello},
+      {"echo", "funless", File.read!(wasm_path("echo")), echo},
+      {"echo_cli", "cli_component", File.read!(component_path("echo_cli")), echo},
+      {"echo_http", "http_component", File.read!(component_path("echo_http")), echo}
+    ]
+
+    measured =
+      for {name, kind, wasm, {args, json}} <- cases do
+        floor = floor!(name, json, iterations, 1)
+        {:ok, module} = Runtime.compile(wasm)
+        fun = store!(name, wasm)
+        runtime = latency(iterations, fn -> {:ok, _} = Runtime.invoke(module, args) end)
+        server = latency(iterations, fn -> {:ok, _} = server_invoke(fun, args) end)
+
+        from_artifact =
+          median_ms(20, fn ->
+            {:ok, art} = Worker.Store.get_artifact(wasm)
+            {:ok, module} = Runtime.load(art, byte_size(wasm))
+            {:ok, _} = Runtime.invoke(module, args)
+          end)
+
+        %{
+          name: name,
+          kind: kind,
+          floor: floor,
+          runtime: runtime,
+          server: server,
+          artifact_ms: from_artifact
+        }
+      end
+
+    {per_component, per_invocation} = component_memory()
+
+    rows =
+      Enum.map_join(measured, "\n", fn m ->
+        baseline =
+          case m.floor.baseline do
+            nil -> "-"
+            b -> "#{fmt(b.median)} (floor #{fmt(m.floor.median / b.median)}×)"
+          end
+
+        "| #{m.name} | #{m.kind} | #{fmt(m.floor.median)} | #{baseline} | " <>
+          "#{fmt(m.runtime.median)} (#{fmt(m.runtime.median / m.floor.median)}×) | " <>
+          "#{fmt(m.server.median)} (#{fmt(m.server.median / m.floor.median)}×) | " <>
+          "#{fmt(m.floor.cold_us / 1000)} | #{fmt(m.artifact_ms)} |"
+      end)
+
+    """
+    ### Components beside FunLess modules (median µs per invocation, warm)
+
+    | function | kind | floor | default Wasmtime pooling | Worker.Runtime.invoke/3 (× floor) | :worker {:invoke, ...} (× floor) | cold start in the floor, ms | cold start from the store, ms |
+    |---|---|---:|---:|---:|---:|---:|---:|
+    #{rows}
+
+    - default Wasmtime pooling: the same component in the floor binary's baseline, `Config::new()` with the default pooling allocator and wasmtime-wasi's own WASI and wasi:http, a fresh store per invocation, in the same run;
+    - cold start: loading the artifact and the first invocation (in the floor: from bytes in memory; from the store: read, verify, load, invoke, as a restarted worker does);
+    - memory: #{round(per_component)} bytes resident per cached component (hello_http, loaded from an artifact); #{round(per_invocation)} bytes per in-flight component invocation (hello_cli, #{@in_flight_components} concurrent, each asleep in a WASI 0.2 sleep).
+    """
+  end
+
+  defp component_memory do
+    wasm = File.read!(component_path("hello_http"))
+    {:ok, module} = Runtime.compile(wasm)
+    {:ok, artifact} = Runtime.serialize(module)
+    collect_all()
+    before = rss()
+    modules = for _ <- 1..100, do: elem(Runtime.load(artifact, byte_size(wasm)), 1)
+    per_component = (rss() - before) / 100
+    _ = length(modules)
+
+    {:ok, sleeper} = Runtime.compile(File.read!(component_path("hello_cli")))
+    # warm the slots first, then measure a second wave on them
+    collect_all()
+    in_flight(sleeper, @in_flight_components, %{"sleep_ms" => 800})
+    collect_all()
+    before = rss()
+
+    per_invocation =
+      (in_flight(sleeper, @in_flight_components, %{"sleep_ms" => 800}) - before) /
+        @in_flight_components
+
+    {per_component, per_invocation}
   end
 
   ## Over distribution
@@ -606,8 +707,8 @@ defmodule Mix.Tasks.Worker.Bench do
 
   # Starts n invocations that suspend in a WASI sleep; returns the RSS while
   # they are all in flight.
-  defp in_flight(module, n) do
-    tasks = for _ <- 1..n, do: Task.async(fn -> Runtime.invoke(module, %{}, timeout: 1_000) end)
+  defp in_flight(module, n, args \\ %{}) do
+    tasks = for _ <- 1..n, do: Task.async(fn -> Runtime.invoke(module, args, timeout: 1_000) end)
     Process.sleep(500)
     resident = rss()
     Task.await_many(tasks, 10_000)
@@ -629,7 +730,13 @@ defmodule Mix.Tasks.Worker.Bench do
   ## Floor
 
   defp floor!(name, json, iterations, threads, env \\ []) do
-    path = if name == "noop", do: @noop, else: wasm_path(name)
+    path =
+      cond do
+        name == "noop" -> @noop
+        name in @components -> component_path(name)
+        true -> wasm_path(name)
+      end
+
     bin = Path.join(MixCargo.release_dir(@root), "floor")
 
     {out, 0} =
@@ -645,18 +752,34 @@ defmodule Mix.Tasks.Worker.Bench do
     %{
       median: String.to_float(fields["median_us"]),
       p99: String.to_float(fields["p99_us"]),
-      ops: String.to_integer(fields["ops_per_s"])
+      ops: String.to_integer(fields["ops_per_s"]),
+      cold_us: String.to_integer(fields["cold_us"]),
+      baseline:
+        fields["baseline_median_us"] &&
+          %{
+            median: String.to_float(fields["baseline_median_us"]),
+            p99: String.to_float(fields["baseline_p99_us"])
+          }
     }
   end
 
   defp build_floor!,
     do: cargo_build!(@root, ["--quiet", "-p", "worker_runtime", "--bin", "floor"])
 
-  defp build_functions!,
-    do: cargo_build!(@functions, ["--quiet", "--target", "wasm32-wasip1"])
+  defp build_functions! do
+    cargo_build!(@functions, ["--quiet", "--target", "wasm32-wasip1"])
+    cargo_build!(Path.join(@functions, "components"), ["--quiet", "--target", "wasm32-wasip2"])
+  end
 
   defp wasm_path(name),
     do: Path.join(MixCargo.release_dir(@functions, "wasm32-wasip1"), name <> ".wasm")
+
+  defp component_path(name),
+    do:
+      Path.join(
+        MixCargo.release_dir(Path.join(@functions, "components"), "wasm32-wasip2"),
+        name <> ".wasm"
+      )
 
   defp cargo_build!(workspace, args) do
     {_, status} =

@@ -7,15 +7,35 @@
 //! Each thread runs ITERATIONS invocations back to back (after a warm-up of
 //! a tenth as many). Prints one line of `key=value` figures: median and p99
 //! microseconds per invocation, invocations per second over all threads,
-//! and the compile time.
+//! the compile time, and the median cold start: loading the compiled
+//! artifact, then the first invocation.
+//!
+//! For a component, the line also has the same invocation in a default
+//! Wasmtime embedding ([`baseline`]), measured in the same run, one thread:
+//! `baseline_median_us`, `baseline_p99_us`.
 //!
 //! The runtime's settings come from the same `FL_*` variables the worker
 //! reads (`FL_POOL_INSTANCES`, `FL_MEMORY_CAP_MB`, `FL_MAX_MODULE_MB`,
 //! `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB`), unchecked: this is
 //! the one place in Rust that reads the environment.
 
+mod baseline;
+
 use std::time::{Duration, Instant};
-use worker_runtime::{Invocation, Limits, Outcome, Settings, compile, configure};
+use worker_runtime::{
+    Invocation, Kind, Limits, Outcome, Settings, compile, configure, deserialize, serialize,
+};
+
+/// Cold starts measured, each from the artifact.
+const COLD_STARTS: usize = 50;
+
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
+}
 
 /// The runtime's defaults, overridden by whichever `FL_*` variables are set.
 fn settings_from_env() -> Settings {
@@ -83,19 +103,52 @@ fn main() {
     });
     let elapsed = started.elapsed().as_secs_f64();
 
-    let mut samples: Vec<f64> = results
+    let samples: Vec<f64> = results
         .iter()
         .flat_map(|(s, _)| s.iter().copied())
         .collect();
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let median = samples[samples.len() / 2];
-    let p99 = samples[samples.len() * 99 / 100];
+    let (median, p99) = percentiles(samples);
     let ops = (iterations * threads) as f64 / elapsed;
+
+    let artifact = serialize(&module).expect("serialize");
+    let cold: Vec<f64> = (0..COLD_STARTS)
+        .map(|_| {
+            let started = Instant::now();
+            // SAFETY: made by serialize just above, in this process.
+            let loaded = unsafe { deserialize(&artifact, wasm.len()) }.expect("deserialize");
+            let invocation = Invocation::new(&loaded, input.clone().into_bytes(), limits.clone())
+                .expect("invocation");
+            invocation.run_blocking();
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    let (cold_us, _) = percentiles(cold);
+
+    let baseline = if matches!(module.kind, Kind::CliComponent | Kind::HttpComponent) {
+        let base = baseline::Baseline::new(&wasm).unwrap_or_else(|e| panic!("baseline: {e:#}"));
+        let run = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    let started = Instant::now();
+                    base.invoke(input.as_bytes())
+                        .unwrap_or_else(|e| panic!("baseline: {e:#}"));
+                    started.elapsed().as_secs_f64() * 1e6
+                })
+                .collect()
+        };
+        run(iterations / 10);
+        let (median, p99) = percentiles(run(iterations));
+        format!(" baseline_median_us={median:.2} baseline_p99_us={p99:.2}")
+    } else {
+        String::new()
+    };
     let outcome = match &results[0].1 {
-        Outcome::Response(r) => format!("response:{}", String::from_utf8_lossy(r).replace(' ', "")),
+        Outcome::Response(r) | Outcome::Output(r) => {
+            format!("response:{}", String::from_utf8_lossy(r).replace([' ', '\n'], ""))
+        }
         other => format!("{other:?}").replace(' ', ""),
     };
     println!(
-        "median_us={median:.2} p99_us={p99:.2} ops_per_s={ops:.0} compile_us={compile_us:.0} threads={threads} outcome={outcome}"
+        "median_us={median:.2} p99_us={p99:.2} ops_per_s={ops:.0} compile_us={compile_us:.0} cold_us={cold_us:.0} threads={threads}{baseline} outcome={outcome}"
     );
 }
