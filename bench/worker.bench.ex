@@ -266,7 +266,7 @@ defmodule Mix.Tasks.Worker.Bench do
 
     - default Wasmtime pooling: the same component in the floor binary's baseline, `Config::new()` with the default pooling allocator and wasmtime-wasi's own WASI and wasi:http, a fresh store per invocation, in the same run;
     - cold start: loading the artifact and the first invocation (in the floor: from bytes in memory; from the store: read, verify, load, invoke, as a restarted worker does);
-    - memory: #{round(per_component)} bytes resident per cached component (hello_http, loaded from an artifact); #{round(per_invocation)} bytes per in-flight component invocation (hello_cli, #{@in_flight_components} concurrent, each asleep in a WASI 0.2 sleep).
+    - memory: #{round(per_component)} bytes resident per cached component (hello_http, loaded from an artifact); per in-flight component invocation (hello_cli, #{@in_flight_components} concurrent, each asleep in a WASI 0.2 sleep), #{round(elem(per_invocation, 0))} bytes on fresh pool slots, #{round(elem(per_invocation, 1))} reusing warm ones.
     """
   end
 
@@ -281,17 +281,16 @@ defmodule Mix.Tasks.Worker.Bench do
     _ = length(modules)
 
     {:ok, sleeper} = Runtime.compile(File.read!(component_path("hello_cli")))
-    # warm the slots first, then measure a second wave on them
-    collect_all()
-    in_flight(sleeper, @in_flight_components, %{"sleep_ms" => 800})
+    sleep = %{"sleep_ms" => 800}
+    n = @in_flight_components
+    # a first wave on fresh pool slots, then a second on the slots it warmed
     collect_all()
     before = rss()
-
-    per_invocation =
-      (in_flight(sleeper, @in_flight_components, %{"sleep_ms" => 800}) - before) /
-        @in_flight_components
-
-    {per_component, per_invocation}
+    fresh = (in_flight(sleeper, n, sleep) - before) / n
+    collect_all()
+    before = rss()
+    warm = (in_flight(sleeper, n, sleep) - before) / n
+    {per_component, {fresh, warm}}
   end
 
   ## Over distribution

@@ -212,11 +212,13 @@ defmodule Worker.Runtime do
   A bad option raises `ArgumentError`, an allow-list entry that does not
   parse included.
 
-  Results, for a FunLess module (a WASI command's are in the README's
-  "Writing a function": its output decoded as `{:ok, term}`, a non-zero
-  exit as `{:exec_error, "exited with status N: ..."}`, a trap with the end
-  of stderr, output that is not UTF-8 as `{:invalid_response, _}`, and no
-  output as `:no_response`):
+  Results, for a FunLess module (a WASI command's and a component's are in
+  the README's "Writing a function": its output, or an HTTP component's
+  response body, decoded as `{:ok, term}`; a non-zero exit as
+  `{:exec_error, "exited with status N: ..."}` and a non-2xx response as
+  `{:exec_error, "status N: ..."}`; a trap with the end of stderr; output
+  that is not UTF-8 as `{:invalid_response, _}`; and no output as
+  `:no_response`):
 
     * `{:ok, term}` - `__invoke` returned 0 after `__insert_response`;
     * `{:error, {:exec_error, message}}` - it returned 1; `message` is the

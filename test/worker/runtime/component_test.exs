@@ -78,6 +78,9 @@ defmodule Worker.Runtime.ComponentTest do
       # wasi:cli/exit carries success or failure, not the status
       assert message =~ "exited with status 1"
       assert message =~ "exiting with status 3, as asked"
+      # wasi:cli/exit's exit-with-code carries it
+      assert {:error, {:exec_error, "exited with status 3: " <> _}} =
+               Runtime.invoke(cli, %{"exit_code" => 3})
     end
 
     test "a panic is a trap carrying the panic's text", %{cli: cli} do
@@ -170,7 +173,9 @@ defmodule Worker.Runtime.ComponentTest do
       assert {:ok, artifact} = Runtime.serialize(http)
       assert {:ok, loaded} = Runtime.load(artifact, http.wasm_bytes)
       assert loaded.kind == :http_component
-      assert Runtime.invoke(loaded, %{"name" => "again"}) == {:ok, %{"message" => "Hello, again!"}}
+
+      assert Runtime.invoke(loaded, %{"name" => "again"}) ==
+               {:ok, %{"message" => "Hello, again!"}}
     end
   end
 end

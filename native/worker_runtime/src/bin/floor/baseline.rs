@@ -146,18 +146,25 @@ impl Baseline {
             .method(http::Method::POST)
             .uri("http://localhost/")
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(input).map_err(
-                |never: Infallible| -> wasmtime_wasi_http::Error { match never {} },
-            ))?;
+            .body(
+                Full::new(input)
+                    .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }),
+            )?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
         let out = store.data_mut().http().new_response_outparam(tx)?;
         let instance = self.pre.instantiate_async(&mut store).await?;
         let handle = instance
             .get_export_index(&mut store, None, "wasi:http/incoming-handler@0.2.0")
             .and_then(|i| instance.get_export_index(&mut store, Some(&i), "handle"))
             .ok_or_else(|| wasmtime::format_err!("no wasi:http/incoming-handler"))?;
-        type Args = (Resource<HostIncomingRequest>, Resource<HostResponseOutparam>);
+        type Args = (
+            Resource<HostIncomingRequest>,
+            Resource<HostResponseOutparam>,
+        );
         let handle = instance.get_typed_func::<Args, ()>(&mut store, handle)?;
         let guest = async move {
             let called = handle.call_async(&mut store, (request, out)).await;

@@ -144,7 +144,10 @@ fn main() {
     };
     let outcome = match &results[0].1 {
         Outcome::Response(r) | Outcome::Output(r) => {
-            format!("response:{}", String::from_utf8_lossy(r).replace([' ', '\n'], ""))
+            format!(
+                "response:{}",
+                String::from_utf8_lossy(r).replace([' ', '\n'], "")
+            )
         }
         other => format!("{other:?}").replace(' ', ""),
     };
