@@ -1,0 +1,193 @@
+defmodule Worker.ComponentProtocolTest do
+  # WASI 0.2 components (wasi:http/incoming-handler and wasi:cli/run) driven
+  # by a stand-in Core on this node over distribution, with the Core's own
+  # messages, on worker nodes with real data directories: as FunLess
+  # functions are in server_test and persistence_test.
+  use ExUnit.Case, async: false
+
+  import Worker.Test.{Core, Fixtures}
+  import Worker.Test.Helpers, only: [unique_name: 1, free_port: 0]
+  alias Worker.Test.{Cluster, Prometheus}
+
+  @moduletag :tmp_dir
+  @timeout 60_000
+
+  defp start!(dir, env \\ []) do
+    {peer, node} = Cluster.start_worker!(dir, env)
+    on_exit(fn -> Cluster.stop(peer) end)
+    node
+  end
+
+  defp component(name), do: function(unique_name(name), component!(name), module: "components")
+  defp labels(f), do: %{"module" => f.module, "function" => f.name}
+
+  # the kind worker_function_info shows for `f` (exactly one sample, of 1)
+  defp kind(page, f) do
+    [{%{"kind" => kind}, 1.0}] = Prometheus.samples(page, "worker_function_info", labels(f))
+    kind
+  end
+
+  defp invocations(page, f, outcome),
+    do: Prometheus.value(page, "worker_invocations_total", Map.put(labels(f), "outcome", outcome))
+
+  # the page as rendered on the node (no endpoint cache in between)
+  defp rendered!(node),
+    do:
+      Prometheus.parse!(IO.iodata_to_binary(remote(node, Worker.Metrics.Prometheus, :render, [])))
+
+  defp scraped!(port) do
+    {:ok, _} = Application.ensure_all_started(:inets)
+    url = ~c"http://127.0.0.1:#{port}/metrics"
+
+    {:ok, {{_, 200, _}, _headers, body}} =
+      :httpc.request(:get, {url, []}, [timeout: 10_000], body_format: :binary)
+
+    Prometheus.parse!(body)
+  end
+
+  test "HTTP and CLI components: stored, then invoked without code, with code, and through a code handler",
+       %{tmp_dir: dir} do
+    node = start!(dir)
+    http = component("hello_http")
+    cli = component("hello_cli")
+
+    # store, then invoke without code
+    assert call(node, {:store_function, http}) == :ok
+    assert call(node, {:store_function, cli}) == :ok
+    assert invoke(node, http, %{"name" => "Core"}) == {:ok, %{"message" => "Hello, Core!"}}
+    assert invoke(node, cli, %{"name" => "Core"}) == {:ok, "Hello Core!"}
+    assert invoke(node, cli, "Ada") == {:ok, "Hello Ada!"}
+    assert %{compiles: 2, artifact_loads: 0} = remote(node, Worker.Functions, :info, [])
+
+    # the code in the invoke message, straight to :worker (args %{}), for
+    # functions never stored; the code is kept
+    http2 = component("hello_http")
+    cli2 = component("hello_cli")
+    assert call(node, {:invoke, http2}) == {:ok, %{"message" => "Hello, World!"}}
+    assert call(node, {:invoke, cli2}) == {:ok, "Hello World!"}
+    assert invoke(node, http2, %{"name" => "again"}) == {:ok, %{"message" => "Hello, again!"}}
+    assert invoke(node, cli2, "again") == {:ok, "Hello again!"}
+
+    # unknown code: the Core sends it to the code handler, which runs the
+    # original args; the code is kept
+    for {name, args, expected, next} <- [
+          {"hello_http", %{"name" => "handler"}, %{"message" => "Hello, handler!"},
+           %{"message" => "Hello, World!"}},
+          {"hello_cli", "handler", "Hello handler!", "Hello World!"}
+        ] do
+      f = component(name)
+      assert {:error, :code_not_found, handler} = invoke(node, f, args)
+      assert node(handler) == node
+      assert GenServer.call(handler, {:invoke, f}, @timeout) == {:ok, expected}
+      assert invoke(node, f, %{}) == {:ok, next}
+    end
+
+    # artifacts are by code: the same code under other names is compiled once
+    assert %{compiles: 2, artifact_loads: 4} = remote(node, Worker.Functions, :info, [])
+  end
+
+  test "a restarted worker serves stored components from their artifacts, without compiling",
+       %{tmp_dir: dir} do
+    node = start!(dir)
+    http = component("hello_http")
+    cli = component("hello_cli")
+    assert call(node, {:store_function, http}) == :ok
+    assert call(node, {:store_function, cli}) == :ok
+    assert %{compiles: 2, artifact_loads: 0} = remote(node, Worker.Functions, :info, [])
+    assert length(Path.wildcard(Path.join(dir, "artifacts/*/*"))) == 2
+
+    # killed right after the replies: nothing was flushed by a clean exit
+    Cluster.kill!(node)
+    node = start!(dir)
+
+    assert invoke(node, http, %{"name" => "again"}) == {:ok, %{"message" => "Hello, again!"}}
+    assert invoke(node, cli, "again") == {:ok, "Hello again!"}
+
+    assert %{compiles: 0, artifact_loads: 2, misses: 2} =
+             remote(node, Worker.Functions, :info, [])
+
+    # loaded from an artifact, each keeps its kind
+    page = rendered!(node)
+
+    assert kind(page, http) == "http_component"
+    assert kind(page, cli) == "cli_component"
+  end
+
+  test "the metrics page shows a loaded component's kind and its invocations", %{tmp_dir: dir} do
+    port = free_port()
+    node = start!(dir, metrics_port: port)
+    http = component("hello_http")
+    cli = component("hello_cli")
+    funless = function(unique_name("hello"), wasm!("hello"), module: "components")
+
+    for f <- [http, cli, funless] do
+      assert call(node, {:store_function, f}) == :ok
+      assert {:ok, _} = invoke(node, f, %{})
+    end
+
+    page = scraped!(port)
+
+    for {f, kind} <- [{http, "http_component"}, {cli, "cli_component"}, {funless, "funless"}] do
+      assert kind(page, f) == kind
+      assert invocations(page, f, "ok") == 1.0
+      assert Prometheus.value(page, "worker_compiles_total", labels(f)) == 1.0
+    end
+  end
+
+  # Their binaries are 12 and 18 MB: compiling both takes about 20 s on two
+  # quiet cores and over 60 s on two busy ones (seen here), so the 60 s
+  # defaults (compile, call, test) are raised.
+  @tag timeout: 600_000
+  test "the Python command and the JavaScript HTTP handler run through the Core path",
+       %{tmp_dir: dir} do
+    node = start!(dir, compile_timeout_ms: 300_000)
+    py = component("hello_py")
+    js = component("hello_js")
+
+    assert call(node, {:store_function, py}, 300_000) == :ok
+    assert invoke(node, py, %{"name" => "Core"}) == {:ok, "Hello Core!"}
+    # the JS one with its code in the invoke message
+    assert call(node, {:invoke, js}, 300_000) == {:ok, %{"message" => "Hello, World!"}}
+    assert invoke(node, js, %{"name" => "Core"}) == {:ok, %{"message" => "Hello, Core!"}}
+
+    page = rendered!(node)
+
+    assert kind(page, py) == "cli_component"
+    assert kind(page, js) == "http_component"
+  end
+
+  test "a component's failure comes back as the exec error a FunLess function's does",
+       %{tmp_dir: dir} do
+    node = start!(dir)
+    error = function(unique_name("error"), wasm!("error"), module: "components")
+    http = component("hello_http")
+    cli = component("hello_cli")
+
+    for f <- [error, http, cli], do: assert(call(node, {:store_function, f}) == :ok)
+
+    # the FunLess function's error, for the shape
+    assert {:error, {:exec_error, "error while executing function: boom"}} =
+             invoke(node, error, %{"message" => "boom"})
+
+    # a non-2xx answer: the status and the start of the body
+    assert {:error, {:exec_error, "status 500: " <> _ = message}} =
+             invoke(node, http, %{"status" => 500})
+
+    assert message =~ "answering with status 500, as asked"
+
+    # a command exiting with a failure: the status and its stderr
+    assert {:error, {:exec_error, "exited with status 1" <> _ = message}} =
+             invoke(node, cli, %{"exit" => 3})
+
+    assert message =~ "exiting with status 3, as asked"
+
+    # counted as exec errors; the worker serves the next request
+    page = rendered!(node)
+
+    for f <- [error, http, cli] do
+      assert invocations(page, f, "exec_error") == 1.0
+    end
+
+    assert invoke(node, http, %{"name" => "after"}) == {:ok, %{"message" => "Hello, after!"}}
+  end
+end
