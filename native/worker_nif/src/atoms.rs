@@ -30,8 +30,8 @@ rustler::atoms! {
     nil,
     funless,
     wasi_command,
-        cli_component,
-        http_component,
+    cli_component,
+    http_component,
     fl_wake = "$fl_wake",
     fl_gate_free = "$fl_gate_free",
 }

@@ -34,9 +34,10 @@ pub const CHUNK: u32 = 1 << 20;
 /// the guest can be preempted between chunks). Returns the input unchanged
 /// (Cow::Borrowed) when the module has no such instruction.
 ///
-/// Also unchanged: components, modules without memory, and modules whose
-/// memory 0 is a 64-bit memory. Instructions on other memories stay as they
-/// are. Fails only when the module does not parse.
+/// Also unchanged: components (see [`make_component_interruptible`]),
+/// modules without memory, and modules whose memory 0 is a 64-bit memory.
+/// Fails when the module does not parse, and when it has such an
+/// instruction on another memory, which nothing could interrupt.
 pub fn make_interruptible(wasm: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     make_interruptible_with_chunk(wasm, CHUNK)
 }
@@ -48,8 +49,8 @@ pub fn make_component_interruptible(wasm: &[u8]) -> Result<Cow<'_, [u8]>, String
     rewrite_component(wasm, CHUNK, 0)
 }
 
-/// Nested components deeper than this are left as they are (validation
-/// refuses far shallower nesting than a stack overflow would need).
+/// Components nested deeper than this are refused: no real one comes
+/// close, and each level is a frame of the walk.
 const MAX_NESTING: usize = 100;
 
 /// The core module section of a component, and a nested component's.
@@ -58,7 +59,12 @@ const COMPONENT_SECTION: u8 = 4;
 
 fn rewrite_component(wasm: &[u8], chunk: u32, depth: usize) -> Result<Cow<'_, [u8]>, String> {
     let bad = || "bulk memory rewrite: the component's sections do not parse".to_string();
-    if wasm.len() < 8 || depth > MAX_NESTING {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "components nested more than {MAX_NESTING} deep are not supported"
+        ));
+    }
+    if wasm.len() < 8 {
         return Ok(Cow::Borrowed(wasm));
     }
     let mut sections = Vec::new();
@@ -222,7 +228,7 @@ fn plan(wasm: &[u8]) -> Result<Option<Plan>, String> {
                     Some(ty) if !ty.memory64 => {}
                     _ => return Ok(None),
                 }
-                let found = find_sites(&body).map_err(parse_error)?;
+                let found = find_sites(&body)?;
                 any |= !found.is_empty();
                 sites.push(found);
             }
@@ -241,18 +247,29 @@ fn plan(wasm: &[u8]) -> Result<Option<Plan>, String> {
 }
 
 /// The `memory.fill 0` and `memory.copy 0 0` instructions of one body.
-fn find_sites(body: &FunctionBody<'_>) -> wasmparser::Result<Vec<Site>> {
+fn find_sites(body: &FunctionBody<'_>) -> Result<Vec<Site>, String> {
+    let parse_error = |e: wasmparser::BinaryReaderError| format!("bulk memory rewrite: {e}");
     let base = body.range().start;
-    let mut reader = body.get_operators_reader()?;
+    let mut reader = body.get_operators_reader().map_err(parse_error)?;
     let mut sites = Vec::new();
     while !reader.eof() {
         let start = reader.original_position();
-        let helper = match reader.read()? {
+        let helper = match reader.read().map_err(parse_error)? {
             Operator::MemoryFill { mem: 0 } => FILL,
             Operator::MemoryCopy {
                 dst_mem: 0,
                 src_mem: 0,
             } => COPY,
+            // Only memory 0 gets the chunked helpers; on another memory one
+            // instruction could fill or copy hundreds of MiB with no epoch
+            // check in between. (A function's store holds one memory, and
+            // a component's modules each use one.)
+            Operator::MemoryFill { .. } | Operator::MemoryCopy { .. } => {
+                return Err(format!(
+                    "memory.fill and memory.copy are supported on memory 0 only \
+                     (at offset {start:#x})"
+                ));
+            }
             _ => continue,
         };
         sites.push(Site {
@@ -900,38 +917,74 @@ mod tests {
     }
 
     #[test]
-    fn bulk_other_memories_and_memory64_are_left_alone() {
+    fn bulk_in_components_is_rewritten_in_every_nested_module() {
+        let module = r#"(core module $m
+                 (memory (export "mem") 1)
+                 (func (export "fill") (param i32 i32 i32)
+                   (memory.fill (local.get 0) (local.get 1) (local.get 2))))"#;
+        let wasm =
+            wat::parse_str(format!("(component {module} (component {module}))")).expect("wat");
+        let Ok(Cow::Owned(out)) = make_component_interruptible(&wasm) else {
+            panic!("not rewritten");
+        };
         let engine = Engine::new(&Config::new()).expect("engine");
-        let wasm = wat::parse_str(
-            r#"(module
-                 (memory $m0 (export "mem") 1)
-                 (memory $m1 1)
-                 (func (export "fill") (param i32 i32 i32)
-                   (memory.fill $m1 (local.get 0) (local.get 1) (local.get 2))
-                   (memory.copy $m0 $m1 (local.get 0) (local.get 1) (local.get 2))
-                   (memory.copy $m1 $m0 (local.get 0) (local.get 1) (local.get 2))))"#,
-        )
-        .expect("wat");
-        assert!(matches!(make_interruptible(&wasm), Ok(Cow::Borrowed(_))));
+        wasmtime::component::Component::new(&engine, &out).expect("still a component");
+        // both modules now call a helper instead of filling in one go
+        let modules: Vec<_> = Parser::new(0)
+            .parse_all(&out)
+            .filter_map(|p| match p.expect("parses") {
+                Payload::ModuleSection {
+                    unchecked_range, ..
+                } => {
+                    Some(out[unchecked_range.start as usize..unchecked_range.end as usize].to_vec())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(modules.len(), 2);
+        for module in modules {
+            let (.., calls, _) = inspect(&module);
+            assert_eq!(calls, [1]);
+        }
 
-        let wasm = wat::parse_str(
-            r#"(module
-                 (memory $m0 (export "mem") 1)
-                 (memory $m1 1)
-                 (func (export "fill") (param i32 i32 i32)
-                   (memory.fill $m1 (local.get 0) (local.get 1) (local.get 2))
-                   (memory.fill $m0 (local.get 0) (local.get 1) (local.get 2))
-                   (memory.copy $m0 $m1 (local.get 0) (local.get 1) (local.get 2))))"#,
-        )
-        .expect("wat");
-        let out = rewritten(&wasm, CHUNK);
-        Module::validate(&engine, &out).expect("validates");
-        let (.., calls, bulk) = inspect(&out);
-        assert_eq!(calls, [1]);
-        // The original body keeps its two instructions on memory 1; the rest
-        // are the helpers' own (on memory 0).
-        assert_eq!(&bulk[..2], [("fill", 1, 1), ("copy", 0, 1)]);
-        assert!(bulk[2..].iter().all(|&(_, d, s)| (d, s) == (0, 0)));
+        let plain = wat::parse_str("(component (core module))").expect("wat");
+        assert!(matches!(
+            make_component_interruptible(&plain),
+            Ok(Cow::Borrowed(_))
+        ));
+
+        // deeper than WAT nests: each level a component section around the last
+        let header = wat::parse_str("(component)").expect("wat");
+        let deep = (0..=MAX_NESTING + 1).fold(header.clone(), |inner, _| {
+            let mut outer = header.clone();
+            outer.push(COMPONENT_SECTION);
+            write_u32(&mut outer, inner.len() as u32);
+            outer.extend_from_slice(&inner);
+            outer
+        });
+        let refused = make_component_interruptible(&deep).expect_err("too deep");
+        assert!(refused.contains("nested"), "{refused}");
+    }
+
+    #[test]
+    fn bulk_on_other_memories_is_refused_and_memory64_left_alone() {
+        for body in [
+            "(memory.fill $m1 (local.get 0) (local.get 1) (local.get 2))",
+            "(memory.copy $m0 $m1 (local.get 0) (local.get 1) (local.get 2))",
+            "(memory.copy $m1 $m0 (local.get 0) (local.get 1) (local.get 2))",
+        ] {
+            let wasm = wat::parse_str(format!(
+                r#"(module
+                     (memory $m0 (export "mem") 1)
+                     (memory $m1 1)
+                     (func (export "fill") (param i32 i32 i32)
+                       (memory.fill $m0 (local.get 0) (local.get 1) (local.get 2))
+                       {body}))"#
+            ))
+            .expect("wat");
+            let refused = make_interruptible(&wasm).expect_err(body);
+            assert!(refused.contains("memory 0 only"), "{refused}");
+        }
 
         let wasm = wat::parse_str(
             r#"(module

@@ -91,7 +91,7 @@ impl Stderr {
     }
 
     /// An exec error: `message`, then the end of stderr.
-    fn exec_error(&self, message: String) -> Outcome {
+    pub fn exec_error(&self, message: String) -> Outcome {
         Outcome::ExecError(match self.escaped_tail() {
             Some(tail) => format!("{message}: {tail}"),
             None => message,

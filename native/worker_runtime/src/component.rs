@@ -41,8 +41,15 @@ pub const CLI_RUN: &str = "wasi:cli/run@0.2.";
 
 /// Entries a component's resource table may hold at once: streams,
 /// pollables, fields, requests. Each is host memory that no store limit
-/// counts; a function needs a few dozen.
-pub const MAX_RESOURCES: usize = 10_000;
+/// counts (see [`MAX_FIELDS_BYTES`] and
+/// [`crate::outbound::BODY_CHUNK_BYTES`] for the largest); a function
+/// needs a few dozen.
+pub const MAX_RESOURCES: usize = 1_000;
+
+/// Bytes one set of HTTP fields (a request's or response's headers) may
+/// hold: wasi:http's default is 128 KiB, and a guest may make as many sets
+/// as it has resources.
+pub const MAX_FIELDS_BYTES: usize = 16 << 10;
 
 /// Per-invocation state of a component, owned by its store.
 pub struct ComponentState {
@@ -76,10 +83,12 @@ impl ComponentState {
     pub fn new(wasi: WasiCtx, outbound: Outbound, limiter: Limiter) -> ComponentState {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         ComponentState {
             wasi,
             table,
-            http: WasiHttpCtx::new(),
+            http,
             outbound,
             limiter,
         }
@@ -176,6 +185,9 @@ pub async fn run(
         (Entry::Handle(handle), Stdio::Handler(stderr)) => {
             match serve(store, instance, handle, input, max_response).await {
                 Ok(response) => response,
+                Err(Outcome::Exit(status)) => {
+                    stderr.exec_error(format!("exited with status {status}"))
+                }
                 Err(failed) => stderr.explain(failed),
             }
         }
@@ -235,6 +247,9 @@ async fn serve(
     let deadline = tokio::time::Instant::from_std(store.data().outbound.deadline);
     let guest = async move {
         let called = tokio::time::timeout_at(deadline, func.call_async(&mut store, args)).await;
+        // The response and its body end with their resources: at once,
+        // even if the store itself is dropped later, elsewhere.
+        drop(std::mem::take(&mut store.data_mut().table));
         release(store);
         called
     };

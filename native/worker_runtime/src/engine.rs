@@ -8,7 +8,7 @@
 use crate::Error;
 use crate::component::ComponentState;
 use crate::host::{self, HostState};
-use crate::invocation::MAX_COMPONENT_PARTS;
+use crate::invocation::{COMPONENT_CORE_INSTANCES, COMPONENT_MEMORIES, COMPONENT_TABLES};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -133,23 +133,23 @@ impl Runtime {
                 "the tick and the pool must be above zero: {settings:?}"
             )));
         }
-        // A FunLess module or a WASI command is one core instance, with one
-        // memory and one table; a component is several (a Rust one has 2
-        // to 4 core instances, one memory and 2 tables): the pool holds
-        // `pool_instances` invocations of either, and twice the core
-        // instances and tables, so that components mostly fit too. Memories
-        // stay at one per invocation: each reserves address space for the
-        // memory cap and its guard.
+        // The pool holds `pool_instances` invocations of any kind at once, so
+        // that an admitted invocation always finds its slots: a FunLess
+        // module or a WASI command takes one core instance, memory and
+        // table; a component at most the per-component limits below (a
+        // Rust one takes 3 core instances, 1 memory, 2 tables; Python's 14
+        // core instances). Core instance and table slots cost little
+        // address space; a memory slot reserves its memory's whole range.
         let n = settings.pool_instances;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(2))
-            .total_memories(n)
-            .total_tables(n.saturating_mul(2))
+            .total_core_instances(n.saturating_mul(COMPONENT_CORE_INSTANCES))
+            .total_memories(n.saturating_mul(COMPONENT_MEMORIES))
+            .total_tables(n.saturating_mul(COMPONENT_TABLES))
             .total_stacks(n)
-            .max_core_instances_per_component(MAX_COMPONENT_PARTS as u32)
-            .max_memories_per_component(MAX_COMPONENT_PARTS as u32)
-            .max_tables_per_component(MAX_COMPONENT_PARTS as u32)
+            .max_core_instances_per_component(COMPONENT_CORE_INSTANCES)
+            .max_memories_per_component(COMPONENT_MEMORIES)
+            .max_tables_per_component(COMPONENT_TABLES)
             .max_memory_size(settings.memory_cap)
             .max_unused_warm_slots(settings.pool_instances.min(64));
         if settings.keep_resident > 0 {

@@ -221,7 +221,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         state.deadline,
                         state.limits.max_http_body_bytes,
                         state.logs.clone(),
-                        state.limits.http_allow.clone().unwrap_or_default(),
+                        state
+                            .limits
+                            .http_allow
+                            .clone()
+                            .unwrap_or_else(crate::policy::Policy::none),
                     )
                 };
                 let outcome = match request {

@@ -112,10 +112,12 @@ struct DeadlineReached;
 /// An invocation's work; it releases its store before it ends.
 type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
-/// Core instances, memories and tables one component's store may hold;
-/// its memories are each bounded by the invocation's memory limit. (Rust
-/// and Python components have a few.)
-pub const MAX_COMPONENT_PARTS: usize = 32;
+/// Core instances, memories and tables one component may have (the pool's
+/// per-component limits, and its store's). The memory limit of an
+/// invocation bounds all its memories together.
+pub const COMPONENT_CORE_INSTANCES: u32 = 16;
+pub const COMPONENT_MEMORIES: u32 = 2;
+pub const COMPONENT_TABLES: u32 = 4;
 
 /// What the epoch callback of a store needs: the deadline, and when the
 /// current slice began.
@@ -169,25 +171,40 @@ impl Limited for crate::component::ComponentState {
     }
 }
 
-/// The store's limits (memory size, and how many instances, memories and
-/// tables), and the linear memory it has granted so far, across all its
-/// memories.
+/// The store's limits: how many instances, memories and tables, and
+/// `max_memory` bytes of linear memory across all its memories (the linear
+/// memory granted so far is counted).
 pub struct Limiter {
     limits: StoreLimits,
+    max_memory: usize,
     granted: usize,
 }
 
 impl Limiter {
-    /// Each memory at most `max_memory` bytes; `parts` instances,
-    /// memories and tables.
-    pub fn new(max_memory: usize, parts: usize) -> Limiter {
+    /// A core module's: one instance, memory and table.
+    pub fn module(max_memory: usize) -> Limiter {
+        Limiter::new(max_memory, 1, 1, 1)
+    }
+
+    /// A component's: the pool's per-component limits.
+    pub fn component(max_memory: usize) -> Limiter {
+        Limiter::new(
+            max_memory,
+            COMPONENT_CORE_INSTANCES,
+            COMPONENT_MEMORIES,
+            COMPONENT_TABLES,
+        )
+    }
+
+    fn new(max_memory: usize, instances: u32, memories: u32, tables: u32) -> Limiter {
         Limiter {
             limits: StoreLimitsBuilder::new()
                 .memory_size(max_memory)
-                .instances(parts)
-                .memories(parts)
-                .tables(parts)
+                .instances(instances as usize)
+                .memories(memories as usize)
+                .tables(tables as usize)
                 .build(),
+            max_memory,
             granted: 0,
         }
     }
@@ -200,9 +217,14 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        let more = desired.saturating_sub(current);
+        // all memories together, not each on its own
+        if self.granted.saturating_add(more) > self.max_memory {
+            return Ok(false);
+        }
         let grows = self.limits.memory_growing(current, desired, maximum)?;
         if grows {
-            self.granted += desired.saturating_sub(current);
+            self.granted += more;
         }
         Ok(grows)
     }
@@ -322,7 +344,7 @@ impl Invocation {
                 };
                 let state = HostState {
                     wasi: wasi.build_p1(),
-                    limiter: Limiter::new(max_memory, 1),
+                    limiter: Limiter::module(max_memory),
                     limits,
                     deadline,
                     input,
@@ -357,7 +379,7 @@ impl Invocation {
                     }
                 };
                 let outbound = Outbound {
-                    policy: limits.http_allow.clone().unwrap_or_default(),
+                    policy: limits.http_allow.clone().unwrap_or_else(Policy::none),
                     deadline,
                     max_requests: limits.max_http_requests,
                     max_request_bytes: limits.max_http_request_bytes,
@@ -365,7 +387,7 @@ impl Invocation {
                     logs: logs.clone(),
                     requests: 0,
                 };
-                let limiter = Limiter::new(max_memory, MAX_COMPONENT_PARTS);
+                let limiter = Limiter::component(max_memory);
                 let state = ComponentState::new(wasi.build(), outbound, limiter);
                 let store = clock.store(&rt.engine, state);
                 let max_response = limits.max_response_bytes;

@@ -27,6 +27,12 @@ use url::Url;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as Code, RequestOptions, WasiBody, WasiHttpHooks};
 
+/// The largest chunk of a request body a guest's write hands the host.
+/// wasi:http buffers one more chunk than it sends, per body, and a guest
+/// may open a body per resource: at its default of 1 MiB, a thousand
+/// unsent bodies would hold 2 GB.
+pub const BODY_CHUNK_BYTES: usize = 16 << 10;
+
 /// Longest wait for a connection (and a TLS handshake), as `__http_request`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +77,14 @@ type Response = http::Response<WasiBody>;
 type Io = Box<dyn Future<Output = Result<(), Code>> + Send>;
 
 impl WasiHttpHooks for Outbound {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -88,7 +102,7 @@ impl WasiHttpHooks for Outbound {
         let logs = self.logs.clone();
         let caps = (self.deadline, self.max_request_bytes, self.max_body);
         Box::new(async move {
-            let uri = request.uri().to_string();
+            let uri = shown(request.uri());
             let sent = match over {
                 Some(failure) => Err(failure),
                 None => send(request, options, &policy, caps).await,
@@ -114,6 +128,7 @@ async fn send(
 ) -> Result<(Response, Io), Failure> {
     let left = || deadline.saturating_duration_since(Instant::now());
     let (mut parts, mut body) = request.into_parts();
+    let head = parts.method == http::Method::HEAD;
     let (mut sender, connection) = match connect_for(&parts, options, policy, max_request).await {
         Ok(connected) => connected,
         Err(failure) => {
@@ -150,11 +165,17 @@ async fn send(
         None => exchange.await,
     }
     .map_err(|e| failed(Code::from(e), "the exchange failed"))?;
+    // HEAD, 204 and 304 answers have no body, whatever their length says
+    let bodiless = head
+        || matches!(
+            response.status(),
+            http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+        );
     if let Some(length) = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .filter(|&length| length > max_body as u64)
+        .filter(|&length| !bodiless && length > max_body as u64)
     {
         return Err(failed(
             Code::HttpResponseBodySize(Some(length)),
@@ -205,6 +226,13 @@ async fn connect_for(
         ));
     }
     let url = Url::parse(&uri).map_err(|e| failed(Code::HttpRequestUriInvalid, e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // they would go to the server in the Host header
+        return Err(failed(
+            Code::HttpRequestUriInvalid,
+            "credentials in the URL are not supported (send an Authorization header)",
+        ));
+    }
     policy.check_url(&url).map_err(refused)?;
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
         return Err(failed(Code::HttpRequestUriInvalid, "no host"));
@@ -233,6 +261,15 @@ async fn connect_for(
                 format!("no connection within {} ms", within.as_millis()),
             )
         })?
+}
+
+/// A request's URI as the log shows it: without credentials.
+fn shown(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.authority().map_or("", |a| a.host());
+    let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{host}{port}{path}")
 }
 
 /// The addresses of `host` that the policy lets a request reach.
@@ -291,6 +328,8 @@ async fn tls(host: &str, stream: TcpStream) -> Result<impl Connection, Failure> 
         })
         .clone()
         .map_err(|e| failed(Code::InternalError(Some(e.clone())), e))?;
+    // an IPv6 literal without its brackets, to verify as an address
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| failed(Code::TlsProtocolError, e.to_string()))?;
     tokio_rustls::TlsConnector::from(config)

@@ -122,9 +122,13 @@ impl Policy {
             ))
         }
     }
-}
 
-impl Policy {
+    /// The empty allow-list, shared (no allocation per invocation).
+    pub fn none() -> Arc<Policy> {
+        static NONE: std::sync::OnceLock<Arc<Policy>> = std::sync::OnceLock::new();
+        NONE.get_or_init(Arc::default).clone()
+    }
+
     /// The addresses `host` resolved to that a request may connect to:
     /// the public ones, or all of them if the name is on the allow-list.
     /// None left is a refusal naming what was found.

@@ -63,6 +63,27 @@ defmodule Worker.Runtime.ComponentTest do
     assert reason =~ "it exports nothing"
   end
 
+  test ":max_memory bounds a component's memories together, not each" do
+    # two core instances, each with a memory of 5 MiB (80 pages)
+    two =
+      """
+      (component
+        (core module $a (memory (export "mem") 80))
+        (core module $m (memory 80) (func (export "f") (result i32) i32.const 0))
+        (core instance $ia (instantiate $a))
+        (core instance $i (instantiate $m))
+        (func $f (result (result)) (canon lift (core func $i "f")))
+        (instance $inst (export "run" (func $f)))
+        (export "wasi:cli/run@0.2.0" (instance $inst)))
+      """
+
+    assert {:ok, module} = Runtime.compile(two)
+    assert Runtime.invoke(module, %{}, max_memory: 16 * 1024 * 1024) == {:error, :no_response}
+
+    assert {:error, {:instantiate, _}} =
+             Runtime.invoke(module, %{}, max_memory: 8 * 1024 * 1024)
+  end
+
   describe "a command component" do
     test "reads JSON on stdin; JSON on stdout is decoded, other text is a binary",
          %{cli: cli} do
