@@ -18,6 +18,28 @@ defmodule Worker.Test.HttpServer do
     * `GET /hops/N` - a chain of N redirects, then 200 "arrived".
   """
 
+  @doc """
+  Spellings of loopback and other non-public addresses, each as `{label,
+  url}`, `PORT` standing for the server's port: the outbound policy must
+  refuse every one before connecting.
+  """
+  def non_public_urls do
+    [
+      {"localhost, a name that resolves to loopback", "http://localhost:PORT/text/x"},
+      {"127.0.0.1", "http://127.0.0.1:PORT/text/x"},
+      {"127.1", "http://127.1:PORT/text/x"},
+      {"2130706433 (127.0.0.1 as one number)", "http://2130706433:PORT/text/x"},
+      {"0x7f000001 (hex)", "http://0x7f000001:PORT/text/x"},
+      {"[::1]", "http://[::1]:PORT/text/x"},
+      {"[::ffff:127.0.0.1] (IPv4-mapped)", "http://[::ffff:127.0.0.1]:PORT/text/x"},
+      {"0.0.0.0", "http://0.0.0.0:PORT/text/x"},
+      {"169.254.169.254 (cloud metadata)", "http://169.254.169.254/latest/meta-data/"},
+      {"10.0.0.1 (private)", "http://10.0.0.1:PORT/text/x"},
+      {"192.168.1.1 (private)", "http://192.168.1.1:PORT/text/x"},
+      {"[fd00::1] (unique local)", "http://[fd00::1]:PORT/text/x"}
+    ]
+  end
+
   @doc "Starts the server; returns its base URL, e.g. `http://127.0.0.1:40123`."
   def start! do
     owner = self()

@@ -51,6 +51,12 @@ pub const MAX_RESOURCES: usize = 1_000;
 /// as it has resources.
 pub const MAX_FIELDS_BYTES: usize = 16 << 10;
 
+/// Bytes a component may pass the host in one call (a list, a string):
+/// Wasmtime allocates them before the host sees them. A write to stdout
+/// takes 1 MiB at most, and one of an HTTP body 16 KiB; the default, 128
+/// MiB, would let one `wasi:io/poll` list hold 32 million handles.
+pub const MAX_HOSTCALL_BYTES: usize = 2 << 20;
+
 /// Per-invocation state of a component, owned by its store.
 pub struct ComponentState {
     pub(crate) wasi: WasiCtx,

@@ -389,7 +389,8 @@ impl Invocation {
                 };
                 let limiter = Limiter::component(max_memory);
                 let state = ComponentState::new(wasi.build(), outbound, limiter);
-                let store = clock.store(&rt.engine, state);
+                let mut store = clock.store(&rt.engine, state);
+                store.set_hostcall_fuel(component::MAX_HOSTCALL_BYTES);
                 let max_response = limits.max_response_bytes;
                 Box::pin(component::run(
                     store,

@@ -104,7 +104,13 @@ impl WasiHttpHooks for Outbound {
         Box::new(async move {
             let uri = shown(request.uri());
             let sent = match over {
-                Some(failure) => Err(failure),
+                Some(failure) => {
+                    // as for any request refused before it is sent (see send)
+                    let left = caps.0.saturating_duration_since(Instant::now());
+                    let _ =
+                        tokio::time::timeout(left, drain(&mut request.into_body(), caps.1)).await;
+                    Err(failure)
+                }
                 None => send(request, options, &policy, caps).await,
             };
             match &sent {

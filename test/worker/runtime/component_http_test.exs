@@ -25,19 +25,8 @@ defmodule Worker.Runtime.ComponentHttpTest do
       elem(elem(result, 1), 1) =~ "DestinationIpProhibited"
   end
 
-  for {label, url} <- [
-        {"localhost, a name that resolves to loopback", "http://localhost:PORT/text/x"},
-        {"127.0.0.1", "http://127.0.0.1:PORT/text/x"},
-        {"127.1", "http://127.1:PORT/text/x"},
-        {"2130706433 (127.0.0.1 as one number)", "http://2130706433:PORT/text/x"},
-        {"0x7f000001 (hex)", "http://0x7f000001:PORT/text/x"},
-        {"[::1]", "http://[::1]:PORT/text/x"},
-        {"[::ffff:127.0.0.1] (IPv4-mapped)", "http://[::ffff:127.0.0.1]:PORT/text/x"},
-        {"0.0.0.0", "http://0.0.0.0:PORT/text/x"},
-        {"169.254.169.254 (cloud metadata)", "http://169.254.169.254/latest/meta-data/"},
-        {"10.0.0.1 (private)", "http://10.0.0.1:PORT/text/x"},
-        {"[fd00::1] (unique local)", "http://[fd00::1]:PORT/text/x"}
-      ] do
+  # the same spellings as http_policy_test's, refused before any connection
+  for {label, url} <- HttpServer.non_public_urls() do
     test "refuses #{label}, and nothing reaches it", %{port: port, fetch: fetch} do
       url = String.replace(unquote(url), "PORT", Integer.to_string(port))
 

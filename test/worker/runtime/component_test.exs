@@ -65,23 +65,21 @@ defmodule Worker.Runtime.ComponentTest do
 
   test ":max_memory bounds a component's memories together, not each" do
     # two core instances, each with a memory of 5 MiB (80 pages)
-    two =
-      """
-      (component
-        (core module $a (memory (export "mem") 80))
-        (core module $m (memory 80) (func (export "f") (result i32) i32.const 0))
-        (core instance $ia (instantiate $a))
-        (core instance $i (instantiate $m))
-        (func $f (result (result)) (canon lift (core func $i "f")))
-        (instance $inst (export "run" (func $f)))
-        (export "wasi:cli/run@0.2.0" (instance $inst)))
-      """
+    two = """
+    (component
+      (core module $a (memory (export "mem") 80))
+      (core module $m (memory 80) (func (export "f") (result i32) i32.const 0))
+      (core instance $ia (instantiate $a))
+      (core instance $i (instantiate $m))
+      (func $f (result (result)) (canon lift (core func $i "f")))
+      (instance $inst (export "run" (func $f)))
+      (export "wasi:cli/run@0.2.0" (instance $inst)))
+    """
 
     assert {:ok, module} = Runtime.compile(two)
     assert Runtime.invoke(module, %{}, max_memory: 16 * 1024 * 1024) == {:error, :no_response}
 
-    assert {:error, {:instantiate, _}} =
-             Runtime.invoke(module, %{}, max_memory: 8 * 1024 * 1024)
+    assert {:error, {:instantiate, _}} = Runtime.invoke(module, %{}, max_memory: 8 * 1024 * 1024)
   end
 
   describe "a command component" do
@@ -188,6 +186,19 @@ defmodule Worker.Runtime.ComponentTest do
         end)
 
       assert log =~ "over the log caps were dropped"
+    end
+
+    test "a caller that dies takes its invocation with it", %{http: http} do
+      caller = spawn(fn -> Process.sleep(:infinity) end)
+      test = self()
+
+      spawn(fn ->
+        send(test, {:result, Runtime.invoke(http, %{"sleep_ms" => 60_000}, caller: caller)})
+      end)
+
+      Process.sleep(100)
+      Process.exit(caller, :kill)
+      assert_receive {:result, {:error, :cancelled}}, 2_000
     end
 
     test "its artifact loads as an HTTP component", %{http: http} do

@@ -18,20 +18,7 @@ defmodule Worker.Runtime.HttpPolicyTest do
 
   # Each spelling of a loopback or otherwise non-public address is refused
   # before any connection: the server on loopback never hears of it.
-  for {label, url} <- [
-        {"localhost, a name that resolves to loopback", "http://localhost:PORT/text/x"},
-        {"127.0.0.1", "http://127.0.0.1:PORT/text/x"},
-        {"127.1", "http://127.1:PORT/text/x"},
-        {"2130706433 (127.0.0.1 as one number)", "http://2130706433:PORT/text/x"},
-        {"0x7f000001 (hex)", "http://0x7f000001:PORT/text/x"},
-        {"[::1]", "http://[::1]:PORT/text/x"},
-        {"[::ffff:127.0.0.1] (IPv4-mapped)", "http://[::ffff:127.0.0.1]:PORT/text/x"},
-        {"0.0.0.0", "http://0.0.0.0:PORT/text/x"},
-        {"169.254.169.254 (cloud metadata)", "http://169.254.169.254/latest/meta-data/"},
-        {"10.0.0.1 (private)", "http://10.0.0.1:PORT/text/x"},
-        {"192.168.1.1 (private)", "http://192.168.1.1:PORT/text/x"},
-        {"[fd00::1] (unique local)", "http://[fd00::1]:PORT/text/x"}
-      ] do
+  for {label, url} <- HttpServer.non_public_urls() do
     test "refuses #{label}", %{port: port, http: http} do
       url = String.replace(unquote(url), "PORT", Integer.to_string(port))
 
