@@ -25,6 +25,7 @@ use crate::outbound::Outbound;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::convert::Infallible;
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{
     Component, ComponentExportIndex, InstancePre, Linker, Resource, ResourceTable,
 };
@@ -123,18 +124,34 @@ pub enum Entry {
 pub fn entry(component: &Component, engine: &Engine) -> Result<Entry, Error> {
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    let find = |prefix: &str, func: &str| {
+    // The function `func` of the export named with `prefix`, if there is
+    // one, checked for its number of parameters and results (its types
+    // are checked when it is called).
+    let find = |prefix: &str, func: &str, params: usize, results: usize| {
         let name = names.iter().find(|n| n.starts_with(prefix))?;
-        let instance = component.get_export_index(None, name)?;
-        Some(component.get_export_index(Some(&instance), func))
+        let found = component
+            .get_export_index(None, name)
+            .and_then(|instance| component.get_export(Some(&instance), func));
+        Some(match found {
+            Some((ComponentItem::ComponentFunc(f), index))
+                if f.params().len() == params && f.results().len() == results =>
+            {
+                Ok(index)
+            }
+            Some(_) => Err(format!(
+                "`{func}` of the component's `{name}` export is not the function WASI 0.2 defines"
+            )),
+            None => Err(format!("the component's `{name}` export has no `{func}`")),
+        })
     };
-    match (find(HTTP_HANDLER, "handle"), find(CLI_RUN, "run")) {
-        (Some(Some(handle)), _) => Ok(Entry::Handle(handle)),
-        (None, Some(Some(run))) => Ok(Entry::Run(run)),
-        (Some(None), _) | (None, Some(None)) => Err(Error::invalid_module(format!(
-            "the component's `{HTTP_HANDLER}x` or `{CLI_RUN}x` export lacks its function"
-        ))),
-        (None, None) => Err(Error::invalid_module(format!(
+    let refused = |reason: String| Error::invalid_module(reason);
+    match (
+        find(HTTP_HANDLER, "handle", 2, 0),
+        find(CLI_RUN, "run", 0, 1),
+    ) {
+        (Some(handle), _) => handle.map(Entry::Handle).map_err(refused),
+        (None, Some(run)) => run.map(Entry::Run).map_err(refused),
+        (None, None) => Err(refused(format!(
             "component does not export `{HTTP_HANDLER}x` (an HTTP handler) or `{CLI_RUN}x` \
              (a command); it exports {}",
             crate::module::listed(names.iter().copied())
@@ -158,11 +175,16 @@ pub async fn run(
     max_response: usize,
 ) -> Outcome {
     let deadline = tokio::time::Instant::from_std(store.data().outbound.deadline);
-    let instance = match pre.instantiate_async(&mut store).await {
-        Ok(instance) => instance,
-        Err(e) => {
+    let instance = match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await
+    {
+        Ok(Ok(instance)) => instance,
+        Ok(Err(e)) => {
             release(store);
             return classify(e, true);
+        }
+        Err(_) => {
+            release(store);
+            return Outcome::Timeout;
         }
     };
     match (entry, stdio) {

@@ -476,10 +476,16 @@ async fn run(mut store: Store<HostState>, entry: Entry) -> Outcome {
 }
 
 async fn call(store: &mut Store<HostState>, entry: Entry) -> Outcome {
-    let instance = match entry.pre.instantiate_async(&mut *store).await {
-        Ok(instance) => instance,
-        Err(e) => return classify(e, true),
-    };
+    // The epoch callback enforces the deadline while wasm runs (a start
+    // function included); this timer enforces it while the guest is
+    // suspended in a host call (a WASI sleep).
+    let deadline = tokio::time::Instant::from_std(store.data().deadline);
+    let instance =
+        match tokio::time::timeout_at(deadline, entry.pre.instantiate_async(&mut *store)).await {
+            Ok(Ok(instance)) => instance,
+            Ok(Err(e)) => return classify(e, true),
+            Err(_) => return Outcome::Timeout,
+        };
     let Some(Extern::Memory(memory)) = instance.get_module_export(&mut *store, &entry.memory)
     else {
         return Outcome::Instantiate("exported memory missing".into());
@@ -488,9 +494,6 @@ async fn call(store: &mut Store<HostState>, entry: Entry) -> Outcome {
     let func = instance
         .get_module_export(&mut *store, &entry.export)
         .and_then(Extern::into_func);
-    // The epoch callback enforces the deadline while wasm runs; this timer
-    // enforces it while the guest is suspended in a host call (a WASI sleep).
-    let deadline = tokio::time::Instant::from_std(store.data().deadline);
     if let Some((stdout, stderr)) = &entry.stdio {
         let Some(Ok(start)) = func.map(|f| f.typed::<(), ()>(&*store)) else {
             return Outcome::Instantiate("exported _start missing".into());

@@ -61,6 +61,20 @@ defmodule Worker.Runtime.ComponentTest do
     assert reason =~ "it exports `example:greet/hello`"
     assert {:error, {:invalid_module, reason}} = Runtime.compile("(component)")
     assert reason =~ "it exports nothing"
+
+    # the right name with a function of another shape is refused too, when
+    # compiled rather than at every call
+    wrong = """
+    (component
+      (core module $m (func (export "f") (param i32) (result i32) i32.const 0))
+      (core instance $i (instantiate $m))
+      (func $f (param "x" u32) (result (result)) (canon lift (core func $i "f")))
+      (instance $inst (export "run" (func $f)))
+      (export "wasi:cli/run@0.2.0" (instance $inst)))
+    """
+
+    assert {:error, {:invalid_module, reason}} = Runtime.compile(wrong)
+    assert reason =~ "`run` of the component's `wasi:cli/run@0.2.0` export is not"
   end
 
   test ":max_memory bounds a component's memories together, not each" do
