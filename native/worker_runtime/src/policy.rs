@@ -223,6 +223,7 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] & 0xff00) == 0xff00 // multicast
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 (RFC 8215)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0])) // discard
 }
@@ -271,6 +272,7 @@ mod tests {
             "fe80::1",
             "ff02::1",
             "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
             "2002:7f00:1::",
             "2001:db8::1",
         ] {
