@@ -137,10 +137,13 @@ defmodule Worker.MetricsTest do
     assert at.("worker_cache_misses_total", hello_l) == nil
     assert at.("worker_cache_hits_total", hello_l) == 7.0
     assert at.("worker_invocations_in_flight", hello_l) == 0.0
-    # spin ran in slices until its timeout: the histogram of slices counts them
+    # spin ran in slices until its timeout: the histogram of slices counts
+    # them, and they add up to much of its 50 ms (not all: between two
+    # slices the scheduler runs others, for longer on a loaded machine; CI
+    # once measured 39 ms)
     slices = at.("worker_runtime_slice_seconds_count", %{})
     assert slices > 0
-    assert at.("worker_runtime_slice_seconds_sum", %{}) > 0.04
+    assert at.("worker_runtime_slice_seconds_sum", %{}) > 0.025
     assert page.types["worker_runtime_slice_seconds"] == "histogram"
     slice_buckets = Prometheus.samples(page, "worker_runtime_slice_seconds_bucket")
     slice_counts = Enum.map(slice_buckets, &elem(&1, 1))
