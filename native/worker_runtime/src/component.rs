@@ -19,7 +19,7 @@
 
 use crate::Error;
 use crate::command;
-use crate::invocation::{Limiter, Outcome, classify, release};
+use crate::invocation::{Limiter, Outcome, classify, ended, release};
 use crate::logs;
 use crate::outbound::Outbound;
 use bytes::Bytes;
@@ -193,16 +193,12 @@ pub async fn run(
                 Err(e) => Outcome::Instantiate(format!("`run` has the wrong type: {e:#}")),
                 Ok(run) => {
                     let called = tokio::time::timeout_at(deadline, run.call_async(&mut store, ()));
-                    let ended = match called.await {
-                        Err(_) => Err(Outcome::Timeout),
-                        Ok(Ok((Ok(()),))) => Ok(()),
-                        Ok(Ok((Err(()),))) => {
+                    let ended = match ended(called.await) {
+                        Ok(Some((Err(()),))) => {
                             Err(Outcome::ExecError("run returned an error".into()))
                         }
-                        Ok(Err(e)) => match classify(e, false) {
-                            Outcome::Exit(0) => Ok(()),
-                            failed => Err(failed),
-                        },
+                        Ok(_) => Ok(()),
+                        Err(failed) => Err(failed),
                     };
                     command::outcome(ended, &stdout, &stderr)
                 }
@@ -282,14 +278,8 @@ async fn serve(
         called
     };
     let (called, response) = tokio::join!(guest, response(rx, max_response));
-    match called {
-        Err(_) => Err(Outcome::Timeout),
-        Ok(Ok(())) => response,
-        Ok(Err(e)) => match classify(e, false) {
-            Outcome::Exit(0) => response,
-            failed => Err(failed),
-        },
-    }
+    // a failure of the handler wins over what it answered
+    ended(called).and(response)
 }
 
 /// Bytes of a failed response's body quoted in its exec error.

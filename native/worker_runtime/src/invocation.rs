@@ -498,18 +498,8 @@ async fn call(store: &mut Store<HostState>, entry: Entry) -> Outcome {
         let Some(Ok(start)) = func.map(|f| f.typed::<(), ()>(&*store)) else {
             return Outcome::Instantiate("exported _start missing".into());
         };
-        let Ok(call) = tokio::time::timeout_at(deadline, start.call_async(&mut *store, ())).await
-        else {
-            return Outcome::Timeout;
-        };
-        let ended = match call {
-            Ok(()) => Ok(()),
-            Err(e) => match classify(e, false) {
-                Outcome::Exit(0) => Ok(()),
-                failed => Err(failed),
-            },
-        };
-        return command::outcome(ended, stdout, stderr);
+        let called = tokio::time::timeout_at(deadline, start.call_async(&mut *store, ())).await;
+        return command::outcome(ended(called).map(drop), stdout, stderr);
     }
     let Some(Ok(func)) = func.map(|f| f.typed::<i32, i32>(&*store)) else {
         return Outcome::Instantiate("exported __invoke missing".into());
@@ -571,6 +561,22 @@ fn elsewhere(value: Box<dyn Send>) {
     if let Some(releaser) = releaser {
         // If the thread is gone, the value comes back and drops here.
         let _ = releaser.send(value);
+    }
+}
+
+/// How a program's call (a command's `_start` or `run`, a handler's
+/// `handle`) ended under the deadline's timer: its value, `None` when it
+/// exited with status 0 (as good as returning), or the failure.
+pub(crate) fn ended<T>(
+    called: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+) -> Result<Option<T>, Outcome> {
+    match called {
+        Err(_) => Err(Outcome::Timeout),
+        Ok(Ok(value)) => Ok(Some(value)),
+        Ok(Err(e)) => match classify(e, false) {
+            Outcome::Exit(0) => Ok(None),
+            failed => Err(failed),
+        },
     }
 }
 
