@@ -155,13 +155,23 @@ defmodule Worker.MetricsTest do
     assert Prometheus.value(fresh_metrics!(base), "worker_runtime_slice_seconds_count", %{}) >=
              slices
 
-    # node and the names the FunLess Core reads
+    # node and the names the FunLess Core reads, labelled with the node's
+    # name (its Collector selects {node="..."}), and only those
+    node_label = %{"node" => Atom.to_string(node)}
+
     for name <-
           ~w(cpu_utilization available_mem free_mem total_mem load_avg1 load_avg5 load_avg15) do
-      assert is_float(at.("worker_prom_ex_os_mon_resources_" <> name, %{})), name
+      assert [{^node_label, value}] =
+               Prometheus.samples(page, "worker_prom_ex_os_mon_resources_" <> name),
+             name
+
+      assert is_float(value), name
     end
 
-    assert at.("worker_prom_ex_os_mon_resources_total_mem", %{}) > 0
+    assert for({_, labels, _} <- page.samples, Map.has_key?(labels, "node"), do: labels)
+           |> length() == 7
+
+    assert at.("worker_prom_ex_os_mon_resources_total_mem", node_label) > 0
     assert at.("worker_beam_processes", %{}) > 0
     assert at.("worker_beam_memory_bytes", %{}) > 0
     assert at.("worker_admission_overloaded_total", %{}) == 0.0

@@ -1,18 +1,53 @@
 defmodule Worker.Metrics.OS do
   @moduledoc """
-  The machine's figures for the metrics page, read from Linux's `/proc`:
-  memory (`/proc/meminfo`), load averages (`/proc/loadavg`) and CPU
-  utilization (`/proc/stat`). These are the figures the FunLess Core
-  schedules by, which the FunLess worker took from `os_mon`; reading the
-  files directly needs no port programs (and no "Erlang has closed" lines
-  when the VM stops). Where a file cannot be read, the figure is missing
-  and the page shows 0.
+  The machine's figures for the metrics page, read from Linux's `/proc`
+  and `/sys/fs/cgroup`: memory (`/proc/meminfo`, bounded by the worker's
+  memory cgroup), load averages (`/proc/loadavg`) and CPU utilization
+  (`/proc/stat`). These are the figures the FunLess Core schedules by,
+  which the FunLess worker took from `os_mon`; reading the files directly
+  needs no port programs (and no "Erlang has closed" lines when the VM
+  stops). Where a file cannot be read, the figure is missing and the page
+  shows 0.
+
+  **Memory in a container.** `/proc/meminfo` shows the host's memory, also
+  inside a container limited to a fraction of it. A worker whose memory
+  cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) has a limit
+  reports at most that limit as its total, and as available at most the
+  limit less what the cgroup uses (less its inactive file cache, which the
+  kernel reclaims before it fails an allocation): the memory this worker
+  can actually get, which is what the Core compares a function's capacity
+  with.
   """
 
-  @doc "`total`, `free` and `available` memory, in bytes, as far as known."
-  @spec memory() :: %{optional(:total | :free | :available) => non_neg_integer()}
-  def memory do
-    case File.read("/proc/meminfo") do
+  # v1's "no limit" is the largest page-aligned i64; anything from 2^62 up is none
+  @no_limit 4_611_686_018_427_387_904
+
+  @doc """
+  `total`, `free` and `available` memory, in bytes, as far as known, bounded
+  by the memory cgroup's limit when it has one. `root` is the file system
+  root the files are read under (`"/"`; tests point it elsewhere).
+  """
+  @spec memory(Path.t()) :: %{optional(:total | :free | :available) => non_neg_integer()}
+  def memory(root \\ "/") do
+    host = meminfo(root)
+
+    case cgroup_memory(root) do
+      %{limit: limit, usage: usage, reclaimable: reclaimable} ->
+        bounded = %{
+          total: limit,
+          free: max(limit - usage, 0),
+          available: max(limit - max(usage - reclaimable, 0), 0)
+        }
+
+        Map.merge(bounded, host, fn _key, cgroup, machine -> min(cgroup, machine) end)
+
+      nil ->
+        host
+    end
+  end
+
+  defp meminfo(root) do
+    case File.read(Path.join(root, "proc/meminfo")) do
       {:ok, text} ->
         for line <- String.split(text, "\n"),
             [field, value | _] <- [String.split(line, [":", " "], trim: true)],
@@ -30,6 +65,82 @@ defmodule Worker.Metrics.OS do
   defp meminfo_key("MemFree"), do: :free
   defp meminfo_key("MemAvailable"), do: :available
   defp meminfo_key(_), do: nil
+
+  # The limit, usage and reclaimable cache of this process's memory cgroup,
+  # or nil when it has no limit (or none can be read). The cgroup's path in
+  # /proc/self/cgroup is looked up under the mount; a container with a
+  # cgroup namespace of its own sees its cgroup at the mount's root.
+  defp cgroup_memory(root) do
+    with {:ok, text} <- File.read(Path.join(root, "proc/self/cgroup")),
+         {version, path} <- memory_cgroup(text),
+         dir when is_binary(dir) <- cgroup_dir(root, version, path),
+         {:ok, limit} when limit < @no_limit <- read_limit(dir, version),
+         {:ok, usage} <- read_integer(Path.join(dir, usage_file(version))) do
+      %{limit: limit, usage: usage, reclaimable: reclaimable(dir, version)}
+    else
+      _ -> nil
+    end
+  end
+
+  # v1's memory controller line wins over v2's unified line: a host with
+  # both mounts the controller on v1 (a hybrid set-up)
+  defp memory_cgroup(text) do
+    lines = for line <- String.split(text, "\n"), do: String.split(line, ":", parts: 3)
+
+    v1 =
+      Enum.find_value(lines, fn
+        [_, controllers, path] -> if "memory" in String.split(controllers, ","), do: path
+        _ -> nil
+      end)
+
+    v2 = Enum.find_value(lines, fn line -> with ["0", "", path] <- line, do: path end)
+
+    cond do
+      v1 -> {:v1, v1}
+      v2 -> {:v2, v2}
+      true -> nil
+    end
+  end
+
+  defp cgroup_dir(root, version, path) do
+    mount = Path.join(root, if(version == :v1, do: "sys/fs/cgroup/memory", else: "sys/fs/cgroup"))
+    limit = if version == :v1, do: "memory.limit_in_bytes", else: "memory.max"
+
+    Enum.find([Path.join(mount, path), mount], &File.exists?(Path.join(&1, limit)))
+  end
+
+  defp read_limit(dir, :v1), do: read_integer(Path.join(dir, "memory.limit_in_bytes"))
+
+  defp read_limit(dir, :v2) do
+    case File.read(Path.join(dir, "memory.max")) do
+      {:ok, "max" <> _} -> {:ok, @no_limit}
+      _ -> read_integer(Path.join(dir, "memory.max"))
+    end
+  end
+
+  defp usage_file(:v1), do: "memory.usage_in_bytes"
+  defp usage_file(:v2), do: "memory.current"
+
+  # the inactive page cache of the cgroup, which the kernel reclaims first
+  defp reclaimable(dir, version) do
+    field = if version == :v1, do: "total_inactive_file", else: "inactive_file"
+
+    with {:ok, text} <- File.read(Path.join(dir, "memory.stat")),
+         [_, value] <- Regex.run(~r/^#{field} (\d+)$/m, text) do
+      String.to_integer(value)
+    else
+      _ -> 0
+    end
+  end
+
+  defp read_integer(path) do
+    with {:ok, text} <- File.read(path),
+         {n, _} when n >= 0 <- Integer.parse(String.trim(text)) do
+      {:ok, n}
+    else
+      _ -> :error
+    end
+  end
 
   @doc "The load averages over 1, 5 and 15 minutes, or nil."
   @spec load() :: {float(), float(), float()} | nil

@@ -183,25 +183,29 @@ defmodule Worker.Metrics.Prometheus do
   end
 
   # The names the FunLess Core reads from Prometheus, as the FunLess worker
-  # (PromEx's os_mon plugin) exports them.
+  # (PromEx's os_mon plugin) exports them: labelled with this node's name,
+  # which the Core's Collector selects them by (`{node="worker@..."}`).
+  # Every value is a finite number: the Collector parses each as a float.
   defp os_metrics(cpu_utilization) do
     memory = OS.memory()
     {load1, load5, load15} = OS.load() || {0, 0, 0}
     prefix = "worker_prom_ex_os_mon_resources_"
+    labels = [~s({node="), escape(Atom.to_string(node())), ~s("})]
 
-    [
-      gauge(prefix <> "cpu_utilization", "CPU utilization, percent.", cpu_utilization),
-      gauge(
-        prefix <> "available_mem",
-        "Available memory, bytes.",
-        Map.get(memory, :available, 0)
-      ),
-      gauge(prefix <> "free_mem", "Free memory, bytes.", Map.get(memory, :free, 0)),
-      gauge(prefix <> "total_mem", "Total memory, bytes.", Map.get(memory, :total, 0)),
-      gauge(prefix <> "load_avg1", "Load average over 1 minute.", load1),
-      gauge(prefix <> "load_avg5", "Load average over 5 minutes.", load5),
-      gauge(prefix <> "load_avg15", "Load average over 15 minutes.", load15)
-    ]
+    for {name, help, value} <- [
+          {"cpu_utilization", "CPU utilization, percent.", cpu_utilization},
+          {"available_mem", "Available memory, bytes (within the memory cgroup's limit).",
+           Map.get(memory, :available, 0)},
+          {"free_mem", "Free memory, bytes (within the memory cgroup's limit).",
+           Map.get(memory, :free, 0)},
+          {"total_mem", "Total memory, bytes (the memory cgroup's limit, if lower).",
+           Map.get(memory, :total, 0)},
+          {"load_avg1", "Load average over 1 minute.", load1},
+          {"load_avg5", "Load average over 5 minutes.", load5},
+          {"load_avg15", "Load average over 15 minutes.", load15}
+        ] do
+      [header(prefix <> name, help, "gauge"), prefix, name, labels, " ", number(value), "\n"]
+    end
   end
 
   defp node_metrics do

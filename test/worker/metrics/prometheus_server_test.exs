@@ -72,6 +72,79 @@ defmodule Worker.Metrics.PrometheusServerTest do
     assert %{"health" => "up", "lastError" => ""} = target
   end
 
+  test "the FunLess Core's telemetry query finds each worker by its node name, with floats only",
+       %{node: node, port: port, tmp_dir: dir} do
+    # a second worker, in a memory cgroup of 768 MiB where the machine
+    # allows one: the Core must see the two apart
+    port2 = free_port()
+    {peer2, node2} = Cluster.start_worker!(Path.join(dir, "worker2"), metrics_port: port2)
+    on_exit(fn -> Cluster.stop(peer2) end)
+    os_pid2 = :erpc.call(node2, :os, :getpid, []) |> List.to_integer()
+
+    limited =
+      case Worker.Test.Cgroup.limit(os_pid2, 768 * 1024 * 1024) do
+        {:unavailable, reason} ->
+          IO.puts("(no memory cgroup for the second worker: #{inspect(reason)})")
+          false
+
+        undo ->
+          on_exit(undo)
+          true
+      end
+
+    # static targets, no relabelling: as FunLess's deployment has it
+    prometheus = start_prometheus!(dir, ["127.0.0.1:#{port}", "127.0.0.1:#{port2}"])
+
+    gauges =
+      for g <- ~w(cpu_utilization free_mem total_mem available_mem load_avg1 load_avg5
+                    load_avg15),
+          do: "worker_prom_ex_os_mon_resources_" <> g
+
+    for {worker, other} <- [{node, node2}, {node2, node}] do
+      # the Collector's query, composed as it composes it
+      query = :uri_string.compose_query([{"query", "{node=\"#{Atom.to_string(worker)}\"}"}])
+
+      assert eventually(fn -> length(core_query!(prometheus, query)) == 7 end, 30_000, 200),
+             inspect(core_query!(prometheus, query))
+
+      result = core_query!(prometheus, query)
+      # what the Collector does with each series: Float.parse, which a NaN,
+      # an Inf or a label-only series would crash
+      parsed =
+        Map.new(result, fn %{"metric" => %{"__name__" => name} = labels, "value" => [_, value]} ->
+          assert {float, ""} = Float.parse(value), "#{name}: #{value}"
+          assert labels["node"] == Atom.to_string(worker)
+          {name, float}
+        end)
+
+      assert Enum.sort(Map.keys(parsed)) == Enum.sort(gauges)
+      assert parsed["worker_prom_ex_os_mon_resources_total_mem"] > 0
+      assert parsed["worker_prom_ex_os_mon_resources_available_mem"] > 0
+
+      # the other worker's series are not among them
+      refute Enum.any?(result, &(&1["metric"]["node"] == Atom.to_string(other)))
+    end
+
+    if limited do
+      total = fn worker ->
+        query = :uri_string.compose_query([{"query", "{node=\"#{worker}\"}"}])
+
+        for %{
+              "metric" => %{"__name__" => "worker_prom_ex_os_mon_resources_" <> name},
+              "value" => [_, value]
+            } <- core_query!(prometheus, query),
+            into: %{},
+            do: {name, elem(Float.parse(value), 0)}
+      end
+
+      # the limited worker reports its cgroup's memory, which the Core's
+      # default policy then weighs against the other's
+      assert eventually(fn -> total.(node2)["total_mem"] == 768 * 1024 * 1024 end, 30_000, 200)
+      assert total.(node2)["available_mem"] <= 768 * 1024 * 1024
+      assert total.(node)["available_mem"] > total.(node2)["available_mem"]
+    end
+  end
+
   test "promtool check metrics finds nothing to say about a page of every outcome",
        %{node: node, port: port, tmp_dir: dir} do
     run_every_outcome!(node)
@@ -185,9 +258,10 @@ defmodule Worker.Metrics.PrometheusServerTest do
   # stops it when the test ends. It runs under sh, which kills it when its
   # stdin (the port) closes: when the test ends, and when this VM does,
   # however it ends.
-  defp start_prometheus!(dir, target) do
+  defp start_prometheus!(dir, targets) do
     port = free_port()
     config = Path.join(dir, "prometheus.yml")
+    targets = targets |> List.wrap() |> Enum.map_join(", ", &~s("#{&1}"))
 
     File.write!(config, """
     global:
@@ -196,7 +270,7 @@ defmodule Worker.Metrics.PrometheusServerTest do
     scrape_configs:
       - job_name: worker
         static_configs:
-          - targets: ["#{target}"]
+          - targets: [#{targets}]
     """)
 
     args = [
@@ -290,6 +364,13 @@ defmodule Worker.Metrics.PrometheusServerTest do
     {:ok, %{"data" => %{"resultType" => "vector", "result" => result}}} =
       api!(base, "/api/v1/query?query=" <> URI.encode_www_form(promql))
 
+    result
+  end
+
+  # The result of a query sent as the FunLess Core's Collector sends it
+  # (`query` composed by :uri_string.compose_query/1), the body decoded.
+  defp core_query!(base, query) do
+    {:ok, %{"data" => %{"result" => result}}} = api!(base, "/api/v1/query?" <> query)
     result
   end
 
