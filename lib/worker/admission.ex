@@ -9,6 +9,8 @@ defmodule Worker.Admission do
 
     * past the limit, `{:error, :overloaded}` at once;
     * after `FL_QUEUE_TIMEOUT_MS` in the queue, `{:error, :queue_timeout}`;
+    * at the `:deadline` of the request it serves, if that comes first,
+      `{:error, :timeout}` (counted as expired too);
     * if the `:caller` it serves dies meanwhile, `{:error, :cancelled}`.
 
   The server is not registered and takes requests from local processes
@@ -39,8 +41,9 @@ defmodule Worker.Admission do
 
   @doc """
   Runs `fun` in a slot, or returns `{:error, :overloaded | :queue_timeout
-  | :cancelled}`. Option `:caller`: a process whose death, while this one
-  waits, gives up the wait.
+  | :timeout | :cancelled}`. Options: `:caller`, a process whose death,
+  while this one waits, gives up the wait; `:deadline`
+  (`Worker.Request.deadline/1`), past which it waits no more.
   """
   @spec run((() -> result), keyword()) :: result | {:error, atom()} when result: term()
   def run(fun, opts \\ []) do
@@ -96,7 +99,11 @@ defmodule Worker.Admission do
     ref = Process.monitor(server)
     watch = if caller = opts[:caller], do: Process.monitor(caller)
     send(server, {:"$fl_wait", self(), ref})
-    timeout = Application.fetch_env!(:worker, :queue_timeout_ms)
+    queue_timeout = Application.fetch_env!(:worker, :queue_timeout_ms)
+    left = Worker.Request.time_left(Keyword.get(opts, :deadline, :infinity))
+
+    {timeout, expired} =
+      if left < queue_timeout, do: {left, :timeout}, else: {queue_timeout, :queue_timeout}
 
     result =
       receive do
@@ -118,7 +125,7 @@ defmodule Worker.Admission do
       after
         timeout ->
           cancel(server, ref)
-          refuse(@expired, :queue_timeout)
+          refuse(@expired, expired)
       end
 
     Process.demonitor(ref, [:flush])

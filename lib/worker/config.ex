@@ -22,6 +22,8 @@ defmodule Worker.Config do
   | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB | 0 and up |
   | `:max_capacity_mb` | `FL_MAX_CAPACITY_MB` | 512 | 0 and up |
   | `:handler_timeout_ms` | `FL_HANDLER_TIMEOUT_MS` | 30 000 | 0 and up |
+  | `:invoke_deadline_ms` | `FL_INVOKE_DEADLINE_MS` | 55 000 | 100 to 59 000 |
+  | `:store_deadline_ms` | `FL_STORE_DEADLINE_MS` | 4 500 | 100 to 59 000 |
   | `:worker_name` | `FL_WORKER_NAME` | the node name | |
   | `:worker_tag` | `FL_WORKER_TAG` | the long name | |
   | `:core_nodes` | `FL_CORE_NODES` (comma-separated) | none | |
@@ -42,6 +44,16 @@ defmodule Worker.Config do
   | `:keep_resident_bytes` | `FL_POOL_KEEP_RESIDENT_KB` | 1 MiB with `PAGEMAP_SCAN` (Linux 6.7 and later), else 0 | 0 to 1 048 576 KiB |
   | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
   | (Logger console format) | `FL_LOG_FORMAT` | `text` | `text` or `json` (`Worker.LogFormat`) |
+
+  **Deadlines.** The FunLess Core calls `:worker` with a timeout and does
+  not survive it: 60 s for an invocation (`GenServer.call/3` in
+  `Core.Adapters.Commands.Worker`), and 5 s for the stores and updates it
+  waits on (`Task.async_stream/3`'s default, in
+  `Commands.send_to_multiple_workers_sync/3`). So every request is answered
+  within its deadline, counted from when `:worker` reads it: an invocation
+  (its load, its wait for a slot and its run together) within
+  `FL_INVOKE_DEADLINE_MS`, every other request within
+  `FL_STORE_DEADLINE_MS`. Past it, the reply is `{:error, :timeout}`.
 
   A value that is not a number, or out of its range, stops the boot with
   an `ArgumentError` that names the variable; so does an `FL_HTTP_ALLOW`
@@ -83,6 +95,8 @@ defmodule Worker.Config do
     {:cache_max_bytes, "FL_CACHE_MAX_MB", {:mib, 0, :infinity}},
     {:max_capacity_mb, "FL_MAX_CAPACITY_MB", {:int, 0, :infinity}},
     {:handler_timeout_ms, "FL_HANDLER_TIMEOUT_MS", {:int, 0, :infinity}},
+    {:invoke_deadline_ms, "FL_INVOKE_DEADLINE_MS", {:int, 100, 59_000}},
+    {:store_deadline_ms, "FL_STORE_DEADLINE_MS", {:int, 100, 59_000}},
     {:worker_name, "FL_WORKER_NAME", :string},
     {:worker_tag, "FL_WORKER_TAG", :string},
     {:core_nodes, "FL_CORE_NODES", :nodes},
@@ -276,6 +290,8 @@ defmodule Worker.Config do
       cache_max_bytes: 512 * 1024 * 1024,
       max_capacity_mb: 512,
       handler_timeout_ms: 30_000,
+      invoke_deadline_ms: 55_000,
+      store_deadline_ms: 4_500,
       core_nodes: [],
       core_basename: "core",
       core_dns_interval_ms: 10_000,

@@ -11,14 +11,24 @@ defmodule Worker.Function do
   A function is known by its `key/1`, `{module, name, hash}`: the cache,
   the store and the code handler all use it. Its metrics are by `id/1`,
   `{module, name}`, so that they outlive an update.
+
+  **Capacity is in bytes.** `metadata.capacity` is the memory a function
+  needs; the Core's scheduling policies compare it with a worker's
+  `available_mem`, which is in bytes (`Core.Domain.Policies`: the default
+  policy's filter, and APP's `valid?/4` with `capacity_used`). So it is
+  read in bytes here too, and the function runs within that much linear
+  memory. The Core's default, -1, and any value below 1 mean no capacity
+  was given (`FL_MAX_MEMORY_MB` applies). A capacity under one WebAssembly
+  page (64 KiB) cannot run any module, and is refused at once with
+  `{:insufficient_capacity, reason}`.
   """
 
   @enforce_keys [:module, :name, :hash]
-  defstruct [:module, :name, :hash, :code, :capacity_mb]
+  defstruct [:module, :name, :hash, :code, :capacity]
 
   @typedoc """
   * `code` - the Wasm binary, when the Core sent it;
-  * `capacity_mb` - the memory the Core asks the function to run in
+  * `capacity` - the bytes of memory the Core asks the function to run in
     (`metadata.capacity`), bounded by `FL_MAX_CAPACITY_MB` when it runs.
   """
   @type t :: %__MODULE__{
@@ -26,7 +36,7 @@ defmodule Worker.Function do
           name: String.t(),
           hash: binary(),
           code: binary() | nil,
-          capacity_mb: pos_integer() | nil
+          capacity: pos_integer() | nil
         }
 
   @typedoc "What the cache and the store know a function by."
@@ -36,11 +46,16 @@ defmodule Worker.Function do
   @type id :: {module :: String.t(), name :: String.t()}
 
   @max_name 1024
+  @page 65_536
+
+  @typedoc "Why a function description is refused."
+  @type refusal :: {:bad_request, String.t()} | {:insufficient_capacity, String.t()}
 
   @doc "Reads a function description; its code is optional."
-  @spec parse(term()) :: {:ok, t()} | {:error, {:bad_request, String.t()}}
+  @spec parse(term()) :: {:ok, t()} | {:error, refusal()}
   def parse(%{name: name, module: module, hash: hash} = fun) do
     code = Map.get(fun, :code)
+    capacity = capacity(fun)
 
     cond do
       not text?(name) or name == "" ->
@@ -55,22 +70,21 @@ defmodule Worker.Function do
       not (is_nil(code) or is_binary(code)) ->
         bad("code must be a binary")
 
+      capacity && capacity < @page ->
+        {:error,
+         {:insufficient_capacity,
+          "capacity #{capacity} is in bytes, as the Core's scheduler reads it, " <>
+            "and no WebAssembly module runs in less than one 64 KiB page"}}
+
       true ->
-        {:ok,
-         %__MODULE__{
-           module: module,
-           name: name,
-           hash: hash,
-           code: code,
-           capacity_mb: capacity(fun)
-         }}
+        {:ok, %__MODULE__{module: module, name: name, hash: hash, code: code, capacity: capacity}}
     end
   end
 
   def parse(_other), do: bad("expected a map with name, module and hash")
 
   @doc "Reads a function description that must carry its code."
-  @spec parse_with_code(term()) :: {:ok, t()} | {:error, {:bad_request, String.t()}}
+  @spec parse_with_code(term()) :: {:ok, t()} | {:error, refusal()}
   def parse_with_code(fun) do
     case parse(fun) do
       {:ok, %__MODULE__{code: nil}} -> bad("code is missing")

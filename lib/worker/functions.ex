@@ -18,10 +18,15 @@ defmodule Worker.Functions do
 
   Every count (hits, misses, evictions, compiles, artifact loads) is
   recorded once, in `Worker.Metrics`, per function and for the node.
+
+  `fetch/2`, `store/2` and `delete/2` wait for this server at most until a
+  deadline (`Worker.Request.deadline/1`), then return `{:error, :timeout}`;
+  what they asked for goes on: a load finishes (and is cached, its code
+  stored), a queued delete is done in its turn.
   """
   use GenServer
 
-  alias Worker.{Function, Loader, Metrics, Runtime, Store, Stray}
+  alias Worker.{Function, Loader, Metrics, Request, Runtime, Store, Stray}
 
   @table __MODULE__
   @lru Worker.Functions.LRU
@@ -40,8 +45,8 @@ defmodule Worker.Functions do
   cached module was made from that code, else from that code (stored on
   disk if it compiles).
   """
-  @spec fetch(Function.t()) :: {:ok, Runtime.Module.t()} | {:error, term()}
-  def fetch(%Function{code: code} = function) do
+  @spec fetch(Function.t(), Request.deadline()) :: {:ok, Runtime.Module.t()} | {:error, term()}
+  def fetch(%Function{code: code} = function, deadline \\ :infinity) do
     key = Function.key(function)
     code = code && {code, Loader.code_hash(code)}
 
@@ -51,7 +56,7 @@ defmodule Worker.Functions do
         {:ok, module}
 
       :miss ->
-        GenServer.call(server(), {:load, key, code, :miss}, :infinity)
+        call({:load, key, code, :miss}, deadline)
     end
   end
 
@@ -61,8 +66,8 @@ defmodule Worker.Functions do
   is not compiled again; it is written again only if the stored copy is
   not that code.
   """
-  @spec store(Function.t()) :: :ok | {:error, term()}
-  def store(%Function{code: code} = function) when is_binary(code) do
+  @spec store(Function.t(), Request.deadline()) :: :ok | {:error, term()}
+  def store(%Function{code: code} = function, deadline \\ :infinity) when is_binary(code) do
     key = Function.key(function)
     code = {code, Loader.code_hash(code)}
 
@@ -72,14 +77,21 @@ defmodule Worker.Functions do
         if Store.get_code(key) == {:ok, bytes}, do: :ok, else: Store.put_code(key, bytes)
 
       :miss ->
-        load = {:load, key, code, :store}
-        with {:ok, _module} <- GenServer.call(server(), load, :infinity), do: :ok
+        with {:ok, _module} <- call({:load, key, code, :store}, deadline), do: :ok
     end
   end
 
   @doc "Forgets a function: cache and code (after any load of it under way)."
-  @spec delete(Function.key()) :: :ok
-  def delete(key), do: GenServer.call(server(), {:delete, key}, :infinity)
+  @spec delete(Function.key(), Request.deadline()) :: :ok | {:error, :timeout}
+  def delete(key, deadline \\ :infinity), do: call({:delete, key}, deadline)
+
+  # A call to this server that gives up at `deadline`; the server replies
+  # to a caller that gave up into the void (the call's alias is gone).
+  defp call(request, deadline) do
+    GenServer.call(server(), request, Request.time_left(deadline))
+  catch
+    :exit, {:timeout, _} -> {:error, :timeout}
+  end
 
   @doc """
   Cache figures: entries and compiled bytes now; hits, misses, evictions,

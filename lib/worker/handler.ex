@@ -6,6 +6,12 @@ defmodule Worker.Handler do
   * It holds a ticket of the request gate (`FL_MAX_REQUESTS`) while it
     lives, so requests of every kind are bounded together, and the ticket
     goes back however the process ends.
+  * It replies by the job's deadline (`Worker.Request.deadline/1`),
+    whatever it waits on: a load or compile, the admission queue, another
+    request for the same function, the guest. Past it, the reply is
+    `{:error, :timeout}`, and nothing is held for the request any more: a
+    running invocation is stopped at the deadline; a load goes on, for the
+    cache and the store (no request slot waits for it).
   * An invocation passes the function to `Worker.Functions`, then to
     `Worker.Invocation`. If the Core's calling process dies, a queued or
     running invocation is cancelled.
@@ -19,12 +25,13 @@ defmodule Worker.Handler do
     invocation runs in a new process of its own, whose mailbox nobody else
     can reach; the handler waits for it, dropping whatever else comes. It
     ends after answering, or after `FL_HANDLER_TIMEOUT_MS` without a call.
+    That call's deadline counts from its arrival.
 
   A crash while serving a request answers that request with
   `{:error, {:internal, _}}`, and nothing else.
   """
 
-  alias Worker.{Function, Functions, Gate, Invocation, NodeInfo, Stray}
+  alias Worker.{Function, Functions, Gate, Invocation, NodeInfo, Request, Stray}
 
   require Logger
 
@@ -71,39 +78,40 @@ defmodule Worker.Handler do
 
   @doc false
   # Runs in the process `Worker.Server` spawned; `ticket` is its slot in
-  # the request gate, made by `:worker` and taken over here.
-  def run(from, ticket, job) do
+  # the request gate, made by `:worker` and taken over here; `deadline`,
+  # when the reply is due (`Worker.Request.deadline/1`).
+  def run(from, ticket, job, deadline) do
     # The ticket must stay referenced until the end: a ticket that is
     # garbage is freed at the next collection, and its slot with it.
     ticket = Gate.take(ticket)
-    serve(from, job, ticket)
+    serve(from, job, ticket, deadline)
     if ticket, do: Gate.leave(ticket)
   end
 
-  defp serve({caller, _} = from, {:invoke, function, input}, ticket) do
-    case safely(fn -> Invocation.run(function, input, caller) end) do
+  defp serve({caller, _} = from, {:invoke, function, input}, ticket, deadline) do
+    case safely(fn -> Invocation.run(function, input, caller, deadline) end) do
       {:error, :code_not_found} -> await_code(from, input, ticket)
       result -> reply(from, result)
     end
   end
 
-  defp serve(from, job, _ticket), do: reply(from, safely(fn -> handle(job) end))
+  defp serve(from, job, _ticket, deadline),
+    do: reply(from, safely(fn -> handle(job, deadline) end))
 
-  defp handle({:store, function}), do: Functions.store(function)
+  defp handle({:store, function}, deadline), do: Functions.store(function, deadline)
 
-  defp handle({:update, prev_hash, function}) do
-    with :ok <- Functions.store(function) do
+  defp handle({:update, prev_hash, function}, deadline) do
+    with :ok <- Functions.store(function, deadline) do
       if prev_hash != function.hash,
-        do: Functions.delete({function.module, function.name, prev_hash})
-
-      :ok
+        do: Functions.delete({function.module, function.name, prev_hash}, deadline),
+        else: :ok
     end
   end
 
-  defp handle({:delete, key}), do: Functions.delete(key)
+  defp handle({:delete, key}, deadline), do: Functions.delete(key, deadline)
 
-  defp handle({:set_node_info, name, tag}) do
-    with {:ok, {name, tag}} <- NodeInfo.set(name, tag), do: {:ok, name, tag}
+  defp handle({:set_node_info, name, tag}, deadline) do
+    with {:ok, {name, tag}} <- NodeInfo.set(name, tag, deadline), do: {:ok, name, tag}
   end
 
   # The code handler: holds the arguments until the Core sends the code.
@@ -132,9 +140,11 @@ defmodule Worker.Handler do
 
     receive do
       {:"$gen_call", {caller, _} = from, {:invoke, function_with_code}} when is_pid(caller) ->
+        deadline = Request.deadline({:invoke, nil, input})
+
         run = fn ->
           with {:ok, function} <- Function.parse_with_code(function_with_code),
-               do: Invocation.run(function, input, caller)
+               do: Invocation.run(function, input, caller, deadline)
         end
 
         {_pid, monitor} =

@@ -7,31 +7,71 @@ defmodule Worker.Invocation do
   `Worker.Handler` calls it, for requests with and without code alike.
   """
 
-  alias Worker.{Admission, Function, Functions, Metrics, Runtime}
+  alias Worker.{Admission, Function, Functions, Metrics, Request, Runtime}
 
   require Logger
 
   @doc """
   Invokes `function` with `input` (a term, or `{:json, text}`). `caller`
   is the process the invocation serves: if it dies, a queued or running
-  invocation is cancelled.
+  invocation is cancelled. By `deadline` (`Worker.Request.deadline/1`)
+  it has returned, `{:error, :timeout}` if nothing else: the load, the
+  wait for a slot and the run share the time, and the run's timeout
+  (`FL_INVOKE_TIMEOUT_MS`) is cut to what is left.
   """
-  @spec run(Function.t(), term(), pid() | nil) :: {:ok, term()} | {:error, term()}
-  def run(%Function{} = function, input, caller) do
-    with {:ok, module} <- Functions.fetch(function),
-         do: run(function, module, input, caller)
+  @spec run(Function.t(), term(), pid() | nil, Request.deadline()) ::
+          {:ok, term()} | {:error, term()}
+  def run(%Function{} = function, input, caller, deadline \\ :infinity) do
+    with {:ok, module} <- Functions.fetch(function, deadline),
+         {:ok, memory_opts} <- memory(function, module),
+         do: run(function, module, input, caller, deadline, memory_opts)
   end
 
-  defp run(%Function{module: module_name, name: name} = function, module, input, caller) do
+  defp run(%Function{} = function, module, input, caller, deadline, opts) do
     id = Function.id(function)
     invocation = System.unique_integer([:positive])
-    metadata = [fl_module: module_name, fl_function: name, fl_invocation: invocation]
+    metadata = [fl_module: function.module, fl_function: function.name, fl_invocation: invocation]
+    opts = [metadata: metadata, caller: caller] ++ opts
 
-    opts = [metadata: metadata, caller: caller]
-    opts = if mb = function.capacity_mb, do: [max_memory: capacity_bytes(mb)] ++ opts, else: opts
-
-    Admission.run(fn -> invoke(id, module, input, opts) end, caller: caller)
+    Admission.run(fn -> invoke(id, module, input, opts, deadline) end,
+      caller: caller,
+      deadline: deadline
+    )
     |> log_outcome(metadata)
+  end
+
+  # The Core's capacity (bytes), within FL_MAX_CAPACITY_MB, is the
+  # function's memory limit; a capacity below what the module's memory
+  # starts with could only fail to instantiate, so it is refused, saying so.
+  defp memory(%Function{capacity: nil}, _module), do: {:ok, []}
+
+  defp memory(%Function{capacity: capacity}, module) do
+    limit = min(capacity, Application.fetch_env!(:worker, :max_capacity_mb) * 1024 * 1024)
+
+    if limit < module.initial_memory do
+      {:error,
+       {:insufficient_capacity,
+        "this function's memory starts at #{module.initial_memory} bytes, " <>
+          "above its capacity of #{capacity} bytes" <>
+          if(limit < capacity, do: " (#{limit} bytes under FL_MAX_CAPACITY_MB)", else: "")}}
+    else
+      {:ok, [max_memory: limit]}
+    end
+  end
+
+  defp invoke(id, module, input, opts, :infinity), do: invoke(id, module, input, opts)
+
+  defp invoke(id, module, input, opts, deadline) do
+    # what is left once a slot is had; a run that cannot start in time is
+    # not started
+    case Request.time_left(deadline) do
+      0 ->
+        {:error, :timeout}
+
+      left ->
+        {timeout, _, _, _} = Worker.Config.invoke_defaults()
+        invoke(id, module, input, [timeout: min(timeout, left)] ++ opts)
+    end
   end
 
   defp invoke(id, module, input, opts) do
@@ -76,7 +116,4 @@ defmodule Worker.Invocation do
   defp log_outcome({:error, _} = refused, _metadata), do: refused
 
   defp us(duration), do: System.convert_time_unit(duration, :native, :microsecond)
-
-  defp capacity_bytes(mb),
-    do: min(mb, Application.fetch_env!(:worker, :max_capacity_mb)) * 1024 * 1024
 end

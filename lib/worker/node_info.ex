@@ -21,13 +21,20 @@ defmodule Worker.NodeInfo do
   @spec get() :: {String.t(), String.t()}
   def get, do: :persistent_term.get(__MODULE__)
 
-  @doc "Sets the long name, the tag, or both (`nil` keeps a value); persists them."
-  @spec set(String.t() | nil, String.t() | nil) ::
+  @doc """
+  Sets the long name, the tag, or both (`nil` keeps a value); persists them.
+  `{:error, :timeout}` when that is not done by `deadline`
+  (`Worker.Request.deadline/1`); they are set all the same.
+  """
+  @spec set(String.t() | nil, String.t() | nil, Worker.Request.deadline()) ::
           {:ok, {String.t(), String.t()}} | {:error, term()}
-  def set(long_name, tag) do
+  def set(long_name, tag, deadline \\ :infinity) do
     with :ok <- check(long_name, "long name"), :ok <- check(tag, "tag") do
-      GenServer.call(:persistent_term.get({__MODULE__, :server}), {:set, long_name, tag})
+      server = :persistent_term.get({__MODULE__, :server})
+      GenServer.call(server, {:set, long_name, tag}, Worker.Request.time_left(deadline))
     end
+  catch
+    :exit, {:timeout, _} -> {:error, :timeout}
   end
 
   defp check(nil, _what), do: :ok

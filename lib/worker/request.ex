@@ -19,6 +19,9 @@ defmodule Worker.Request do
   `{:json, text}` (`Worker.Runtime.encode_args/1`): encoded once, up to
   the input cap, so a huge term is refused at the door and the job holds
   one compact binary.
+
+  Each job has a deadline (`deadline/1`), by which its reply is due: the
+  Core gives up on a call after its own timeout, and its request with it.
   """
 
   alias Worker.{Function, Runtime}
@@ -32,7 +35,7 @@ defmodule Worker.Request do
           | {:set_node_info, term(), term()}
 
   @typedoc "A request whose content is wrong: the Core gets `{:error, reason}`."
-  @type refusal :: {:bad_request, String.t()} | {:invalid_args, String.t()}
+  @type refusal :: Function.refusal() | {:invalid_args, String.t()}
 
   @doc """
   The job for `request`; `{:error, reason}` for a known request with bad
@@ -70,6 +73,26 @@ defmodule Worker.Request do
   def parse({:set_long_name, name}), do: {:ok, {:set_node_info, name, nil}}
   def parse({:set_tag, tag}), do: {:ok, {:set_node_info, nil, tag}}
   def parse(_other), do: :unknown
+
+  @typedoc "A deadline: a time of `System.monotonic_time(:millisecond)`, or `:infinity`."
+  @type deadline :: integer() | :infinity
+
+  @doc """
+  The time by which the reply to `job`, read now, is due: an invocation's
+  after `FL_INVOKE_DEADLINE_MS`, any other's after `FL_STORE_DEADLINE_MS`
+  (see `Worker.Config` for why they differ).
+  """
+  @spec deadline(job()) :: deadline()
+  def deadline({:invoke, _function, _input}), do: from_now(:invoke_deadline_ms)
+  def deadline(_job), do: from_now(:store_deadline_ms)
+
+  defp from_now(setting),
+    do: System.monotonic_time(:millisecond) + Application.fetch_env!(:worker, setting)
+
+  @doc "Milliseconds left before `deadline` (0 once it passed), or `:infinity`."
+  @spec time_left(deadline()) :: non_neg_integer() | :infinity
+  def time_left(:infinity), do: :infinity
+  def time_left(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
 
   defp bad(reason), do: {:error, {:bad_request, reason}}
 end

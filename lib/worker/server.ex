@@ -13,7 +13,8 @@ defmodule Worker.Server do
   | `{:set_long_name, name}`, `{:set_tag, tag}` | `{:ok, long_name, tag}` or `{:error, {:bad_request, reason}}` |
 
   It only dispatches. `Worker.Request` reads each request into a job,
-  checking everything it carries (a bad one is answered at once).
+  checking everything it carries (a bad one is answered at once), and
+  gives it the deadline of its reply.
   `:get_info` is answered here, from memory. Every other job gets a
   process of its own (`Worker.Handler`), which replies to the Core
   directly; `:worker` never waits on one. Jobs are bounded by the requests
@@ -67,7 +68,7 @@ defmodule Worker.Server do
         reply(from, {:ok, name, tag})
 
       {:ok, job} ->
-        spawn_handler(from, job)
+        spawn_handler(from, job, Request.deadline(job))
 
       {:error, _} = refused ->
         reply(from, refused)
@@ -78,14 +79,14 @@ defmodule Worker.Server do
     end
   end
 
-  defp spawn_handler(from, job) do
+  defp spawn_handler(from, job, deadline) do
     case Gate.enter(Handler.gate()) do
       nil ->
         reply(from, Handler.overloaded())
 
       ticket ->
         try do
-          :erlang.spawn_opt(Handler, :run, [from, ticket, job], min_heap_size: 1024)
+          :erlang.spawn_opt(Handler, :run, [from, ticket, job, deadline], min_heap_size: 1024)
         rescue
           # the VM's process table is full
           SystemLimitError -> reply(from, Handler.overloaded())

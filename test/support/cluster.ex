@@ -97,6 +97,9 @@ defmodule Worker.Test.Cluster do
     {:ok, for(_ <- 1..300, do: {127, :rand.uniform(254), :rand.uniform(254), :rand.uniform(254)})}
   end
 
+  @doc "Run on a worker node: a process that holds an admission slot for `ms`."
+  def hold_admission(ms), do: spawn(fn -> Worker.Admission.run(fn -> Process.sleep(ms) end) end)
+
   @doc "Run on a worker node: points its `Worker.Cluster` at another DNS name."
   def set_core_dns(name) do
     :sys.replace_state(Worker.Cluster.server(), &%{&1 | dns: name})

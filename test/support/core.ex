@@ -14,7 +14,7 @@ defmodule Worker.Test.Core do
   @doc """
   A function description carrying `wasm`. Options: `:module` (default
   `"examples"`), `:code` (false: leave the code out), `:capacity` (the
-  Core's `metadata.capacity`, in MiB).
+  Core's `metadata.capacity`, in bytes).
   """
   def function(name, wasm, opts \\ []) do
     function = %{
@@ -25,10 +25,13 @@ defmodule Worker.Test.Core do
     }
 
     case Keyword.fetch(opts, :capacity) do
-      {:ok, mb} -> Map.put(function, :metadata, %{tag: "default", capacity: mb})
+      {:ok, bytes} -> Map.put(function, :metadata, %{tag: "default", capacity: bytes})
       :error -> function
     end
   end
+
+  @doc "What the worker knows a function by: `{module, name, hash}`."
+  def key(function), do: {function.module, function.name, function.hash}
 
   @doc "The description without its code, as the Core sends it to invoke."
   def without_code(function), do: %{function | code: nil}

@@ -21,6 +21,8 @@ defmodule Worker.ConfigTest do
     "FL_CACHE_MAX_MB" => "18",
     "FL_MAX_CAPACITY_MB" => "19",
     "FL_HANDLER_TIMEOUT_MS" => "20",
+    "FL_INVOKE_DEADLINE_MS" => "3200",
+    "FL_STORE_DEADLINE_MS" => "3300",
     "FL_WORKER_NAME" => "w",
     "FL_WORKER_TAG" => "t",
     "FL_CORE_NODES" => "core@10.0.0.5, core@10.0.0.6",
@@ -57,6 +59,8 @@ defmodule Worker.ConfigTest do
              cache_max_bytes: 18 * @mib,
              max_capacity_mb: 19,
              handler_timeout_ms: 20,
+             invoke_deadline_ms: 3200,
+             store_deadline_ms: 3300,
              worker_name: "w",
              worker_tag: "t",
              core_nodes: [:"core@10.0.0.5", :"core@10.0.0.6"],
@@ -112,7 +116,9 @@ defmodule Worker.ConfigTest do
           {"FL_POOL_KEEP_RESIDENT_KB", "1048577", "from 0 to 1048576"},
           {"FL_MAX_CONCURRENCY", "0", "from 1 to 100000"},
           {"FL_METRICS_PORT", "65536", "from 0 to 65535"},
-          {"FL_QUEUE_LIMIT", "-1", "0 or more"}
+          {"FL_QUEUE_LIMIT", "-1", "0 or more"},
+          {"FL_INVOKE_DEADLINE_MS", "60000", "from 100 to 59000"},
+          {"FL_STORE_DEADLINE_MS", "99", "from 100 to 59000"}
         ] do
       error = assert_raise ArgumentError, fn -> Config.from_env(%{variable => value}) end
       assert error.message =~ variable

@@ -1,5 +1,6 @@
 defmodule Worker.FunctionTest do
   use ExUnit.Case, async: true
+  import Bitwise
 
   alias Worker.Function
 
@@ -9,7 +10,7 @@ defmodule Worker.FunctionTest do
     module: "examples",
     hash: <<1, 2, 3>>,
     code: "wasm",
-    metadata: %{__struct__: Data.FunctionMetadata, tag: "default", capacity: 64}
+    metadata: %{__struct__: Data.FunctionMetadata, tag: "default", capacity: 67_108_864}
   }
 
   test "reads the Core's struct without its modules loaded" do
@@ -20,7 +21,7 @@ defmodule Worker.FunctionTest do
              name: "hello",
              hash: <<1, 2, 3>>,
              code: "wasm",
-             capacity_mb: 64
+             capacity: 67_108_864
            }
 
     assert Function.key(function) == {"examples", "hello", <<1, 2, 3>>}
@@ -29,14 +30,28 @@ defmodule Worker.FunctionTest do
   end
 
   test "plain maps, no code, no metadata" do
-    assert {:ok, %Function{code: nil, capacity_mb: nil}} =
+    assert {:ok, %Function{code: nil, capacity: nil}} =
              Function.parse(%{name: "f", module: "", hash: "h"})
   end
 
   test "capacity is only a positive integer; the Core's -1 means none" do
     for capacity <- [-1, 0, 1.5, "64", nil] do
       fun = %{@core_struct | metadata: %{capacity: capacity}}
-      assert {:ok, %Function{capacity_mb: nil}} = Function.parse(fun), inspect(capacity)
+      assert {:ok, %Function{capacity: nil}} = Function.parse(fun), inspect(capacity)
+    end
+  end
+
+  test "capacity is in bytes: under one 64 KiB page, no module can run, and it says so" do
+    for capacity <- [1, 64, 128, 65_535] do
+      fun = %{@core_struct | metadata: %{capacity: capacity}}
+      assert {:error, {:insufficient_capacity, reason}} = Function.parse(fun)
+      assert reason =~ "capacity #{capacity} is in bytes"
+      assert {:error, {:insufficient_capacity, _}} = Function.parse_with_code(fun)
+    end
+
+    for capacity <- [65_536, 1 <<< 40] do
+      fun = %{@core_struct | metadata: %{capacity: capacity}}
+      assert {:ok, %Function{capacity: ^capacity}} = Function.parse(fun)
     end
   end
 

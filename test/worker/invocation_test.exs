@@ -1,6 +1,7 @@
 defmodule Worker.InvocationTest do
   # One Core invocation, as Worker.Handler runs it, in this VM.
   use ExUnit.Case, async: false
+  import Bitwise
 
   import ExUnit.CaptureLog
   import Worker.Test.Fixtures
@@ -13,7 +14,7 @@ defmodule Worker.InvocationTest do
       name: Helpers.unique_name(name),
       hash: "h",
       code: code,
-      capacity_mb: capacity
+      capacity: capacity
     }
   end
 
@@ -33,8 +34,8 @@ defmodule Worker.InvocationTest do
              {:ok, %{"payload" => "Hello Again!"}}
   end
 
-  test "the Core's capacity bounds memory, never above FL_MAX_CAPACITY_MB" do
-    grow = function("grow", wat!("grow"), 1)
+  test "the Core's capacity, in bytes, bounds memory, never above FL_MAX_CAPACITY_MB" do
+    grow = function("grow", wat!("grow"), 1024 * 1024)
     assert Functions.store(grow) == :ok
     # 1 MiB: 16 pages, one of which the module starts with
     assert Invocation.run(grow, 15, self()) == {:ok, 1}
@@ -43,8 +44,32 @@ defmodule Worker.InvocationTest do
     previous = Application.fetch_env!(:worker, :max_capacity_mb)
     Application.put_env(:worker, :max_capacity_mb, 1)
     on_exit(fn -> Application.put_env(:worker, :max_capacity_mb, previous) end)
-    big = %{grow | capacity_mb: 64}
+    big = %{grow | capacity: 64 * 1024 * 1024}
     assert Invocation.run(big, 16, self()) == {:ok, -1}
+  end
+
+  test "a capacity below what the module's memory starts with is refused, saying so" do
+    # hello's memory starts at 17 pages (1,114,112 bytes); nothing runs
+    hello = function("small", wasm!("hello"), 1_048_576)
+    assert {:ok, module} = Functions.fetch(hello)
+    assert module.initial_memory > 1_048_576
+
+    assert {:error, {:insufficient_capacity, reason}} =
+             Invocation.run(hello, %{"name" => "x"}, self())
+
+    assert reason =~ "starts at #{module.initial_memory} bytes"
+    assert reason =~ "capacity of 1048576 bytes"
+    # and exactly enough runs
+    enough = %{hello | capacity: module.initial_memory}
+    assert {:ok, %{"payload" => "Hello x!"}} = Invocation.run(enough, %{"name" => "x"}, self())
+
+    # FL_MAX_CAPACITY_MB lowers a capacity under the module's memory: said too
+    previous = Application.fetch_env!(:worker, :max_capacity_mb)
+    Application.put_env(:worker, :max_capacity_mb, 1)
+    on_exit(fn -> Application.put_env(:worker, :max_capacity_mb, previous) end)
+    huge = %{hello | capacity: 1 <<< 30}
+    assert {:error, {:insufficient_capacity, reason}} = Invocation.run(huge, %{}, self())
+    assert reason =~ "1048576 bytes under FL_MAX_CAPACITY_MB"
   end
 
   test "failures are logged with the function, the invocation and the outcome" do

@@ -173,12 +173,18 @@ defmodule Worker.ServerTest do
     assert call(node, {:set_tag, "gpu"}) == {:ok, Atom.to_string(node), "gpu"}
   end
 
-  test "capacity from the metadata bounds the function's memory", %{node: node} do
-    grow = %{function("grow", wat!("grow")) | metadata: %Data.FunctionMetadata{capacity: 1}}
+  test "capacity from the metadata, in bytes, bounds the function's memory", %{node: node} do
+    metadata = %Data.FunctionMetadata{tag: "default", capacity: 1_048_576}
+    grow = %{function("grow", wat!("grow")) | metadata: metadata}
     assert call(node, {:store_function, grow}) == :ok
-    # 1 MB: 16 pages, one of which the module starts with
+    # 1 MiB: 16 pages, one of which the module starts with
     assert call(node, {:invoke, without_code(grow), 15}) == {:ok, 1}
     assert call(node, {:invoke, without_code(grow), 16}) == {:ok, -1}
+
+    # what no module can run in is refused at once, in the Core's shape
+    tiny = %{grow | metadata: %{metadata | capacity: 64}}
+    assert {:error, {:insufficient_capacity, _}} = call(node, {:invoke, without_code(tiny), 1})
+    assert {:error, {:insufficient_capacity, _}} = call(node, {:store_function, tiny})
   end
 
   test "malformed messages and crashing invocations leave :worker alive", %{node: node} do
