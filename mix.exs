@@ -25,7 +25,8 @@ defmodule Worker.MixProject do
 
   def application do
     [
-      extra_applications: [:logger, :crypto, :inets],
+      # :ssl for the Kubernetes API (Worker.Cluster.Kubernetes)
+      extra_applications: [:logger, :crypto, :inets, :ssl],
       mod: {Worker.Application, []}
     ]
   end

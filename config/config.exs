@@ -11,5 +11,9 @@ config :logger, level: :info
 
 if config_env() == :test do
   config :logger, level: :warning
-  config :worker, data_dir: Path.expand("../tmp/test_data", __DIR__), metrics_port: 0
+  # no gossip from tests: every address a test uses is on loopback
+  config :worker,
+    data_dir: Path.expand("../tmp/test_data", __DIR__),
+    metrics_port: 0,
+    discovery: :none
 end

@@ -30,6 +30,14 @@ defmodule Worker.Config do
   | `:core_dns` | `FL_CORE_DNS` | none | |
   | `:core_basename` | `FL_CORE_BASENAME` | `core` | |
   | `:core_dns_interval_ms` | `FL_CORE_DNS_INTERVAL_MS` | 10 000 | 0 and up |
+  | `:discovery` | `FL_DISCOVERY` | `gossip`; `kubernetes` when `DEPLOY_ENV=kubernetes` | `gossip`, `kubernetes` or `none` |
+  | `:gossip_port` | `FL_GOSSIP_PORT` | 45 892 | 1 to 65 535 |
+  | `:gossip_addr` | `FL_GOSSIP_ADDR` | 233.252.1.32 | an IPv4 address: a multicast group, or an address to send to |
+  | `:gossip_if` | `FL_GOSSIP_IF` | 0.0.0.0 | the IPv4 address to listen on |
+  | `:k8s_selector` | `FL_K8S_SELECTOR` | `app=fl-core` | |
+  | `:k8s_namespace` | `FL_K8S_NAMESPACE` | the pod's own | |
+  | `:k8s_interval_ms` | `FL_K8S_INTERVAL_MS` | 5 000 | 100 and up |
+  | `:k8s_api` | `KUBERNETES_SERVICE_HOST`, `KUBERNETES_SERVICE_PORT` | `https://kubernetes.default.svc` | |
   | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 | 0 to 4 294 000 000 |
   | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB | 0 and up |
   | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none | |
@@ -103,6 +111,13 @@ defmodule Worker.Config do
     {:core_dns, "FL_CORE_DNS", :string},
     {:core_basename, "FL_CORE_BASENAME", :string},
     {:core_dns_interval_ms, "FL_CORE_DNS_INTERVAL_MS", {:int, 0, :infinity}},
+    {:discovery, "FL_DISCOVERY", {:choice, ~w(gossip kubernetes none)}},
+    {:gossip_port, "FL_GOSSIP_PORT", {:int, 1, 65_535}},
+    {:gossip_addr, "FL_GOSSIP_ADDR", :ipv4},
+    {:gossip_if, "FL_GOSSIP_IF", :ipv4},
+    {:k8s_selector, "FL_K8S_SELECTOR", :string},
+    {:k8s_namespace, "FL_K8S_NAMESPACE", :string},
+    {:k8s_interval_ms, "FL_K8S_INTERVAL_MS", {:int, 100, :infinity}},
     {:invoke_timeout_ms, "FL_INVOKE_TIMEOUT_MS", {:int, 0, 4_294_000_000}},
     {:max_memory_bytes, "FL_MAX_MEMORY_MB", {:mib, 0, :infinity}},
     {:http_allow, "FL_HTTP_ALLOW", :list},
@@ -295,6 +310,14 @@ defmodule Worker.Config do
       core_nodes: [],
       core_basename: "core",
       core_dns_interval_ms: 10_000,
+      discovery: :gossip,
+      gossip_port: Worker.Cluster.Gossip.default_port(),
+      gossip_addr: Worker.Cluster.Gossip.default_group(),
+      gossip_if: {0, 0, 0, 0},
+      k8s_selector: "app=fl-core",
+      k8s_interval_ms: 5_000,
+      k8s_api: "https://kubernetes.default.svc",
+      k8s_account_dir: Worker.Cluster.Kubernetes.default_account_dir(),
       invoke_timeout_ms: 30_000,
       max_memory_bytes: 128 * 1024 * 1024,
       http_allow: [],
@@ -324,7 +347,29 @@ defmodule Worker.Config do
       concurrency_and_pool(config[:max_concurrency], config[:pool_instances], nil)
     end
 
-    config
+    config ++ funless_env(config, env)
+  end
+
+  # FunLess's own variables: DEPLOY_ENV=kubernetes (its manifests set it)
+  # picks Kubernetes discovery unless FL_DISCOVERY says otherwise; the API
+  # is where Kubernetes tells every pod it is.
+  defp funless_env(config, env) do
+    discovery =
+      if env["DEPLOY_ENV"] == "kubernetes" and not Keyword.has_key?(config, :discovery),
+        do: [discovery: :kubernetes],
+        else: []
+
+    api =
+      case {env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]} do
+        {host, port} when host not in [nil, ""] ->
+          host = if String.contains?(host, ":"), do: "[#{host}]", else: host
+          [k8s_api: "https://#{host}:#{if port in [nil, ""], do: 443, else: port}"]
+
+        _ ->
+          []
+      end
+
+    discovery ++ api
   end
 
   @doc """
@@ -360,6 +405,25 @@ defmodule Worker.Config do
   def log_format(env \\ System.get_env()), do: env["FL_LOG_FORMAT"]
 
   defp parse(_variable, :string, text), do: text
+
+  defp parse(variable, {:choice, choices}, text) do
+    choice = String.trim(text)
+
+    if choice in choices,
+      do: String.to_atom(choice),
+      else:
+        raise(
+          ArgumentError,
+          "#{variable}: expected one of #{Enum.join(choices, ", ")}, got #{inspect(text)}"
+        )
+  end
+
+  defp parse(variable, :ipv4, text) do
+    case :inet.parse_ipv4strict_address(String.to_charlist(String.trim(text))) do
+      {:ok, address} -> address
+      {:error, _} -> raise ArgumentError, "#{variable}: not an IPv4 address: #{inspect(text)}"
+    end
+  end
 
   defp parse(variable, :address, text) do
     case :inet.parse_address(String.to_charlist(String.trim(text))) do

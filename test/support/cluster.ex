@@ -53,7 +53,8 @@ defmodule Worker.Test.Cluster do
   def boot!(node, data_dir, env) do
     :ok = :erpc.call(node, Application, :load, [:worker])
 
-    for {key, value} <- [data_dir: data_dir, metrics_port: 0] ++ env do
+    # no gossip unless a test asks for it (on loopback)
+    for {key, value} <- [data_dir: data_dir, metrics_port: 0, discovery: :none] ++ env do
       :ok = :erpc.call(node, Application, :put_env, [:worker, key, value])
     end
 

@@ -29,6 +29,13 @@ defmodule Worker.ConfigTest do
     "FL_CORE_DNS" => "core.svc",
     "FL_CORE_BASENAME" => "fl",
     "FL_CORE_DNS_INTERVAL_MS" => "21",
+    "FL_DISCOVERY" => "kubernetes",
+    "FL_GOSSIP_PORT" => "34",
+    "FL_GOSSIP_ADDR" => "239.1.2.3",
+    "FL_GOSSIP_IF" => "127.0.0.1",
+    "FL_K8S_SELECTOR" => "app=core",
+    "FL_K8S_NAMESPACE" => "funless",
+    "FL_K8S_INTERVAL_MS" => "350",
     "FL_INVOKE_TIMEOUT_MS" => "22",
     "FL_MAX_MEMORY_MB" => "23",
     "FL_HTTP_ALLOW" => "127.0.0.1:8080, [::1]",
@@ -67,6 +74,13 @@ defmodule Worker.ConfigTest do
              core_dns: "core.svc",
              core_basename: "fl",
              core_dns_interval_ms: 21,
+             discovery: :kubernetes,
+             gossip_port: 34,
+             gossip_addr: {239, 1, 2, 3},
+             gossip_if: {127, 0, 0, 1},
+             k8s_selector: "app=core",
+             k8s_namespace: "funless",
+             k8s_interval_ms: 350,
              invoke_timeout_ms: 22,
              max_memory_bytes: 23 * @mib,
              http_allow: ["127.0.0.1:8080", "[::1]"],
@@ -118,12 +132,42 @@ defmodule Worker.ConfigTest do
           {"FL_METRICS_PORT", "65536", "from 0 to 65535"},
           {"FL_QUEUE_LIMIT", "-1", "0 or more"},
           {"FL_INVOKE_DEADLINE_MS", "60000", "from 100 to 59000"},
-          {"FL_STORE_DEADLINE_MS", "99", "from 100 to 59000"}
+          {"FL_STORE_DEADLINE_MS", "99", "from 100 to 59000"},
+          {"FL_GOSSIP_PORT", "0", "from 1 to 65535"}
         ] do
       error = assert_raise ArgumentError, fn -> Config.from_env(%{variable => value}) end
       assert error.message =~ variable
       assert error.message =~ range
     end
+  end
+
+  test "a value that is not one of its choices, or not an IPv4 address, stops the boot" do
+    for {variable, value, expected} <- [
+          {"FL_DISCOVERY", "libcluster", "gossip, kubernetes, none"},
+          {"FL_GOSSIP_ADDR", "::1", "not an IPv4 address"},
+          {"FL_GOSSIP_IF", "localhost", "not an IPv4 address"}
+        ] do
+      error = assert_raise ArgumentError, fn -> Config.from_env(%{variable => value}) end
+      assert error.message =~ variable
+      assert error.message =~ expected
+    end
+  end
+
+  test "FunLess's own variables: DEPLOY_ENV=kubernetes, and the API's address" do
+    assert Config.from_env(%{"DEPLOY_ENV" => "kubernetes"}) == [discovery: :kubernetes]
+    # FL_DISCOVERY says otherwise
+    assert Config.from_env(%{"DEPLOY_ENV" => "kubernetes", "FL_DISCOVERY" => "none"}) ==
+             [discovery: :none]
+
+    assert Config.from_env(%{"DEPLOY_ENV" => "docker"}) == []
+
+    assert Config.from_env(%{
+             "KUBERNETES_SERVICE_HOST" => "10.96.0.1",
+             "KUBERNETES_SERVICE_PORT" => "6443"
+           }) == [k8s_api: "https://10.96.0.1:6443"]
+
+    assert Config.from_env(%{"KUBERNETES_SERVICE_HOST" => "fd00::1"}) ==
+             [k8s_api: "https://[fd00::1]:443"]
   end
 
   test "more concurrency than pool instances stops the boot, naming both" do
@@ -150,7 +194,7 @@ defmodule Worker.ConfigTest do
     readme = File.read!(Path.expand("../../README.md", __DIR__))
     [_, section] = String.split(readme, "## Configuration", parts: 2)
     [table | _] = String.split(section, "\n### ", parts: 2)
-    documented = Regex.scan(~r/^\| `(FL_[A-Z_]+)`/m, table) |> Enum.map(&List.last/1)
+    documented = Regex.scan(~r/^\| `(FL_[A-Z0-9_]+)`/m, table) |> Enum.map(&List.last/1)
     assert Enum.sort(documented) == Enum.sort(Config.variables())
   end
 

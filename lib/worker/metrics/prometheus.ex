@@ -222,6 +222,7 @@ defmodule Worker.Metrics.Prometheus do
       safe(fn -> Worker.Handler.info() end, %{requests: 0, handler_bytes: 0, overloaded: 0})
 
     stray = safe(fn -> Worker.Stray.count() end, 0)
+    heartbeats = safe(fn -> Worker.Cluster.heartbeats() end, %{})
 
     runtime =
       safe(fn -> Worker.Runtime.stats() end, %{
@@ -289,6 +290,22 @@ defmodule Worker.Metrics.Prometheus do
         "Messages nobody asked for, dropped (casts, malformed calls, system messages).",
         stray
       ),
+      [
+        header(
+          "worker_gossip_heartbeats_total",
+          "libcluster gossip heartbeats received, by outcome (ok, malformed, oversized, over_cap: a new node name past the cap).",
+          "counter"
+        )
+        | for {outcome, n} <- Enum.sort(heartbeats) do
+            [
+              "worker_gossip_heartbeats_total{outcome=\"",
+              Atom.to_string(outcome),
+              "\"} ",
+              number(n),
+              "\n"
+            ]
+          end
+      ],
       gauge(
         "worker_runtime_in_flight",
         "Invocations alive in the native runtime.",
