@@ -410,7 +410,9 @@ defmodule Mix.Tasks.Worker.Bench do
     data = Path.join(System.tmp_dir!(), "fl-bench-node-#{System.unique_integer([:positive])}")
     :ok = :erpc.call(node, Application, :load, [:worker])
 
-    for {key, value} <- Worker.Config.from_env() ++ [data_dir: data, metrics_port: 0] do
+    # no gossip: the Core is this VM, and nothing leaves loopback
+    for {key, value} <-
+          Worker.Config.from_env() ++ [data_dir: data, metrics_port: 0, discovery: :none] do
       :ok = :erpc.call(node, Application, :put_env, [:worker, key, value])
     end
 

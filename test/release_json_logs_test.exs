@@ -171,6 +171,7 @@ defmodule Worker.ReleaseJSONLogsTest do
         {"RELEASE_DISTRIBUTION", "name"},
         {"RELEASE_COOKIE", Atom.to_string(Node.get_cookie())},
         {"FL_DATA_DIR", Path.join(dir, "data")},
+        {"FL_DISCOVERY", "none"},
         {"ERL_CRASH_DUMP", Path.join(dir, "erl_crash.dump")}
       ] ++ env
 

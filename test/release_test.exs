@@ -1,29 +1,41 @@
 defmodule Worker.ReleaseTest do
-  # The BEAM release: built with `MIX_ENV=prod mix release`, started with
+  # The BEAM release, built with `MIX_ENV=prod mix release`: started with
   # `bin/worker daemon`, configured by RELEASE_* and FL_* variables, and
-  # driven over distribution like a real Core would.
+  # driven over distribution like a real Core would; and started as the
+  # container image starts it (the Dockerfile's CMD, with the Dockerfile's
+  # environment and the compose file's), joining a Core through gossip on
+  # loopback. The compose file, the Prometheus configuration and the
+  # Kubernetes manifest are read with real parsers (PyYAML, promtool).
   use ExUnit.Case, async: false
 
   import Worker.Test.Fixtures
+  import Worker.Test.Helpers, only: [eventually: 3, free_port: 0]
 
   @moduletag :tmp_dir
   @moduletag timeout: 300_000
 
-  test "the release carries the NIF, reads FL_* variables and serves the Core", %{tmp_dir: dir} do
+  @root Path.expand("..", __DIR__)
+
+  setup_all do
     Worker.Test.Cluster.ensure_distributed!()
-    root = Path.expand("..", __DIR__)
+    dir = Path.join(System.tmp_dir!(), "fl-release-#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm_rf!(dir) end)
     release = Path.join(dir, "rel")
 
     {output, status} =
       System.cmd("mix", ["release", "--overwrite", "--path", release],
-        cd: root,
+        cd: @root,
         # a MIX_BUILD_PATH for this suite's build must not get prod's
         env: [{"MIX_ENV", "prod"}, {"MIX_BUILD_PATH", nil}],
         stderr_to_stdout: true
       )
 
     assert status == 0, output
+    %{release: release}
+  end
 
+  test "the release carries the NIF, reads FL_* variables and serves the Core",
+       %{release: release, tmp_dir: dir} do
     assert File.exists?(
              Path.join([release, "lib", "worker-0.1.0", "priv", "native", "worker_nif.so"])
            )
@@ -38,6 +50,7 @@ defmodule Worker.ReleaseTest do
       {"RELEASE_DISTRIBUTION", "name"},
       {"RELEASE_COOKIE", Atom.to_string(Node.get_cookie())},
       {"FL_DATA_DIR", Path.join(dir, "data")},
+      {"FL_DISCOVERY", "none"},
       {"FL_WORKER_TAG", "from-env"},
       {"FL_MAX_CONCURRENCY", "3"},
       {"FL_METRICS_PORT", "0"}
@@ -59,6 +72,218 @@ defmodule Worker.ReleaseTest do
              {:ok, %{"payload" => "Hello release!"}}
 
     assert File.ls!(Path.join([dir, "data", "functions"])) != []
+  end
+
+  test "the image's entrypoint, with the image's and the compose file's environment, " <>
+         "names the node from NODE_IP and joins a Core heard through gossip",
+       %{release: release, tmp_dir: dir} do
+    image = dockerfile!(Path.join(@root, "Dockerfile"))
+    assert image.cmd == ["bin/run"]
+    assert image.user == "funless"
+    assert image.env["FL_METRICS_PORT"] == "4021"
+    assert Enum.sort(image.expose) == ["4021", "4369", "45892/udp"]
+
+    compose = yaml!(Path.join(@root, "deploy/docker-compose.yml"))
+    worker_service = compose["services"]["worker"]
+    # the image is this repository's Dockerfile
+    assert File.exists?(
+             Path.join([@root, "deploy", worker_service["build"]["context"], "Dockerfile"])
+           )
+
+    # a loopback address of its own, so that no other node has its name
+    ip = "127.#{:rand.uniform(200) + 20}.#{:rand.uniform(250)}.#{:rand.uniform(250)}"
+    node = :"worker@#{ip}"
+    # gossip: the worker listens on its address, and sends to 127.0.0.1,
+    # where this test listens
+    {:ok, socket} = :gen_udp.open(0, [:binary, active: true, ip: {127, 0, 0, 1}])
+    {:ok, gossip_port} = :inet.port(socket)
+
+    env =
+      image.env
+      |> Map.merge(worker_env(worker_service["environment"]))
+      |> Map.merge(%{
+        "NODE_IP" => ip,
+        "RELEASE_COOKIE" => Atom.to_string(Node.get_cookie()),
+        # what cannot be the image's here: the data directory, a free port,
+        # and gossip on loopback
+        "FL_DATA_DIR" => Path.join(dir, "data"),
+        "FL_METRICS_PORT" => Integer.to_string(free_port()),
+        "FL_GOSSIP_IF" => ip,
+        "FL_GOSSIP_ADDR" => "127.0.0.1",
+        "FL_GOSSIP_PORT" => Integer.to_string(gossip_port)
+      })
+
+    worker = run!(release, image.cmd, env, dir)
+
+    # its heartbeats name it worker@NODE_IP, as the Core's Gossip reads them
+    assert_receive {:udp, ^socket, _, ^gossip_port, "heartbeat::" <> term}, 60_000
+    assert :erlang.binary_to_term(term) == %{node: node}
+
+    # a Core's heartbeat, and the worker connects to it
+    refute node in Node.list()
+    {:ok, ip_tuple} = :inet.parse_address(String.to_charlist(ip))
+    :ok = :gen_udp.send(socket, ip_tuple, gossip_port, Worker.Cluster.Gossip.encode(node()))
+    assert eventually(fn -> node in Node.list() end, 10_000, 50), output(worker)
+
+    assert GenServer.call({:worker, node}, :get_info) ==
+             {:ok, Atom.to_string(node), Atom.to_string(node)}
+
+    # docker stop: SIGTERM, and the VM stops cleanly
+    System.cmd("kill", ["-TERM", "#{worker.os_pid}"])
+    assert_receive {_, {:exit_status, 0}}, 30_000
+  end
+
+  test "the image's entrypoint will not start without RELEASE_COOKIE", %{
+    release: release,
+    tmp_dir: dir
+  } do
+    image = dockerfile!(Path.join(@root, "Dockerfile"))
+    worker = run!(release, image.cmd, image.env, dir)
+    assert_receive {_, {:exit_status, 64}}, 10_000
+    assert output(worker) =~ "set RELEASE_COOKIE"
+  end
+
+  test "the Kubernetes manifest: FunLess's names and labels, and an environment that " <>
+         "picks Kubernetes discovery" do
+    [daemon_set] = yaml_documents!(Path.join(@root, "deploy/kubernetes/worker.yml"))
+    assert daemon_set["kind"] == "DaemonSet"
+    # what the Core's libcluster selector and FunLess's service account expect
+    assert daemon_set["metadata"]["namespace"] == "fl"
+    assert daemon_set["spec"]["template"]["metadata"]["labels"] == %{"app" => "fl-worker"}
+    spec = daemon_set["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "fl-svc-account"
+    assert spec["securityContext"]["runAsUser"] == 1000
+    [container] = spec["containers"]
+
+    env =
+      Map.new(container["env"], fn
+        %{"name" => name, "value" => value} -> {name, value}
+        %{"name" => name, "valueFrom" => from} -> {name, from}
+      end)
+
+    assert env["NODE_IP"] == %{"fieldRef" => %{"fieldPath" => "status.podIP"}}
+    assert %{"secretKeyRef" => %{"name" => _, "key" => _}} = env["RELEASE_COOKIE"]
+    # the variables as the worker reads them
+    plain = for {name, value} when is_binary(value) <- env, into: %{}, do: {name, value}
+    assert Worker.Config.from_env(plain)[:discovery] == :kubernetes
+
+    ports = for p <- container["ports"], into: %{}, do: {p["name"], p["containerPort"]}
+    image = dockerfile!(Path.join(@root, "Dockerfile"))
+    assert ports["metrics"] == String.to_integer(image.env["FL_METRICS_PORT"])
+    assert ports["epmd"] == 4369
+    assert container["readinessProbe"]["httpGet"] == %{"path" => "/readyz", "port" => "metrics"}
+    assert container["livenessProbe"]["httpGet"] == %{"path" => "/healthz", "port" => "metrics"}
+
+    mount = for m <- container["volumeMounts"], do: m["mountPath"]
+    assert image.env["FL_DATA_DIR"] in mount
+  end
+
+  test "the compose file's Prometheus scrapes the worker as FunLess's does, and promtool " <>
+         "takes its configuration" do
+    compose = yaml!(Path.join(@root, "deploy/docker-compose.yml"))
+    services = compose["services"]
+    assert Map.has_key?(services, services["core"]["environment"]["PROMETHEUS_HOST"])
+
+    [config_mount | _] = services["prometheus"]["volumes"]
+    [source, "/etc/prometheus/prometheus.yml" <> _] = String.split(config_mount, ":", parts: 2)
+    config = Path.join([@root, "deploy", source])
+
+    {output, status} = System.cmd("promtool", ["check", "config", config], stderr_to_stdout: true)
+    assert status == 0, output
+
+    jobs = yaml!(config)["scrape_configs"]
+    image = dockerfile!(Path.join(@root, "Dockerfile"))
+    target = "worker:" <> image.env["FL_METRICS_PORT"]
+    [job] = for j <- jobs, target in hd(j["static_configs"])["targets"], do: j
+    # no relabelling: the node label comes from the page itself
+    refute Map.has_key?(job, "relabel_configs")
+    refute Map.has_key?(job, "metric_relabel_configs")
+  end
+
+  # -- the image ---------------------------------------------------------------
+
+  # The final stage of a Dockerfile: its environment, user, exposed ports
+  # and command.
+  defp dockerfile!(path) do
+    instructions =
+      path
+      |> File.read!()
+      |> String.replace(~r/\\\n\s*/, " ")
+      |> String.split("\n")
+      |> Enum.reject(&(String.trim(&1) == "" or String.starts_with?(String.trim(&1), "#")))
+      |> Enum.map(&(&1 |> String.trim() |> String.split(" ", parts: 2)))
+
+    final =
+      instructions |> Enum.reverse() |> Enum.take_while(&(hd(&1) != "FROM")) |> Enum.reverse()
+
+    env =
+      for ["ENV", pairs] <- final,
+          pair <- String.split(pairs),
+          [key, value] = String.split(pair, "=", parts: 2),
+          into: %{},
+          do: {key, value}
+
+    [cmd] = for ["CMD", json] <- final, do: json
+    {:ok, cmd} = Worker.JSON.decode(cmd)
+
+    %{
+      env: env,
+      cmd: cmd,
+      user: List.last(for ["USER", user] <- final, do: user),
+      expose: for(["EXPOSE", ports] <- final, port <- String.split(ports), do: port)
+    }
+  end
+
+  # A compose file's environment: a map, `${VAR:-default}` read as its default.
+  defp worker_env(env) do
+    Map.new(env, fn {name, value} ->
+      {name, String.replace(value, ~r/\$\{\w+:-([^}]*)\}/, "\\1")}
+    end)
+  end
+
+  # Starts the release's `cmd` (relative to its root) with exactly `env`
+  # (and PATH, HOME), as a container would; the port gets its stdout and
+  # stderr, and its exit status.
+  defp run!(release, [cmd], env, dir) do
+    env = Map.merge(%{"PATH" => System.get_env("PATH"), "HOME" => dir}, env)
+    args = ["-i"] ++ for({k, v} <- env, do: "#{k}=#{v}") ++ [Path.join(release, cmd)]
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("env")}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        cd: String.to_charlist(dir),
+        args: args
+      ])
+
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    on_exit(fn -> System.cmd("kill", ["-9", "#{os_pid}"], stderr_to_stdout: true) end)
+    %{port: port, os_pid: os_pid}
+  end
+
+  defp output(%{port: port}) do
+    receive do
+      {^port, {:data, data}} -> data <> output(%{port: port})
+    after
+      0 -> ""
+    end
+  end
+
+  # -- YAML, with PyYAML (Debian's python3-yaml) ----------------------------------
+
+  defp yaml!(path) do
+    [document] = yaml_documents!(path)
+    document
+  end
+
+  defp yaml_documents!(path) do
+    script =
+      "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"
+
+    {json, 0} = System.cmd("/usr/bin/python3", ["-c", script, path])
+    {:ok, documents} = Worker.JSON.decode(json)
+    documents
   end
 
   defp wait_for_worker(_node, 0), do: false
