@@ -90,9 +90,33 @@ defmodule Worker.ReleaseTest do
              Path.join([@root, "deploy", worker_service["build"]["context"], "Dockerfile"])
            )
 
-    # a loopback address of its own, so that no other node has its name
+    # a loopback address of its own
     ip = "127.#{:rand.uniform(200) + 20}.#{:rand.uniform(250)}.#{:rand.uniform(250)}"
-    node = :"worker@#{ip}"
+
+    # the node is named worker@NODE_IP (releases/*/env.sh, sourced by
+    # every command), as FunLess's are
+    env_sh = Path.join([release, "releases", "0.1.0", "env.sh"])
+    naming = ~s(. "$0"; echo "$RELEASE_NODE $RELEASE_DISTRIBUTION")
+
+    unset = [{"RELEASE_NODE", nil}, {"RELEASE_DISTRIBUTION", nil}]
+
+    assert System.cmd("sh", ["-c", naming, env_sh], env: [{"NODE_IP", ip} | unset]) ==
+             {"worker@#{ip} name\n", 0}
+
+    # A container has an epmd of its own; on this host, epmd knows one
+    # node by the name "worker" at most. Another one running here (a
+    # developer's) makes this run name its node itself.
+    {:ok, names} = :erl_epmd.names()
+
+    {node, naming_env} =
+      if List.keymember?(names, ~c"worker", 0) do
+        IO.puts("(a node named worker runs on this host: the release gets RELEASE_NODE)")
+        node = :"worker#{System.unique_integer([:positive])}@#{ip}"
+        {node, %{"RELEASE_NODE" => Atom.to_string(node)}}
+      else
+        {:"worker@#{ip}", %{}}
+      end
+
     # gossip: the worker listens on its address, and sends to 127.0.0.1,
     # where this test listens
     {:ok, socket} = :gen_udp.open(0, [:binary, active: true, ip: {127, 0, 0, 1}])
@@ -112,6 +136,7 @@ defmodule Worker.ReleaseTest do
         "FL_GOSSIP_ADDR" => "127.0.0.1",
         "FL_GOSSIP_PORT" => Integer.to_string(gossip_port)
       })
+      |> Map.merge(naming_env)
 
     worker = run!(release, image.cmd, env, dir)
 

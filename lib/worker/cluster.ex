@@ -38,7 +38,9 @@ defmodule Worker.Cluster do
   At start, it warns when the FunLess Core would not take this node for
   a worker: the Core counts a node as a worker only when its name
   contains `worker` (`Core.Domain.Nodes`, and its telemetry `Monitor`),
-  and as a Core when it contains `core`.
+  and as a Core when it contains `core`. It warns too when the cookie is
+  a well-known one (FunLess's own images ship `default_secret`): any host
+  that reaches the node's Erlang ports with it can run code on it.
   """
   use GenServer
 
@@ -135,6 +137,7 @@ defmodule Worker.Cluster do
 
     if Node.alive?() do
       warn_about_name(Atom.to_string(node()))
+      warn_about_cookie(Node.get_cookie())
       :ok = :net_kernel.monitor_nodes(true)
       Enum.each(static, &send(self(), {:connect, &1}))
       if state.dns, do: send(self(), :resolve)
@@ -166,6 +169,37 @@ defmodule Worker.Cluster do
         "Worker.Cluster: the FunLess Core takes #{name} for a Core node too, " <>
           "because its name contains \"core\"; give it a name without it"
       )
+    end
+
+    :ok
+  end
+
+  # cookies that come with software or its examples, FunLess's first
+  @known_cookies ~w(default_secret secret cookie changeme change_me erlang elixir
+                    monster nocookie mycookie my_cookie secret_cookie test password)
+
+  @doc false
+  # The warning of init/1 for a cookie; public for tests.
+  def warn_about_cookie(cookie) do
+    text = Atom.to_string(cookie)
+
+    cond do
+      String.downcase(text) in @known_cookies ->
+        Logger.warning(
+          "Worker.Cluster: the Erlang cookie is a well-known one (#{inspect(text)}; FunLess's " <>
+            "images ship \"default_secret\"): any host that reaches this node's Erlang ports " <>
+            "with it can run code here. Set RELEASE_COOKIE to a secret of your own on the Core " <>
+            "and every worker, keep the ports on a network of their own, or use TLS distribution"
+        )
+
+      byte_size(text) < 16 ->
+        Logger.warning(
+          "Worker.Cluster: the Erlang cookie has #{byte_size(text)} characters, too few to " <>
+            "be a secret: set RELEASE_COOKIE to 16 random characters or more"
+        )
+
+      true ->
+        :ok
     end
 
     :ok

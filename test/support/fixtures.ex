@@ -26,7 +26,7 @@ defmodule Worker.Test.Fixtures do
   @root Path.expand("../..", __DIR__)
   @functions Path.join(@root, "functions")
   @components Path.join(@functions, "components")
-  @cargo_components ~w(hello_http fetch_http hello_cli echo_http echo_cli)
+  @cargo_components ~w(hello_http fetch_http hello_cli echo_http echo_cli hostile_http)
   @componentized ~w(hello_py hello_js)
 
   @doc "Builds every example function (incrementally); raises with cargo's output on failure."

@@ -307,6 +307,19 @@ defmodule Worker.ClusterTest do
     assert_receive {:k8s_request, "/api/v1/namespaces/elsewhere/pods?" <> _, "Bearer wrong"}
   end
 
+  test "a well-known or short cookie is warned about, saying what to do" do
+    for cookie <- [:default_secret, :Secret, :monster] do
+      log = capture_log(fn -> Worker.Cluster.warn_about_cookie(cookie) end)
+      assert log =~ "well-known", inspect(cookie)
+      assert log =~ "RELEASE_COOKIE"
+    end
+
+    assert capture_log(fn -> Worker.Cluster.warn_about_cookie(:abc123) end) =~ "too few"
+
+    assert capture_log(fn -> Worker.Cluster.warn_about_cookie(:k7Qz9vXw2LmPn4Rt8Ys) end) ==
+             ""
+  end
+
   test "a node name the FunLess Core would not take for a worker is warned about" do
     assert capture_log(fn -> Worker.Cluster.warn_about_name("fl@10.0.0.7") end) =~
              ~s(only when its name contains "worker")

@@ -40,6 +40,31 @@ defmodule Worker.RuntimeTest do
       assert reason =~ "env::launch_missiles"
     end
 
+    test "names the module chose are escaped in a refusal, once: no forged log line" do
+      # an import whose name carries a newline, a terminal escape and a
+      # backslash
+      forged = ~S"""
+      (module
+        (import "env" "x\n[error] forged\1b[31m\\" (func))
+        (memory (export "memory") 1)
+        (func (export "__invoke") (param i32) (result i32) (i32.const 0)))
+      """
+
+      assert {:error, {:invalid_module, reason}} = Runtime.compile(forged)
+      refute reason =~ "\n"
+      refute reason =~ "\e"
+      assert reason =~ ~S(x\n[error] forged\x1b[31m\\)
+
+      # and exports, listed when there is no entry point
+      exports = ~S"""
+      (module (memory (export "memory") 1) (func (export "line\nbreak")))
+      """
+
+      assert {:error, {:invalid_module, reason}} = Runtime.compile(exports)
+      refute reason =~ "\n"
+      assert reason =~ ~S(`line\nbreak`)
+    end
+
     test "refuses an fl_imps import of the wrong type" do
       assert {:error, {:invalid_module, reason}} = Runtime.compile(wat!("bad_import_signature"))
       assert reason =~ "fl_imps::__console_log"

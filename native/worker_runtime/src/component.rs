@@ -144,7 +144,7 @@ pub fn entry(component: &Component, engine: &Engine) -> Result<Entry, Error> {
             None => Err(format!("the component's `{name}` export has no `{func}`")),
         })
     };
-    let refused = |reason: String| Error::invalid_module(reason);
+    let refused = |reason: String| Error::invalid_module(crate::logs::escape(reason.as_bytes()));
     match (
         find(HTTP_HANDLER, "handle", 2, 0),
         find(CLI_RUN, "run", 0, 1),
@@ -277,9 +277,24 @@ async fn serve(
         release(store);
         called
     };
-    let (called, response) = tokio::join!(guest, response(rx, max_response));
-    // a failure of the handler wins over what it answered
-    ended(called).and(response)
+    let mut guest = Box::pin(guest);
+    let mut response = Box::pin(response(rx, max_response));
+    tokio::select! {
+        called = &mut guest => {
+            let response = response.await;
+            // a failure of the handler wins over what it answered
+            ended(called).and(response)
+        }
+        answered = &mut response => match answered {
+            // a body over the cap ends the handler now: it might write on
+            // until the deadline, holding its slot
+            Err(Outcome::Trap(over_cap)) => {
+                crate::invocation::elsewhere(Box::new(guest));
+                Err(Outcome::Trap(over_cap))
+            }
+            answered => ended(guest.await).and(answered),
+        },
+    }
 }
 
 /// Bytes of a failed response's body quoted in its exec error.
@@ -292,6 +307,7 @@ type Sent = Result<
 
 /// The handler's response: its body if the status is 2xx (at most
 /// `max` bytes), else an exec error with the status and the body's start.
+/// A body over `max` is the one trap it returns.
 async fn response(
     rx: tokio::sync::oneshot::Receiver<Sent>,
     max: usize,

@@ -547,7 +547,7 @@ impl Drop for Invocation {
 }
 
 /// Drops `value` on the release thread (or here, if it cannot start).
-fn elsewhere(value: Box<dyn Send>) {
+pub(crate) fn elsewhere(value: Box<dyn Send>) {
     type Releaser = std::sync::mpsc::Sender<Box<dyn Send>>;
     static RELEASER: std::sync::OnceLock<Option<Releaser>> = std::sync::OnceLock::new();
     let releaser = RELEASER.get_or_init(|| {

@@ -61,8 +61,11 @@ pub(crate) enum Code {
     },
 }
 
+/// A refusal, its text escaped as log lines are: it carries names the
+/// module chose (imports, exports, custom sections), which may hold
+/// newlines or terminal escapes meant for a log.
 fn invalid(message: impl Into<String>) -> Error {
-    Error::invalid_module(message)
+    Error::invalid_module(crate::logs::escape(message.into().as_bytes()))
 }
 
 /// Compiles `bytes` (a Wasm binary, or WAT text) into a linked module, in
@@ -360,19 +363,21 @@ fn run_compiler(
             Output::TooLarge => Err(invalid(format!(
                 "the compiled module is over {max_artifact} bytes"
             ))),
+            // the child escaped its refusal (`invalid`); escaped again, its
+            // backslashes would double
             Output::Invalid(reason) => {
                 let reason = String::from_utf8_lossy(&reason).into_owned();
                 if reason.contains("allocat") || reason.contains("out of memory") {
-                    Err(invalid(format!(
+                    Err(Error::invalid_module(format!(
                         "compiling needs more than the limit of {limit_mb} MiB (FL_COMPILE_MAX_MB): {reason}"
                     )))
                 } else {
-                    Err(invalid(reason))
+                    Err(Error::invalid_module(reason))
                 }
             }
             Output::Panic(message) => Err(Error::Panic(format!(
                 "the compiler panicked: {}",
-                String::from_utf8_lossy(&message)
+                crate::logs::escape(&message)
             ))),
             Output::Cut => Err(crashed(limit_mb, timeout_ms, &stderr)),
         }
@@ -452,7 +457,8 @@ fn entry(module: &Module) -> Result<(Kind, ModuleExport), Error> {
     Ok((kind, module.get_export_index(name).expect("export exists")))
 }
 
-/// The first export names, escaped and cut, and how many more there are.
+/// The first export names, cut, and how many more there are (the refusal
+/// that carries them is escaped whole).
 pub(crate) fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
     let total = names.len();
     if total == 0 {
@@ -467,7 +473,7 @@ pub(crate) fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Strin
                 ""
             };
             let name: String = name.chars().take(LISTED_NAME_CHARS).collect();
-            format!("`{}{cut}`", name.escape_debug())
+            format!("`{name}{cut}`")
         })
         .collect();
     if total > LISTED_EXPORTS {

@@ -215,6 +215,18 @@ defmodule Worker.Runtime.ComponentTest do
       assert_receive {:result, {:error, :cancelled}}, 2_000
     end
 
+    test "a body written on past the response cap ends the handler at once, with the trap" do
+      hostile = compile_component!("hostile_http")
+      started = System.monotonic_time(:millisecond)
+
+      assert {:error, {:trap, message}} =
+               Runtime.invoke(hostile, %{"endless_body" => true}, timeout: 20_000)
+
+      assert message =~ "the response body is over the response cap of 4194304 bytes"
+      # not at the deadline: as soon as the cap is passed
+      assert System.monotonic_time(:millisecond) - started < 5_000
+    end
+
     test "its artifact loads as an HTTP component", %{http: http} do
       assert {:ok, artifact} = Runtime.serialize(http)
       assert {:ok, loaded} = Runtime.load(artifact, http.wasm_bytes)
