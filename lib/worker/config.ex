@@ -49,7 +49,7 @@ defmodule Worker.Config do
   | `:memory_cap_bytes` | `FL_MEMORY_CAP_MB` | 512 MiB | 1 to 4 096 MiB |
   | `:max_module_bytes` | `FL_MAX_MODULE_MB` | 64 MiB | 1 to 1 024 MiB |
   | `:epoch_tick_us` | `FL_EPOCH_TICK_US` | 100 | 10 to 100 000 |
-  | `:keep_resident_bytes` | `FL_POOL_KEEP_RESIDENT_KB` | 1 MiB with `PAGEMAP_SCAN` (Linux 6.7 and later), else 0 | 0 to 1 048 576 KiB |
+  | `:keep_resident_bytes` | `FL_POOL_KEEP_RESIDENT_KB` | 1 MiB with `PAGEMAP_SCAN` (Linux 6.7 and later) and no swap, else 0 | 0 to 1 048 576 KiB |
   | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
   | (Logger console format) | `FL_LOG_FORMAT` | `text` | `text` or `json` (`Worker.LogFormat`) |
 

@@ -40,6 +40,14 @@ defmodule Worker.RuntimeTest do
       assert reason =~ "env::launch_missiles"
     end
 
+    test "GC types are refused when compiled: a call through a subtype would abort the VM" do
+      # GHSA-rc4p-x33f-vpr2: with the GC proposal on and Wasmtime built
+      # without GC, Wasmtime 48.0.8 aborts the process on this module's call
+      # (see SECURITY.md); it must never get as far as an instance
+      assert {:error, {:invalid_module, reason}} = Runtime.compile(wat!("gc_subtype_call"))
+      assert reason =~ "gc"
+    end
+
     test "names the module chose are escaped in a refusal, once: no forged log line" do
       # an import whose name carries a newline, a terminal escape and a
       # backslash

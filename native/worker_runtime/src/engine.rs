@@ -52,21 +52,46 @@ pub struct Settings {
 impl Default for Settings {
     /// 1 000 instances, a 512 MiB memory cap, 64 MiB modules, a 100 µs
     /// tick, and 1 MiB kept resident where the PAGEMAP_SCAN ioctl works
-    /// (Linux 6.7 and later, as Wasmtime probes it), else 0: without it,
-    /// Wasmtime would memset the whole kept range on every reuse.
+    /// (Linux 6.7 and later, as Wasmtime probes it) and may be used (no
+    /// swap, see [`pagemap_scan`]), else 0: without it, Wasmtime would
+    /// memset the whole kept range on every reuse.
     fn default() -> Settings {
         Settings {
             pool_instances: 1000,
             memory_cap: 512 << 20,
             max_module_bytes: 64 << 20,
             tick: DEFAULT_TICK,
-            keep_resident: if PoolingAllocationConfig::is_pagemap_scan_available() {
+            keep_resident: if pagemap_scan() == wasmtime::Enabled::Auto
+                && PoolingAllocationConfig::is_pagemap_scan_available()
+            {
                 1 << 20
             } else {
                 0
             },
         }
     }
+}
+
+/// Whether a pool slot may be reset by scanning for the pages a guest
+/// touched (PAGEMAP_SCAN): only where no swap is configured. Wasmtime
+/// 48.0.8's scan misses a touched page that was swapped out, so the next
+/// guest in the slot could read what the last one wrote there (fixed in
+/// Wasmtime 48.0.11, upstream PR 14357, which the registry cannot
+/// resolve here; see SECURITY.md). With swap, kept pages are reset whole.
+/// Checked once, at start.
+pub fn pagemap_scan() -> wasmtime::Enabled {
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    if swap_listed(&swaps) {
+        wasmtime::Enabled::No
+    } else {
+        wasmtime::Enabled::Auto
+    }
+}
+
+/// Whether `/proc/swaps` (its text) lists a swap device or file, zram and
+/// zswap's backing devices included: any line after the header.
+fn swap_listed(swaps: &str) -> bool {
+    swaps.lines().skip(1).any(|line| !line.trim().is_empty())
 }
 
 pub struct Runtime {
@@ -121,7 +146,15 @@ pub fn compiler_config() -> Config {
         // them: the BEAM's small scheduler stacks never see wasm frames.
         .async_stack_size(2 << 20)
         .max_wasm_stack(512 << 10)
-        .wasm_backtrace_max_frames(NonZeroUsize::new(16));
+        .wasm_backtrace_max_frames(NonZeroUsize::new(16))
+        // No GC types. Wasmtime is built without its `gc` feature, but the
+        // proposal was still on, so a module could declare subtypes; a
+        // `call_indirect` to a non-final type then reached a libcall that
+        // Wasmtime 48.0.8 compiles as an abort without `gc`, taking the
+        // whole VM down (GHSA-rc4p-x33f-vpr2, fixed in 48.0.9, which the
+        // registry cannot resolve with wasmtime-wasi 48.0.8). Off, such a
+        // module is refused when it is compiled. See SECURITY.md.
+        .wasm_gc(false);
     config
 }
 
@@ -161,7 +194,7 @@ impl Runtime {
             pool.linear_memory_keep_resident(settings.keep_resident)
                 .table_keep_resident(settings.keep_resident)
                 .async_stack_keep_resident(settings.keep_resident)
-                .pagemap_scan(wasmtime::Enabled::Auto);
+                .pagemap_scan(pagemap_scan());
         }
 
         let mut config = compiler_config();
@@ -279,5 +312,44 @@ pub struct Running(Arc<AtomicUsize>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_is_listed_after_the_header_only() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swap_listed(""));
+        assert!(!swap_listed(header));
+        assert!(!swap_listed(&format!("{header}\n  \n")));
+        assert!(swap_listed(&format!(
+            "{header}/dev/zram0                              partition\t4194300\t\t0\t\t100\n"
+        )));
+        assert!(swap_listed(&format!(
+            "{header}/swapfile                               file\t\t1048572\t\t0\t\t-2\n"
+        )));
+    }
+
+    #[test]
+    fn gc_types_are_refused_when_compiled() {
+        // GHSA-rc4p-x33f-vpr2: a call through a GC subtype aborts Wasmtime
+        // 48.0.8 built without `gc`; the engine must refuse the module
+        let engine = Engine::new(&compiler_config()).unwrap();
+        let wat = r#"(module
+            (type $a (sub (func (result i32))))
+            (type $b (sub $a (func (result i32))))
+            (table 1 funcref)
+            (elem (i32.const 0) func $f)
+            (func $f (type $b) i32.const 7)
+            (func (export "run") (result i32) (call_indirect (type $a) (i32.const 0))))"#;
+        let binary = wat::parse_str(wat).unwrap();
+        let error = wasmtime::Module::new(&engine, binary).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("gc proposal must be enabled"),
+            "{error:#}"
+        );
     }
 }
