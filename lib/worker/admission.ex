@@ -1,13 +1,21 @@
 defmodule Worker.Admission do
   @moduledoc """
-  Admission control: at most `FL_MAX_CONCURRENCY` invocations run at once.
+  Admission control: at most `FL_MAX_CONCURRENCY` invocations run at once,
+  and no function takes more than its share of them (`FL_FUNCTION_SHARE`
+  percent, 75 by default), so that a flood of one function always leaves
+  slots to the others.
 
-  A slot is a `Worker.Gate` ticket, so it comes back when its invocation
-  ends, however it ends. While slots are free and nobody waits, taking one
-  is a single atomic operation in the caller. Otherwise the caller waits in
-  a FIFO queue of at most `FL_QUEUE_LIMIT`, kept by this server:
+  A slot is a `Worker.Gate` ticket held for the function (its `:key`), so
+  it comes back when its invocation ends, however it ends. While slots are
+  free, the function is within its share and nobody waits, taking one is a
+  single call in the caller. Otherwise the caller waits in a queue kept by
+  this server, one queue per function, served in turns: each free slot
+  goes to the next function in the round that has a waiter and room in
+  its share, so a function with one waiter is served before the next of a
+  function with a thousand.
 
-    * past the limit, `{:error, :overloaded}` at once;
+    * past `FL_QUEUE_LIMIT` waiters in all, or past the function's share
+      of them, `{:error, :overloaded}` at once;
     * after `FL_QUEUE_TIMEOUT_MS` in the queue, `{:error, :queue_timeout}`;
     * at the `:deadline` of the request it serves, if that comes first,
       `{:error, :timeout}` (counted as expired too);
@@ -32,7 +40,8 @@ defmodule Worker.Admission do
   def init_gate do
     unless :persistent_term.get({__MODULE__, :gate}, nil) do
       max = Application.fetch_env!(:worker, :max_concurrency)
-      :persistent_term.put({__MODULE__, :gate}, Gate.new(max))
+      share = Gate.share(max, Application.fetch_env!(:worker, :function_share))
+      :persistent_term.put({__MODULE__, :gate}, Gate.new(max, share))
       :persistent_term.put({__MODULE__, :counters}, :counters.new(3, [:write_concurrency]))
     end
 
@@ -41,9 +50,10 @@ defmodule Worker.Admission do
 
   @doc """
   Runs `fun` in a slot, or returns `{:error, :overloaded | :queue_timeout
-  | :timeout | :cancelled}`. Options: `:caller`, a process whose death,
-  while this one waits, gives up the wait; `:deadline`
-  (`Worker.Request.deadline/1`), past which it waits no more.
+  | :timeout | :cancelled}`. Options: `:key`, the function's
+  `Worker.Gate.key/1` (none: the slot counts against no share); `:caller`,
+  a process whose death, while this one waits, gives up the wait;
+  `:deadline` (`Worker.Request.deadline/1`), past which it waits no more.
   """
   @spec run((() -> result), keyword()) :: result | {:error, atom()} when result: term()
   def run(fun, opts \\ []) do
@@ -85,11 +95,13 @@ defmodule Worker.Admission do
   defp counters, do: :persistent_term.get({__MODULE__, :counters})
 
   defp acquire(opts) do
-    gate = gate()
+    case Gate.enter(gate(), 1, opts[:key]) do
+      ticket when is_reference(ticket) ->
+        {:ok, ticket}
 
-    case Gate.enter(gate) do
-      nil -> wait(:persistent_term.get({__MODULE__, :server}, nil), opts)
-      ticket -> {:ok, ticket}
+      # no slot free, someone waits, or the function is at its share
+      _ ->
+        wait(:persistent_term.get({__MODULE__, :server}, nil), opts)
     end
   end
 
@@ -98,7 +110,7 @@ defmodule Worker.Admission do
   defp wait(server, opts) do
     ref = Process.monitor(server)
     watch = if caller = opts[:caller], do: Process.monitor(caller)
-    send(server, {:"$fl_wait", self(), ref})
+    send(server, {:"$fl_wait", self(), ref, opts[:key]})
     queue_timeout = Application.fetch_env!(:worker, :queue_timeout_ms)
     left = Worker.Request.time_left(Keyword.get(opts, :deadline, :infinity))
 
@@ -163,19 +175,28 @@ defmodule Worker.Admission do
 
   ## Server
 
+  # The state:
+  #   * queues: key => :queue of refs, in arrival order (refs that left are
+  #     skipped when met);
+  #   * round: :queue of the keys with a live waiter, in turn order;
+  #   * entries: ref => {pid, monitor, key, :queued | :reserved};
+  #   * waiting: key => live waiters; queued: live waiters in all.
+
   @impl true
   def init(_opts) do
     init_gate()
     :persistent_term.put({__MODULE__, :server}, self())
+    limit = Application.fetch_env!(:worker, :queue_limit)
 
     state = %{
       gate: gate(),
-      limit: Application.fetch_env!(:worker, :queue_limit),
-      # refs in arrival order; entries that left are skipped when met
-      queue: :queue.new(),
-      # ref => {pid, monitor, :queued | :reserved}
+      limit: limit,
+      share: Gate.share(limit, Application.fetch_env!(:worker, :function_share)),
+      queues: %{},
+      round: :queue.new(),
       entries: %{},
       monitors: %{},
+      waiting: %{},
       queued: 0
     }
 
@@ -183,19 +204,25 @@ defmodule Worker.Admission do
   end
 
   @impl true
-  def handle_info({:"$fl_wait", pid, ref}, state)
-      when is_pid(pid) and node(pid) == node() and is_reference(ref) do
-    if state.queued >= state.limit do
+  def handle_info({:"$fl_wait", pid, ref, key}, state)
+      when is_pid(pid) and node(pid) == node() and is_reference(ref) and
+             (is_nil(key) or is_integer(key)) do
+    if state.queued >= state.limit or
+         (key != nil and Map.get(state.waiting, key, 0) >= state.share) do
       send(pid, {ref, :overloaded})
       {:noreply, state}
     else
       monitor = Process.monitor(pid)
+      waiting = Map.get(state.waiting, key, 0)
+      queue = Map.get(state.queues, key, :queue.new())
 
       state = %{
         state
-        | queue: :queue.in(ref, state.queue),
-          entries: Map.put(state.entries, ref, {pid, monitor, :queued}),
+        | queues: Map.put(state.queues, key, :queue.in(ref, queue)),
+          round: if(waiting == 0, do: :queue.in(key, state.round), else: state.round),
+          entries: Map.put(state.entries, ref, {pid, monitor, key, :queued}),
           monitors: Map.put(state.monitors, monitor, ref),
+          waiting: Map.put(state.waiting, key, waiting + 1),
           queued: state.queued + 1
       }
 
@@ -211,7 +238,7 @@ defmodule Worker.Admission do
 
   def handle_info({:"$fl_cancel", ref}, state) do
     case state.entries do
-      %{^ref => {pid, _, _}} ->
+      %{^ref => {pid, _, _, _}} ->
         send(pid, {ref, :cancelled})
         {:noreply, forget(state, ref)}
 
@@ -223,7 +250,7 @@ defmodule Worker.Admission do
   def handle_info({:DOWN, monitor, :process, _, _}, state) do
     case state.monitors do
       %{^monitor => ref} ->
-        reserved? = match?({_, _, :reserved}, state.entries[ref])
+        reserved? = match?({_, _, _, :reserved}, state.entries[ref])
         state = forget(state, ref)
         # its reservation may now be referenced from this heap only
         if reserved?, do: :erlang.garbage_collect()
@@ -242,53 +269,110 @@ defmodule Worker.Admission do
   @impl true
   def handle_cast(request, state), do: Stray.cast(__MODULE__, request, state)
 
-  # Reserves free slots for the first waiters, in order.
-  defp grant(state) do
-    case :queue.out(state.queue) do
-      {{:value, ref}, rest} ->
-        case state.entries do
-          %{^ref => {pid, monitor, :queued}} ->
-            case Gate.reserve(state.gate) do
-              nil ->
-                state
+  # Reserves free slots for waiters, a function at a time in turns: the
+  # function at the head of the round gets its first waiter served and goes
+  # to the back; one at its share is passed over this time. Stops when no
+  # slot is free, or when every function in the round was passed over.
+  defp grant(state), do: grant(state, :queue.len(state.round))
 
-              reservation ->
-                send(pid, {ref, {:granted, reservation}})
-                entries = Map.put(state.entries, ref, {pid, monitor, :reserved})
+  defp grant(state, 0), do: state
 
-                %{state | queue: rest, entries: entries, queued: state.queued - 1}
-                |> publish()
-                |> grant()
-            end
-
-          %{} ->
-            grant(%{state | queue: rest})
-        end
-
+  defp grant(state, untried) do
+    case :queue.out(state.round) do
       {:empty, _} ->
         state
+
+      {{:value, key}, round} ->
+        {ref, pid, monitor, rest} = first_waiter(state, key)
+
+        case Gate.reserve(state.gate, key) do
+          nil ->
+            state
+
+          :share ->
+            grant(%{state | round: :queue.in(key, round)}, untried - 1)
+
+          reservation ->
+            send(pid, {ref, {:granted, reservation}})
+
+            %{state | round: round}
+            |> dequeue(key, rest)
+            |> Map.update!(:entries, &Map.put(&1, ref, {pid, monitor, key, :reserved}))
+            |> publish()
+            |> grant(:queue.len(round) + 1)
+        end
+    end
+  end
+
+  # The first live waiter of `key`'s queue (one exists while `key` is in
+  # the round), and the queue behind it: the refs that left before it are
+  # dropped on the way.
+  defp first_waiter(state, key), do: first_waiter(state, key, Map.fetch!(state.queues, key))
+
+  defp first_waiter(state, key, queue) do
+    {{:value, ref}, rest} = :queue.out(queue)
+
+    case state.entries do
+      %{^ref => {pid, monitor, ^key, :queued}} -> {ref, pid, monitor, rest}
+      %{} -> first_waiter(state, key, rest)
+    end
+  end
+
+  # `key`'s first live waiter left its queue, granted; `rest` is the queue
+  # behind it. `key` goes back in the round while it has waiters.
+  defp dequeue(state, key, rest) do
+    waiting = Map.fetch!(state.waiting, key) - 1
+    state = %{state | queued: state.queued - 1}
+
+    if waiting == 0 do
+      %{state | queues: Map.delete(state.queues, key), waiting: Map.delete(state.waiting, key)}
+    else
+      %{
+        state
+        | queues: Map.put(state.queues, key, rest),
+          waiting: Map.put(state.waiting, key, waiting),
+          round: :queue.in(key, state.round)
+      }
     end
   end
 
   defp forget(state, ref) do
     case Map.pop(state.entries, ref) do
-      {{_pid, monitor, status}, entries} ->
+      {{_pid, monitor, key, status}, entries} ->
         Process.demonitor(monitor, [:flush])
-        queued = if status == :queued, do: state.queued - 1, else: state.queued
-
-        %{state | entries: entries, monitors: Map.delete(state.monitors, monitor), queued: queued}
-        |> compact()
-        |> publish()
+        state = %{state | entries: entries, monitors: Map.delete(state.monitors, monitor)}
+        state = if status == :queued, do: leave_queue(state, key), else: state
+        publish(state)
 
       {nil, _} ->
         state
     end
   end
 
-  # Entries that left stay in the queue until met; keep their number small.
-  defp compact(state) do
-    if :queue.len(state.queue) > 2 * state.queued + 64 do
-      %{state | queue: :queue.filter(&Map.has_key?(state.entries, &1), state.queue)}
+  # A queued waiter left (cancelled, expired, dead): its ref stays in its
+  # function's queue until met, unless the function has no waiter left.
+  defp leave_queue(state, key) do
+    waiting = Map.fetch!(state.waiting, key) - 1
+    state = %{state | queued: state.queued - 1}
+
+    if waiting == 0 do
+      %{
+        state
+        | queues: Map.delete(state.queues, key),
+          waiting: Map.delete(state.waiting, key),
+          round: :queue.filter(&(&1 != key), state.round)
+      }
+    else
+      compact(%{state | waiting: Map.put(state.waiting, key, waiting)}, key)
+    end
+  end
+
+  # Refs that left stay in their queue until met; keep their number small.
+  defp compact(state, key) do
+    queue = Map.fetch!(state.queues, key)
+
+    if :queue.len(queue) > 2 * Map.fetch!(state.waiting, key) + 64 do
+      put_in(state.queues[key], :queue.filter(&Map.has_key?(state.entries, &1), queue))
     else
       state
     end

@@ -15,6 +15,7 @@ defmodule Worker.Config do
   | `:queue_limit` | `FL_QUEUE_LIMIT` | 1 000 | 0 and up |
   | `:queue_timeout_ms` | `FL_QUEUE_TIMEOUT_MS` | 10 000 | 0 and up |
   | `:max_requests` | `FL_MAX_REQUESTS` | 4 096 | 0 and up |
+  | `:function_share` | `FL_FUNCTION_SHARE` | 75 | 1 to 100 (percent) |
   | `:handler_max_bytes` | `FL_HANDLER_MAX_MB` | 256 MiB | 0 and up |
   | `:compile_timeout_ms` | `FL_COMPILE_TIMEOUT_MS` | 60 000 | 0 and up |
   | `:compile_max_mb` | `FL_COMPILE_MAX_MB` | 2 048 | 0 and up |
@@ -52,6 +53,13 @@ defmodule Worker.Config do
   | `:keep_resident_bytes` | `FL_POOL_KEEP_RESIDENT_KB` | 1 MiB with `PAGEMAP_SCAN` (Linux 6.7 and later) and no swap, else 0 | 0 to 1 048 576 KiB |
   | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
   | (Logger console format) | `FL_LOG_FORMAT` | `text` | `text` or `json` (`Worker.LogFormat`) |
+
+  **Fairness.** No function may hold more than `:function_share` percent
+  (at least one) of the requests being served, of the arguments code
+  handlers hold, of the invocations running, or of the admission queue:
+  past its share, a request for that function is refused with
+  `{:error, :overloaded}` (an invocation past its share of running slots
+  waits in the queue instead), and the rest stays for the others.
 
   **Deadlines.** The FunLess Core calls `:worker` with a timeout and does
   not survive it: 60 s for an invocation (`GenServer.call/3` in
@@ -96,6 +104,7 @@ defmodule Worker.Config do
     {:queue_limit, "FL_QUEUE_LIMIT", {:int, 0, :infinity}},
     {:queue_timeout_ms, "FL_QUEUE_TIMEOUT_MS", {:int, 0, :infinity}},
     {:max_requests, "FL_MAX_REQUESTS", {:int, 0, :infinity}},
+    {:function_share, "FL_FUNCTION_SHARE", {:int, 1, 100}},
     {:handler_max_bytes, "FL_HANDLER_MAX_MB", {:mib, 0, :infinity}},
     {:compile_timeout_ms, "FL_COMPILE_TIMEOUT_MS", {:int, 0, :infinity}},
     {:compile_max_mb, "FL_COMPILE_MAX_MB", {:int, 0, :infinity}},
@@ -298,6 +307,7 @@ defmodule Worker.Config do
       queue_limit: 1_000,
       queue_timeout_ms: 10_000,
       max_requests: 4_096,
+      function_share: 75,
       handler_max_bytes: 256 * 1024 * 1024,
       compile_timeout_ms: 60_000,
       compile_max_mb: 2_048,

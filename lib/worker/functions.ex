@@ -186,11 +186,18 @@ defmodule Worker.Functions do
     end
   end
 
+  # Deletes that wait behind a load one after the other are one: a flood of
+  # them (its callers long gone, maybe) is one entry in the queue.
   def handle_call({:delete, key}, from, state) do
     case state.loading do
       %{^key => load} ->
-        {:noreply,
-         put_in(state.loading[key], %{load | queue: :queue.in({:delete, from}, load.queue)})}
+        queue =
+          case :queue.out_r(load.queue) do
+            {{:value, {:delete, froms}}, rest} -> :queue.in({:delete, [from | froms]}, rest)
+            _ -> :queue.in({:delete, [from]}, load.queue)
+          end
+
+        {:noreply, put_in(state.loading[key], %{load | queue: queue})}
 
       %{} ->
         {:reply, :ok, delete_now(state, key)}
@@ -270,9 +277,9 @@ defmodule Worker.Functions do
       {:empty, _} ->
         state
 
-      {{:value, {:delete, from}}, rest} ->
+      {{:value, {:delete, froms}}, rest} ->
         state = delete_now(state, key)
-        GenServer.reply(from, :ok)
+        Enum.each(froms, &GenServer.reply(&1, :ok))
         drain(state, key, rest)
 
       {{:value, {:load, from, code, cause}}, rest} ->

@@ -7,25 +7,43 @@ defmodule Worker.Gate do
   `:kill` included: its heap goes, and the ticket with it. So no process can
   keep a slot by dying, and no `after` clause is needed for correctness.
 
-  `Worker.Admission` puts a queue in front of one gate; the others refuse
-  at once when full.
+  Units may be held for a key (a function, `key/1`): no key holds more
+  than the gate's share, so that one function can never take every slot
+  from the others. `Worker.Admission` puts a queue in front of one gate;
+  the others refuse at once when full.
   """
 
   alias Worker.Native
 
   @type t :: reference()
   @type ticket :: reference()
-
-  @doc "A gate of `max` units."
-  @spec new(non_neg_integer()) :: t()
-  def new(max) when is_integer(max) and max >= 0, do: Native.gate_new(max)
+  @typedoc "What units are held for: a function's `key/1`, or `nil` for nothing."
+  @type key :: non_neg_integer() | nil
 
   @doc """
-  A ticket for `weight` units, or `nil` when they are not free (or someone
-  waits in the gate's queue). The ticket belongs to the calling process.
+  A gate of `max` units, of which one key may hold `share` (default: all).
   """
-  @spec enter(t(), non_neg_integer()) :: ticket() | nil
-  def enter(gate, weight \\ 1), do: Native.gate_enter(gate, weight)
+  @spec new(non_neg_integer(), non_neg_integer()) :: t()
+  def new(max, share \\ nil) when is_integer(max) and max >= 0,
+    do: Native.gate_new(max, share || max)
+
+  @doc """
+  The share of `max` that one key may hold: `percent` of it, at least 1.
+  """
+  @spec share(non_neg_integer(), 1..100) :: non_neg_integer()
+  def share(max, percent), do: max(div(max * percent, 100), min(max, 1))
+
+  @doc "The key of a function's `Worker.Function.id/1`."
+  @spec key(term()) :: non_neg_integer()
+  def key(id), do: :erlang.phash2(id, 4_294_967_296)
+
+  @doc """
+  A ticket for `weight` units, held for `key`; `nil` when they are not free
+  (or someone waits in the gate's queue); `:share` when `key` holds its
+  share. The ticket belongs to the calling process.
+  """
+  @spec enter(t(), non_neg_integer(), key()) :: ticket() | nil | :share
+  def enter(gate, weight \\ 1, key \\ nil), do: Native.gate_enter(gate, weight, key)
 
   @doc """
   Moves a ticket that another process made into the calling one: the slot
@@ -39,11 +57,12 @@ defmodule Worker.Gate do
   def leave(ticket), do: Native.gate_leave(ticket)
 
   @doc """
-  For a queue's server: a ticket for one unit, for its first waiter, even
-  while others wait; `nil` if none is free. The waiter takes it (`take/1`).
+  For a queue's server: a ticket for one unit held for `key`, for a waiter,
+  even while others wait; `nil` if none is free, `:share` if `key` holds
+  its share. The waiter takes it (`take/1`).
   """
-  @spec reserve(t()) :: ticket() | nil
-  def reserve(gate), do: Native.gate_reserve(gate)
+  @spec reserve(t(), key()) :: ticket() | nil | :share
+  def reserve(gate, key \\ nil), do: Native.gate_reserve(gate, key)
 
   @doc """
   For a queue's server: `waiting` callers are queued (so `enter/2` refuses
@@ -53,10 +72,23 @@ defmodule Worker.Gate do
   @spec queue(t(), non_neg_integer(), pid()) :: :ok
   def queue(gate, waiting, server), do: Native.gate_queue(gate, waiting, server)
 
-  @doc "`%{used: n, max: n, waiting: n}`."
-  @spec info(t()) :: %{used: integer(), max: integer(), waiting: integer()}
+  @doc """
+  `%{used: n, max: n, waiting: n, share: n, keys: n}`: `keys`, how many
+  keys hold units now.
+  """
+  @spec info(t()) :: %{
+          used: integer(),
+          max: integer(),
+          waiting: integer(),
+          share: integer(),
+          keys: integer()
+        }
   def info(gate) do
-    {used, max, waiting} = Native.gate_info(gate)
-    %{used: used, max: max, waiting: waiting}
+    {used, max, waiting, share, keys} = Native.gate_info(gate)
+    %{used: used, max: max, waiting: waiting, share: share, keys: keys}
   end
+
+  @doc "Units `key` holds now."
+  @spec held(t(), non_neg_integer()) :: non_neg_integer()
+  def held(gate, key), do: Native.gate_held(gate, key)
 end

@@ -5,7 +5,10 @@ defmodule Worker.Handler do
 
   * It holds a ticket of the request gate (`FL_MAX_REQUESTS`) while it
     lives, so requests of every kind are bounded together, and the ticket
-    goes back however the process ends.
+    goes back however the process ends. The ticket is held for the
+    request's function, which may hold at most its share of the gate
+    (`FL_FUNCTION_SHARE`): a flood aimed at one function leaves room for
+    the others.
   * It replies by the job's deadline (`Worker.Request.deadline/1`),
     whatever it waits on: a load or compile, the admission queue, another
     request for the same function, the guest. Past it, the reply is
@@ -40,9 +43,14 @@ defmodule Worker.Handler do
     unless :persistent_term.get({__MODULE__, :gate}, nil) do
       requests = Application.fetch_env!(:worker, :max_requests)
       handler_bytes = Application.fetch_env!(:worker, :handler_max_bytes)
-      :persistent_term.put({__MODULE__, :gate}, Gate.new(requests))
-      :persistent_term.put({__MODULE__, :bytes}, Gate.new(handler_bytes))
+      percent = Application.fetch_env!(:worker, :function_share)
+      gate = Gate.new(requests, Gate.share(requests, percent))
+      bytes = Gate.new(handler_bytes, Gate.share(handler_bytes, percent))
+      :persistent_term.put({__MODULE__, :gate}, gate)
+      :persistent_term.put({__MODULE__, :bytes}, bytes)
       :persistent_term.put({__MODULE__, :overloaded}, :counters.new(1, [:write_concurrency]))
+      # when a refusal of a function over its share was last logged
+      :persistent_term.put({__MODULE__, :warned}, :atomics.new(1, signed: true))
     end
 
     :ok
@@ -70,10 +78,25 @@ defmodule Worker.Handler do
   end
 
   @doc false
-  # `{:error, :overloaded}`, counted.
-  def overloaded do
+  # `{:error, :overloaded}`, counted; for a function over its share, a
+  # warning naming it, at most one a second whatever the flood.
+  def overloaded(function_id \\ nil) do
     :counters.add(:persistent_term.get({__MODULE__, :overloaded}), 1, 1)
+    if function_id, do: warn_share(function_id)
     {:error, :overloaded}
+  end
+
+  defp warn_share({module, name}) do
+    warned = :persistent_term.get({__MODULE__, :warned})
+    now = System.monotonic_time(:millisecond)
+    last = :atomics.get(warned, 1)
+
+    if now - last >= 1_000 and :atomics.compare_exchange(warned, 1, last, now) == :ok do
+      Logger.warning(
+        "Worker.Handler: #{inspect(module)}/#{inspect(name)} holds its share of the requests " <>
+          "being served (FL_FUNCTION_SHARE); refusing more of it with :overloaded"
+      )
+    end
   end
 
   @doc false
@@ -90,7 +113,7 @@ defmodule Worker.Handler do
 
   defp serve({caller, _} = from, {:invoke, function, input}, ticket, deadline) do
     case safely(fn -> Invocation.run(function, input, caller, deadline) end) do
-      {:error, :code_not_found} -> await_code(from, input, ticket)
+      {:error, :code_not_found} -> await_code(from, input, ticket, Function.id(function))
       result -> reply(from, result)
     end
   end
@@ -115,12 +138,15 @@ defmodule Worker.Handler do
   end
 
   # The code handler: holds the arguments until the Core sends the code.
-  defp await_code(from, {:json, text} = input, ticket) do
+  defp await_code(from, {:json, text} = input, ticket, function_id) do
     bytes = :persistent_term.get({__MODULE__, :bytes})
 
-    case Gate.enter(bytes, byte_size(text)) do
+    case Gate.enter(bytes, byte_size(text), Gate.key(function_id)) do
       nil ->
         reply(from, overloaded())
+
+      :share ->
+        reply(from, overloaded(function_id))
 
       held ->
         reply(from, {:error, :code_not_found, self()})

@@ -34,6 +34,7 @@ defmodule Worker.Invocation do
     opts = [metadata: metadata, caller: caller] ++ opts
 
     Admission.run(fn -> invoke(id, module, input, opts, deadline) end,
+      key: Worker.Gate.key(id),
       caller: caller,
       deadline: deadline
     )

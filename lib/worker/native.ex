@@ -42,13 +42,14 @@ defmodule Worker.Native do
   def json_encode(_term), do: err()
   def json_decode(_text), do: err()
   def store_sync_dir(_path), do: err()
-  def gate_new(_max), do: err()
-  def gate_enter(_gate, _weight), do: err()
+  def gate_new(_max, _share), do: err()
+  def gate_enter(_gate, _weight, _key), do: err()
   def gate_take(_ticket), do: err()
   def gate_leave(_ticket), do: err()
-  def gate_reserve(_gate), do: err()
+  def gate_reserve(_gate, _key), do: err()
   def gate_queue(_gate, _waiting, _server), do: err()
   def gate_info(_gate), do: err()
+  def gate_held(_gate, _key), do: err()
 
   defp err, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -74,6 +74,17 @@ defmodule Worker.Request do
   def parse({:set_tag, tag}), do: {:ok, {:set_node_info, nil, tag}}
   def parse(_other), do: :unknown
 
+  @doc """
+  The function a job is for (`Worker.Function.id/1`), whose share of the
+  worker's bounds it counts against; `nil` for a job for none.
+  """
+  @spec function_id(job()) :: Function.id() | nil
+  def function_id({:invoke, function, _input}), do: Function.id(function)
+  def function_id({:store, function}), do: Function.id(function)
+  def function_id({:update, _prev_hash, function}), do: Function.id(function)
+  def function_id({:delete, key}), do: Function.id(key)
+  def function_id(_job), do: nil
+
   @typedoc "A deadline: a time of `System.monotonic_time(:millisecond)`, or `:infinity`."
   @type deadline :: integer() | :infinity
 

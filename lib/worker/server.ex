@@ -18,8 +18,9 @@ defmodule Worker.Server do
   `:get_info` is answered here, from memory. Every other job gets a
   process of its own (`Worker.Handler`), which replies to the Core
   directly; `:worker` never waits on one. Jobs are bounded by the requests
-  served at once (`FL_MAX_REQUESTS`, past which the reply is
-  `{:error, :overloaded}`).
+  served at once (`FL_MAX_REQUESTS`), and those of one function by its
+  share of them (`FL_FUNCTION_SHARE`); past either, the reply is
+  `{:error, :overloaded}`.
 
   It is a plain process, not a `GenServer`: it must survive every message
   any node can send it. Casts, calls with a malformed reply address,
@@ -80,9 +81,14 @@ defmodule Worker.Server do
   end
 
   defp spawn_handler(from, job, deadline) do
-    case Gate.enter(Handler.gate()) do
+    function_id = Request.function_id(job)
+
+    case Gate.enter(Handler.gate(), 1, function_id && Gate.key(function_id)) do
       nil ->
         reply(from, Handler.overloaded())
+
+      :share ->
+        reply(from, Handler.overloaded(function_id))
 
       ticket ->
         try do

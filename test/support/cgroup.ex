@@ -1,8 +1,9 @@
 defmodule Worker.Test.Cgroup do
   @moduledoc """
-  Memory cgroups for tests: a process moved into a cgroup of its own with
-  a memory limit, where the machine lets this VM make one (root, with the
-  cgroup v1 memory controller, or cgroup v2 with memory delegated).
+  Cgroups for tests: a process moved into a cgroup of its own with a
+  memory limit, or a limit of tasks (threads), where the machine lets this
+  VM make one (root, with the cgroup v1 controller, or cgroup v2 with it
+  delegated).
   """
 
   @doc """
@@ -51,5 +52,30 @@ defmodule Worker.Test.Cgroup do
 
   defp write(dir, file, value) do
     File.write(Path.join(dir, file), "#{value}\n")
+  end
+
+  @doc """
+  Moves the OS process `os_pid` into a new pids cgroup that allows it no
+  more tasks (threads included) than it has now. Returns the undo
+  function, or `{:unavailable, reason}`.
+  """
+  def freeze_tasks(os_pid) do
+    with {:ok, text} <- File.read("/proc/self/cgroup"),
+         [_, path] <- Regex.run(~r/^\d+:(?:[^:]*,)?pids(?:,[^:]*)?:(.*)$/m, text),
+         parent = "/sys/fs/cgroup/pids" <> path,
+         true <- File.dir?(parent) || {:error, "no pids controller mounted"},
+         dir = Path.join(parent, "fl_test_#{System.unique_integer([:positive])}"),
+         :ok <- File.mkdir(dir),
+         {:ok, tasks} <- File.ls("/proc/#{os_pid}/task"),
+         :ok <- write(dir, "pids.max", length(tasks)),
+         :ok <- write(dir, "cgroup.procs", os_pid) do
+      fn ->
+        _ = write(parent, "cgroup.procs", os_pid)
+        File.rmdir(dir)
+      end
+    else
+      {:error, reason} -> {:unavailable, reason}
+      other -> {:unavailable, other}
+    end
   end
 end

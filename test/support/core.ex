@@ -41,4 +41,28 @@ defmodule Worker.Test.Core do
 
   @doc "A call into the worker node's own modules, outside the protocol."
   def remote(node, m, f, a), do: :erpc.call(node, m, f, a)
+
+  @doc """
+  Run on a node of its own (another Core, whose link to the worker nothing
+  else uses): invokes `function` on `node` every `interval` ms until sent
+  `{:stop, pid}`, then sends `pid` `{:probed, [{at, latency_us, result}]}`,
+  `at` the call's start in `System.os_time(:microsecond)` (one clock for
+  every node of the machine).
+  """
+  def probe(node, function, interval) do
+    probe(node, without_code(function), interval, [])
+  end
+
+  defp probe(node, function, interval, acc) do
+    at = System.os_time(:microsecond)
+    started = System.monotonic_time(:microsecond)
+    result = call(node, {:invoke, function, %{"name" => "probe"}})
+    acc = [{at, System.monotonic_time(:microsecond) - started, result} | acc]
+
+    receive do
+      {:stop, pid} -> send(pid, {:probed, Enum.reverse(acc)})
+    after
+      interval -> probe(node, function, interval, acc)
+    end
+  end
 end

@@ -14,6 +14,7 @@ defmodule Worker.ConfigTest do
     "FL_QUEUE_LIMIT" => "10",
     "FL_QUEUE_TIMEOUT_MS" => "11",
     "FL_MAX_REQUESTS" => "13",
+    "FL_FUNCTION_SHARE" => "36",
     "FL_HANDLER_MAX_MB" => "14",
     "FL_COMPILE_TIMEOUT_MS" => "15",
     "FL_COMPILE_MAX_MB" => "16",
@@ -59,6 +60,7 @@ defmodule Worker.ConfigTest do
              queue_limit: 10,
              queue_timeout_ms: 11,
              max_requests: 13,
+             function_share: 36,
              handler_max_bytes: 14 * @mib,
              compile_timeout_ms: 15,
              compile_max_mb: 16,
@@ -133,7 +135,9 @@ defmodule Worker.ConfigTest do
           {"FL_QUEUE_LIMIT", "-1", "0 or more"},
           {"FL_INVOKE_DEADLINE_MS", "60000", "from 100 to 59000"},
           {"FL_STORE_DEADLINE_MS", "99", "from 100 to 59000"},
-          {"FL_GOSSIP_PORT", "0", "from 1 to 65535"}
+          {"FL_GOSSIP_PORT", "0", "from 1 to 65535"},
+          {"FL_FUNCTION_SHARE", "0", "from 1 to 100"},
+          {"FL_FUNCTION_SHARE", "101", "from 1 to 100"}
         ] do
       error = assert_raise ArgumentError, fn -> Config.from_env(%{variable => value}) end
       assert error.message =~ variable

@@ -33,8 +33,8 @@ defmodule Worker.GateTest do
   end
 
   test "a new gate has nothing used and nobody waiting" do
-    assert Gate.info(Gate.new(3)) == %{used: 0, max: 3, waiting: 0}
-    assert Gate.info(Gate.new(0)) == %{used: 0, max: 0, waiting: 0}
+    assert Gate.info(Gate.new(3)) == %{used: 0, max: 3, waiting: 0, share: 3, keys: 0}
+    assert Gate.info(Gate.new(0)) == %{used: 0, max: 0, waiting: 0, share: 0, keys: 0}
   end
 
   test "enter takes its weight while it fits, and a refused enter changes nothing" do
@@ -169,6 +169,61 @@ defmodule Worker.GateTest do
     assert eventually(fn -> used(gate) == 0 end)
   end
 
+  test "a key holds at most the gate's share; other keys, and none, the rest" do
+    gate = Gate.new(4, 3)
+    a = Gate.key({"m", "a"})
+    b = Gate.key({"m", "b"})
+    tickets = for _ <- 1..3, do: Gate.enter(gate, 1, a)
+    assert Enum.all?(tickets, &is_reference/1)
+    # a's share is taken; the gate still has room
+    assert Gate.enter(gate, 1, a) == :share
+    assert Gate.reserve(gate, a) == :share
+    assert Gate.held(gate, a) == 3
+    assert %{used: 3, keys: 1} = Gate.info(gate)
+
+    # b gets the last unit; then the gate is full for b and for no key
+    assert is_reference(Gate.enter(gate, 1, b))
+    assert Gate.enter(gate, 1, b) == nil
+    assert Gate.enter(gate) == nil
+
+    # a unit of a's back: a has room again, as its count follows its tickets
+    assert Gate.leave(hd(tickets))
+    assert Gate.held(gate, a) == 2
+    assert is_reference(Gate.enter(gate, 1, a))
+    # weights count against the share
+    assert Gate.enter(Gate.new(10, 4), 5, a) == :share
+  end
+
+  test "a key's units go back with a dead holder's ticket, and a taken ticket keeps its key" do
+    gate = Gate.new(2, 1)
+    a = Gate.key({"m", "a"})
+    # (the holder answers whether it got a ticket, not the ticket: this
+    # process must not hold a reference to it)
+    {pid, true} = holder(fn -> is_reference(Gate.enter(gate, 1, a)) end)
+    assert Gate.enter(gate, 1, a) == :share
+    Process.exit(pid, :kill)
+    await_down(pid)
+    assert eventually(fn -> Gate.held(gate, a) == 0 end)
+    assert %{used: 0, keys: 0} = Gate.info(gate)
+
+    # reserved for a, taken by another process: still a's
+    reservation = Gate.reserve(gate, a)
+    {taker, true} = holder(fn -> is_reference(Gate.take(reservation)) end)
+    assert Gate.held(gate, a) == 1
+    send(taker, :exit)
+    await_down(taker)
+    assert eventually(fn -> Gate.held(gate, a) == 0 end)
+  end
+
+  test "share/2: a percentage of the bound, at least one" do
+    assert Gate.share(4_096, 75) == 3_072
+    assert Gate.share(8, 75) == 6
+    assert Gate.share(2, 75) == 1
+    assert Gate.share(1, 1) == 1
+    assert Gate.share(0, 75) == 0
+    assert Gate.share(10, 100) == 10
+  end
+
   test "take of a ticket given back already is nil" do
     gate = Gate.new(1)
     ticket = Gate.enter(gate)
@@ -180,7 +235,7 @@ defmodule Worker.GateTest do
   test "while callers are queued, enter refuses and reserve serves the queue" do
     gate = Gate.new(2)
     assert :ok = Gate.queue(gate, 1, self())
-    assert Gate.info(gate) == %{used: 0, max: 2, waiting: 1}
+    assert %{used: 0, max: 2, waiting: 1} = Gate.info(gate)
 
     # free units, but someone waits: first come, first served
     assert Gate.enter(gate) == nil

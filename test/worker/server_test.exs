@@ -277,7 +277,9 @@ defmodule Worker.ServerTest do
       Cluster.start_worker!(Path.join(dir, "small"),
         max_concurrency: 2,
         queue_limit: 3,
-        invoke_timeout_ms: 1_500
+        invoke_timeout_ms: 1_500,
+        # one function may take every slot here (see fairness_test)
+        function_share: 100
       )
 
     on_exit(fn -> Cluster.stop(peer) end)

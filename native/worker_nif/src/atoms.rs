@@ -34,4 +34,5 @@ rustler::atoms! {
     http_component,
     fl_wake = "$fl_wake",
     fl_gate_free = "$fl_gate_free",
+    share,
 }

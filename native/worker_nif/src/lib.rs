@@ -21,4 +21,16 @@ mod store;
 mod terms;
 mod wake;
 
-rustler::init!("Elixir.Worker.Native");
+rustler::init!("Elixir.Worker.Native", load = load);
+
+/// Starts what every NIF relies on; `false` (the reason on stderr, since
+/// there is no logger yet) makes the load, and so the boot, fail.
+fn load(_env: rustler::Env, _info: rustler::Term) -> bool {
+    match mailer::start() {
+        Ok(()) => true,
+        Err(reason) => {
+            eprintln!("worker_nif: {reason}");
+            false
+        }
+    }
+}

@@ -20,7 +20,7 @@ pub enum Message {
 /// the mailer thread.
 pub fn send(pid: LocalPid, message: Message) {
     if rustler::thread::is_scheduler_thread() {
-        if let Some(mailer) = mailer() {
+        if let Some(Ok(mailer)) = MAILER.get() {
             let _ = mailer.send((pid, message));
         }
     } else {
@@ -35,9 +35,15 @@ fn send_now(pid: LocalPid, message: Message) {
     });
 }
 
-fn mailer() -> Option<&'static crossbeam_channel::Sender<(LocalPid, Message)>> {
-    static MAILER: OnceLock<Option<crossbeam_channel::Sender<(LocalPid, Message)>>> =
-        OnceLock::new();
+type Mailer = crossbeam_channel::Sender<(LocalPid, Message)>;
+
+static MAILER: OnceLock<Result<Mailer, String>> = OnceLock::new();
+
+/// Starts the mailer thread, when the NIF is loaded: without it, wakes and
+/// free slots would be lost, and invocations would wait for their
+/// deadlines. `Err` says why it could not start; the NIF then refuses to
+/// load, and the application does not start.
+pub fn start() -> Result<(), String> {
     MAILER
         .get_or_init(|| {
             let (tx, rx) = crossbeam_channel::unbounded::<(LocalPid, Message)>();
@@ -48,8 +54,10 @@ fn mailer() -> Option<&'static crossbeam_channel::Sender<(LocalPid, Message)>> {
                         send_now(pid, message);
                     }
                 })
-                .ok()
                 .map(|_| tx)
+                .map_err(|e| format!("the fl-mailer thread cannot start: {e}"))
         })
         .as_ref()
+        .map(|_| ())
+        .map_err(Clone::clone)
 }

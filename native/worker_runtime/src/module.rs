@@ -287,6 +287,46 @@ fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> Error {
     ))
 }
 
+/// A way to kill the compiler child that can never reach another process.
+/// The VM ignores SIGCHLD, so the kernel reaps a child the moment it exits,
+/// and its pid may be reused at once: `kill(pid)` at the timeout could hit
+/// a stranger. A pidfd names the process itself; signalled after the
+/// process is gone, it reaches no one. Where the kernel has no pidfds
+/// (before Linux 5.3), the child is not killed, and stops at its CPU limit
+/// (`--cpu-s`) instead.
+pub struct ChildHandle(Option<std::os::fd::OwnedFd>);
+
+impl ChildHandle {
+    /// The handle of a child that cannot have exited yet.
+    pub fn open(child: &std::process::Child) -> ChildHandle {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags, and returns a new file
+        // descriptor (owned here) or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        // SAFETY: a descriptor the call just opened, owned by nothing else.
+        ChildHandle((fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Sends SIGKILL to the child if it is still there: `true` if it was.
+    pub fn kill(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = &self.0 else {
+            return false;
+        };
+        // SAFETY: pidfd_send_signal on our own pidfd, no siginfo, no flags.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        sent == 0
+    }
+}
+
 fn run_compiler(
     bytes: &[u8],
     isolation: &Isolation,
@@ -319,10 +359,13 @@ fn run_compiler(
                 isolation.program.display()
             ))
         })?;
+    // Opened before the module is sent: the child waits for all of it on
+    // stdin, so it is still alive, and its pid still its own.
+    let handle = ChildHandle::open(&child);
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        let _ = child.kill();
+        handle.kill();
         return Err(Error::Unavailable("compiler pipes missing".into()));
     };
     // Artifacts are larger than their modules, but not by this much: this
@@ -346,7 +389,7 @@ fn run_compiler(
         let output = match finished.recv_timeout(left) {
             Ok(output) => output,
             Err(_) => {
-                let _ = child.kill();
+                handle.kill();
                 let _ = child.wait();
                 return Err(invalid(format!(
                     "compiling took longer than the limit of {timeout_ms} ms (FL_COMPILE_TIMEOUT_MS)"

@@ -86,3 +86,40 @@ fn a_compiler_that_cannot_start_leaves_the_runtime_unavailable() {
         Err(Error::Unavailable(_))
     ));
 }
+
+#[test]
+fn a_compiler_past_its_timeout_is_killed_through_its_pidfd() {
+    // it reads the module, then never ends
+    let (_one, mut isolation) = fake("stuck", "exec sleep 600");
+    isolation.timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    match compile_isolated(MODULE, &isolation) {
+        Err(Error::InvalidModule(reason)) => assert!(reason.contains("took longer"), "{reason}"),
+        Err(other) => panic!("expected a timeout, got {other:?}"),
+        Ok(_) => panic!("expected a timeout, got a module"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_pidfd_signals_its_own_process_only() {
+    use std::process::Command;
+    use worker_runtime::module::ChildHandle;
+
+    // alive: killed through its pidfd
+    let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+    let handle = ChildHandle::open(&child);
+    assert!(handle.kill());
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    // gone and reaped: its pid is free for anyone, and the pidfd reaches no
+    // one (kill(pid) could have hit the next process to get that pid)
+    let mut child = Command::new("true").spawn().unwrap();
+    let handle = ChildHandle::open(&child);
+    child.wait().unwrap();
+    assert!(!handle.kill());
+}

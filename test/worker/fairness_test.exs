@@ -1,0 +1,169 @@
+defmodule Worker.FairnessTest do
+  # No function starves its neighbours: a flood of requests aimed at one
+  # function takes at most its share (FL_FUNCTION_SHARE, 75%) of each of
+  # the worker's bounds, is refused for that function past it, and another
+  # function keeps being served within milliseconds, during the flood and
+  # right after. Over distribution, as the Core calls.
+  use ExUnit.Case, async: false
+
+  import Worker.Test.Fixtures
+  import Worker.Test.Helpers, only: [eventually: 1, eventually: 3]
+  import Worker.Test.Core, only: [call: 2, remote: 4]
+  alias Worker.Test.{Cluster, Core}
+
+  @moduletag :tmp_dir
+  @moduletag timeout: 300_000
+
+  # A module that takes this machine about 2 s to compile (as in
+  # deadline_test).
+  defp slow_module do
+    step = fn i ->
+      "local.get 0 i32.const #{i} i32.add local.get 1 i32.mul local.set 1 " <>
+        "local.get 1 i32.const #{rem(i, 7) + 1} i32.rotl local.set 0"
+    end
+
+    body = Enum.map_join(1..1_000, "\n", step)
+
+    funcs =
+      Enum.map_join(1..400, "\n", fn i ->
+        "(func $f#{i} (param i32) (result i32) (local i32) #{body} local.get 0)"
+      end)
+
+    ~s|(module (memory (export "memory") 1) #{funcs} | <>
+      ~s|(func (export "__invoke") (param i32) (result i32) i32.const 0))|
+  end
+
+  # Invokes `function` every 20 ms from another node, a second Core whose
+  # link to the worker the flood does not share (see Core.probe/3).
+  defp prober(node, function) do
+    {peer, core} = Cluster.start_node!(name: :"prober_#{System.unique_integer([:positive])}")
+    on_exit(fn -> Cluster.stop(peer) end)
+    Node.spawn_link(core, Core, :probe, [node, function, 20])
+  end
+
+  defp stop_prober(pid) do
+    send(pid, {:stop, self()})
+    assert_receive {:probed, results}, 60_000
+    results
+  end
+
+  defp percentile(values, p) do
+    sorted = Enum.sort(values)
+    Enum.at(sorted, min(length(sorted) - 1, trunc(length(sorted) * p)))
+  end
+
+  test "100,000 deletes of one function behind its slow store, each given up after 10 ms: " <>
+         "another function stays fast, and the flood is refused past its share",
+       %{tmp_dir: dir} do
+    {peer, node} = Cluster.start_worker!(dir)
+    on_exit(fn -> Cluster.stop(peer) end)
+    hello = Core.function("hello", wasm!("hello"))
+    assert call(node, {:store_function, hello}) == :ok
+    slow = Core.function("slow", slow_module())
+
+    # the store compiles for seconds; every delete of the function waits
+    # behind it (and is answered by its deadline)
+    store = Task.async(fn -> call(node, {:store_function, slow}) end)
+    assert eventually(fn -> remote(node, Worker.Functions, :loading, []) != [] end)
+    probe = prober(node, hello)
+
+    delete = {:delete_function, slow.name, slow.module, slow.hash}
+
+    flooders =
+      for _ <- 1..500 do
+        Task.async(fn ->
+          Enum.reduce(1..200, %{}, fn _, counts ->
+            outcome =
+              try do
+                GenServer.call({:worker, node}, delete, 10)
+              catch
+                :exit, {:timeout, _} -> :given_up
+              end
+
+            Map.update(counts, outcome, 1, &(&1 + 1))
+          end)
+        end)
+      end
+
+    counts =
+      flooders
+      |> Task.await_many(300_000)
+      |> Enum.reduce(%{}, &Map.merge(&1, &2, fn _, a, b -> a + b end))
+
+    # during the flood and the second after it: hello was never refused,
+    # and answered within milliseconds
+    flood_over = System.os_time(:microsecond)
+    Process.sleep(1_000)
+    results = stop_prober(probe)
+    assert Enum.sum(Map.values(counts)) == 100_000
+
+    assert Enum.all?(results, &match?({_, _, {:ok, %{"payload" => "Hello probe!"}}}, &1)),
+           inspect(Enum.reject(results, &match?({_, _, {:ok, _}}, &1)) |> Enum.take(5))
+
+    during = for {at, us, _} <- results, at < flood_over, do: us
+    after_it = for {at, us, _} <- results, at >= flood_over, do: us
+    assert length(during) > 20 and length(after_it) > 10
+
+    IO.puts(
+      "hello during the flood: #{length(during)} calls, median #{percentile(during, 0.5)} us, " <>
+        "p99 #{percentile(during, 0.99)} us; after it: median #{percentile(after_it, 0.5)} us, " <>
+        "max #{Enum.max(after_it)} us"
+    )
+
+    # milliseconds, with room for a loaded machine's stalls
+    assert percentile(during, 0.99) < 100_000
+    assert Enum.max(after_it) < 50_000
+
+    # the flood held at most its share of the requests, and was refused past it
+    assert Map.get(counts, {:error, :overloaded}, 0) > 0, inspect(counts)
+    share = Worker.Gate.share(4_096, 75)
+    info = remote(node, Worker.Handler, :info, [])
+    assert info.requests <= share + 10
+
+    assert Task.await(store, 60_000) in [:ok, {:error, :timeout}]
+    # and nothing is held once it is over
+    assert eventually(
+             fn -> remote(node, Worker.Handler, :info, []).requests == 0 end,
+             30_000,
+             100
+           )
+  end
+
+  test "a flood of invocations of one function takes its share of the slots and of the " <>
+         "queue; another function runs at once",
+       %{tmp_dir: dir} do
+    {peer, node} =
+      Cluster.start_worker!(dir, max_concurrency: 8, queue_limit: 40, invoke_timeout_ms: 500)
+
+    on_exit(fn -> Cluster.stop(peer) end)
+    hello = Core.function("hello", wasm!("hello"))
+    sleep = Core.function("sleep", wat!("wasi_sleep"))
+    assert call(node, {:store_function, hello}) == :ok
+    assert call(node, {:store_function, sleep}) == :ok
+
+    # 60 invocations that would sleep 10 s (stopped at 500 ms): 6 run (75%
+    # of 8), 30 wait (75% of 40), the rest are refused at once
+    sleepers =
+      for _ <- 1..60 do
+        Task.async(fn -> call(node, {:invoke, Core.without_code(sleep), %{}}) end)
+      end
+
+    assert eventually(fn -> remote(node, Worker.Admission, :info, []).running == 6 end)
+    assert eventually(fn -> remote(node, Worker.Admission, :info, []).waiting == 30 end)
+
+    for _ <- 1..10 do
+      started = System.monotonic_time(:millisecond)
+
+      assert call(node, {:invoke, Core.without_code(hello), %{"name" => "x"}}) ==
+               {:ok, %{"payload" => "Hello x!"}}
+
+      # not behind the sleepers: a free slot, at once
+      assert System.monotonic_time(:millisecond) - started < 1_000
+    end
+
+    results = Task.await_many(sleepers, 60_000)
+    assert Enum.count(results, &(&1 == {:error, :overloaded})) == 24
+    # the waiting ones ran in turn, once slots came free
+    assert Enum.count(results, &(&1 == {:error, :timeout})) == 36
+  end
+end
