@@ -7,8 +7,8 @@ defmodule Worker.Test.KubernetesAPI do
   `{:k8s_request, path_and_query, authorization}`.
 
   `start!/2` also writes a service account directory as Kubernetes mounts
-  one in a pod (`token`, `ca.crt`, `namespace`), with certificates made
-  by `openssl` as a cluster has them: a CA, and the API's certificate,
+  one in a pod (`token`, `ca.crt`, `namespace`), with certificates as a
+  cluster has them (`Worker.Test.Certs`): a CA, and the API's certificate,
   signed by it, for the address 127.0.0.1.
   """
 
@@ -20,22 +20,8 @@ defmodule Worker.Test.KubernetesAPI do
     account = Path.join(dir, "serviceaccount")
     File.mkdir_p!(account)
 
-    [ca_key, ca, key, csr, cert, ext] =
-      Enum.map(~w(ca.key ca.crt api.key api.csr api.crt api.ext), &Path.join(dir, &1))
-
-    File.write!(ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-
-    for args <- [
-          ~w(req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-cluster-ca -keyout) ++
-            [ca_key, "-out", ca],
-          ~w(req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout) ++
-            [key, "-out", csr],
-          ~w(x509 -req -days 1 -CAcreateserial -in) ++
-            [csr, "-CA", ca, "-CAkey", ca_key, "-out", cert, "-extfile", ext]
-        ] do
-      {output, status} = System.cmd("openssl", args, stderr_to_stdout: true)
-      if status != 0, do: raise("openssl #{Enum.join(args, " ")}: #{output}")
-    end
+    certs = Worker.Test.Certs.make!(dir, ["api"])
+    %{"api" => {cert, key}, ca: ca} = certs
 
     token = Base.encode16(:crypto.strong_rand_bytes(16))
     File.write!(Path.join(account, "token"), token <> "\n")
