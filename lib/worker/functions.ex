@@ -260,6 +260,12 @@ defmodule Worker.Functions do
               Metrics.loaded(Function.id(key), load.cause, loaded.source, loaded.module.kind)
               {insert(state, key, loaded), {:ok, loaded.module}}
 
+            # a function this worker has no code for: not a miss of its own
+            # (the Core sends the code next, and that load is the miss), nor
+            # a row in the metrics for a function it may never run
+            {:error, :code_not_found} = error ->
+              {state, error}
+
             error ->
               # a fetch the cache could not serve, though nothing came of it
               if load.cause == :miss, do: Metrics.cache(Function.id(key), :miss)

@@ -179,6 +179,20 @@ defmodule Worker.MetricsTest do
     assert page.types["worker_invocations_total"] == "counter"
   end
 
+  test "a first invocation through the code handler is one miss, in the function's own row",
+       %{node: node} do
+    lazy = function("lazy", wasm!("hello"))
+    # no code here: code_not_found, and the Core sends it to the handler
+    assert {:error, :code_not_found, handler} = invoke(node, lazy, %{"name" => "x"})
+    assert GenServer.call(handler, {:invoke, lazy}) == {:ok, %{"payload" => "Hello x!"}}
+
+    page = rendered!(node)
+    labels = %{"module" => lazy.module, "function" => lazy.name}
+    assert Prometheus.value(page, "worker_cache_misses_total", labels) == 1.0
+    # nothing was folded, so nothing is counted in the shared row
+    assert Prometheus.samples(page, "worker_cache_misses_total", %{"module" => "_other"}) == []
+  end
+
   test "outbound requests by outcome, and dropped log lines", %{node: node, base: base} do
     http = function("http", wasm!("http"))
     logger = function("logger", wasm!("logger"))
