@@ -440,18 +440,27 @@ fn order(id: SectionId) -> u8 {
     }
 }
 
-// The helpers' parameters, in the instructions' operand order.
+// The helpers' parameters, in the instructions' operand order, and their
+// one local.
 const D: u32 = 0;
 const VAL: u32 = 1;
 const S: u32 = 1;
 const N: u32 = 2;
+const OOB: u32 = 3;
 
-/// Pushes (i32) whether `n <= chunk` or `local[at] + n` exceeds memory 0's
-/// size in bytes, computed in i64 so nothing wraps. Both mean: let the
-/// original instruction do it in one go (small, or trapping before it writes
-/// anything, exactly as the instruction would).
-fn small_or_out_of_bounds(s: &mut InstructionSink<'_>, chunk: i32, at: &[u32], page_log2: u32) {
-    s.local_get(N).i32_const(chunk).i32_le_u();
+/// Traps as the original instruction would when `local[at] + n` exceeds
+/// memory 0's size in bytes for any `at` (computed in i64, so nothing
+/// wraps), before anything is written; then zeroes the parameters when
+/// that was so, with `select`s.
+///
+/// The trap is an out-of-bounds load (at 2^32, past any 32-bit memory),
+/// which Wasmtime bounds like any access, rather than the instruction's
+/// libcall, whose bounds check has no Spectre guard in Wasmtime 48.0.8
+/// (GHSA-2w65-gj86-pqc2, fixed in 48.0.11, which cannot be had here). The
+/// `select`s (conditional moves) give every bulk operation below only
+/// in-bounds addresses even when the branch is mispredicted.
+fn trap_or_mask(s: &mut InstructionSink<'_>, at: &[u32], page_log2: u32) {
+    s.i32_const(0);
     for &at in at {
         s.local_get(at).i64_extend_i32_u();
         s.local_get(N).i64_extend_i32_u().i64_add();
@@ -459,18 +468,40 @@ fn small_or_out_of_bounds(s: &mut InstructionSink<'_>, chunk: i32, at: &[u32], p
         s.i64_const(i64::from(page_log2)).i64_shl();
         s.i64_gt_u().i32_or();
     }
+    s.local_set(OOB);
+    s.local_get(OOB).if_(BlockType::Empty);
+    s.i32_const(-1)
+        .i32_load8_u(wasm_encoder::MemArg {
+            offset: 1,
+            align: 0,
+            target: wasm_encoder::MemArgTarget::Memory(0),
+            ordering: None,
+        })
+        .drop()
+        .unreachable();
+    s.end();
+    for &param in at.iter().chain(&[N]) {
+        s.i32_const(0)
+            .local_get(param)
+            .local_get(OOB)
+            .select()
+            .local_set(param);
+    }
 }
 
 /// `(func (param $d i32) (param $val i32) (param $n i32))`, the same as
-/// `memory.fill 0`. When in bounds and `n > chunk`, fills whole chunks front
+/// `memory.fill 0`. Out of bounds, it traps before it writes ([`trap_or_mask`]).
+/// When `n > chunk`, fills whole chunks front
 /// to back while more than one chunk is left, then the last 1..=chunk bytes.
 /// Since `d + n <= memory size <= 2^32`, `d + chunk` never wraps.
 fn fill_helper(chunk: u32, page_log2: u32) -> Function {
     // i32.const holds the bit pattern; every comparison on it is unsigned.
     let c = chunk as i32;
-    let mut f = Function::new([]);
+    let mut f = Function::new([(1, ValType::I32)]);
     let mut s = f.instructions();
-    small_or_out_of_bounds(&mut s, c, &[D], page_log2);
+    trap_or_mask(&mut s, &[D], page_log2);
+    // small: in one go
+    s.local_get(N).i32_const(c).i32_le_u();
     s.if_(BlockType::Empty);
     s.local_get(D).local_get(VAL).local_get(N).memory_fill(0);
     s.return_().end();
@@ -497,9 +528,10 @@ fn fill_helper(chunk: u32, page_log2: u32) -> Function {
 ///   below `s + n`: again no write reaches an unread source byte.
 fn copy_helper(chunk: u32, page_log2: u32) -> Function {
     let c = chunk as i32;
-    let mut f = Function::new([]);
+    let mut f = Function::new([(1, ValType::I32)]);
     let mut s = f.instructions();
-    small_or_out_of_bounds(&mut s, c, &[D, S], page_log2);
+    trap_or_mask(&mut s, &[D, S], page_log2);
+    s.local_get(N).i32_const(c).i32_le_u();
     s.if_(BlockType::Empty);
     s.local_get(D).local_get(S).local_get(N).memory_copy(0, 0);
     s.return_().end();
@@ -850,6 +882,53 @@ mod tests {
             }
         }
         (types, functions, customs, calls, bulk)
+    }
+
+    #[test]
+    fn bulk_helpers_trap_by_a_load_and_hand_the_bulk_operation_masked_addresses() {
+        // GHSA-2w65-gj86-pqc2: Wasmtime 48.0.8's bulk libcalls check bounds
+        // with no Spectre guard. In the helpers, an out-of-bounds operation
+        // traps through a load before any bulk instruction, and every bulk
+        // instruction comes after the `select`s that zero its operands when
+        // out of bounds.
+        let out = rewritten(&bulk_module(1), CHUNK);
+        let mut bodies = Vec::new();
+        for payload in Parser::new(0).parse_all(&out) {
+            if let Payload::CodeSectionEntry(body) = payload.expect("payload") {
+                bodies.push(body);
+            }
+        }
+        let helpers = &bodies[bodies.len() - 2..];
+        for (helper, params) in helpers.iter().zip([2, 3]) {
+            let ops: Vec<Operator> = helper
+                .get_operators_reader()
+                .expect("operators")
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .expect("operators");
+            let first_bulk = ops
+                .iter()
+                .position(|op| {
+                    matches!(
+                        op,
+                        Operator::MemoryFill { .. } | Operator::MemoryCopy { .. }
+                    )
+                })
+                .expect("a bulk instruction");
+            let trap = ops
+                .iter()
+                .position(|op| matches!(op, Operator::I32Load8U { memarg } if memarg.offset == 1))
+                .expect("the trapping load");
+            let selects = ops[..first_bulk]
+                .iter()
+                .filter(|op| matches!(op, Operator::Select))
+                .count();
+            assert!(trap < first_bulk);
+            assert_eq!(
+                selects, params,
+                "one select a parameter that addresses memory, and n"
+            );
+        }
     }
 
     #[test]
