@@ -31,6 +31,7 @@ defmodule Worker.Native do
   def engine_fingerprint, do: err()
 
   def invocation_start(_module, _args, _encoded, _limits), do: err()
+  def invocation_start_dirty(_module, _text, _limits), do: err()
 
   def invocation_check_allow(_entries), do: err()
   def invocation_resume(_invocation), do: err()

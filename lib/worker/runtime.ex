@@ -40,6 +40,9 @@ defmodule Worker.Runtime do
 
   # `receive ... after` takes at most 2^32 - 1 ms; keep room for the margin.
   @max_timeout 4_294_000_000
+  # arguments (as JSON text) above this run their invocation on dirty
+  # schedulers (see start/4)
+  @dirty_input_bytes 256 * 1024
 
   @typedoc """
   Why there is no module:
@@ -298,26 +301,33 @@ defmodule Worker.Runtime do
       watch: nil
     }
 
-    ref
-    |> start(args, {timeout, max_memory, http_allow, log_rate})
-    |> drive(loop)
+    {reply, loop} = start(ref, args, {timeout, max_memory, http_allow, log_rate}, loop)
+    drive(reply, loop)
   end
 
   # Arguments too large to encode on a normal scheduler come back as
   # :dirty; they are encoded on a dirty one, then the invocation starts.
-  defp start(ref, {:json, text}, limits) when is_binary(text),
-    do: Native.invocation_start(ref, text, true, limits)
+  # An invocation with large arguments runs on dirty schedulers from the
+  # start: copying them in and out of the guest is not a normal
+  # scheduler's work.
+  defp start(ref, {:json, text}, limits, loop) when byte_size(text) > @dirty_input_bytes do
+    reply = Native.invocation_start_dirty(ref, text, limits)
+    {reply, %{loop | resume: &Native.invocation_resume_dirty/1}}
+  end
 
-  defp start(ref, args, limits) do
+  defp start(ref, {:json, text}, limits, loop) when is_binary(text),
+    do: {Native.invocation_start(ref, text, true, limits), loop}
+
+  defp start(ref, args, limits, loop) do
     case Native.invocation_start(ref, args, false, limits) do
       :dirty ->
         case Native.args_encode_dirty(args) do
-          {:ok, text} -> start(ref, {:json, text}, limits)
-          {:error, _} = error -> {:done, error, [], nil}
+          {:ok, text} -> start(ref, {:json, text}, limits, loop)
+          {:error, _} = error -> {{:done, error, [], nil}, loop}
         end
 
       reply ->
-        reply
+        {reply, loop}
     end
   end
 

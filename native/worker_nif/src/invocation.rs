@@ -71,6 +71,30 @@ fn invocation_start<'a>(
     module: ResourceArc<ModuleResource>,
     arguments: Term<'a>,
     encoded: bool,
+    limits: (u64, u64, Vec<String>, u32),
+) -> Term<'a> {
+    start(env, module, arguments, encoded, limits)
+}
+
+/// `invocation_start/4` on a dirty scheduler, for large encoded arguments:
+/// copying them in, and the guest's first slice (which usually copies them
+/// into its memory), are not a normal scheduler's work. The caller drives
+/// the rest with `invocation_resume_dirty/1`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn invocation_start_dirty<'a>(
+    env: Env<'a>,
+    module: ResourceArc<ModuleResource>,
+    arguments: Term<'a>,
+    limits: (u64, u64, Vec<String>, u32),
+) -> Term<'a> {
+    start(env, module, arguments, true, limits)
+}
+
+fn start<'a>(
+    env: Env<'a>,
+    module: ResourceArc<ModuleResource>,
+    arguments: Term<'a>,
+    encoded: bool,
     (timeout_ms, max_memory, http_allow, log_lines_per_s): (u64, u64, Vec<String>, u32),
 ) -> Term<'a> {
     let started = Instant::now();

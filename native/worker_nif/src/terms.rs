@@ -95,6 +95,13 @@ fn write(term: Term, w: &mut Writer) -> Result<(), ToJsonError> {
             Ok(())
         }
         TermType::Map => {
+            // Each entry takes at least `"":0,` in the text. A map whose
+            // entries cannot fit goes to the dirty encoder before it is
+            // walked: iterating a large map costs time in itself.
+            let entries = term.map_size().map_err(|_| "bad map")?;
+            if !w.fits(entries.saturating_mul(5).saturating_add(2)) {
+                return Err(ToJsonError::TooLarge(w.max_bytes()));
+            }
             let iter = MapIterator::new(term).ok_or("bad map")?;
             w.begin_object().map_err(e)?;
             for (key, value) in iter {

@@ -17,6 +17,13 @@ pub trait Sink: Clone + Send + Sync + 'static {
     fn put(&self, bytes: &[u8]) -> Result<(), String>;
 }
 
+/// Bytes of output the host takes in one write, and between two yields of
+/// the invocation: what a [`Sink`] does with them (the log splits, escapes
+/// and counts lines) runs on the scheduler that polls the guest, so each
+/// slice does a bounded amount of it. A guest that hands over a megabyte
+/// at once writes it in 16 KiB steps, the invocation yielding between them.
+pub const SLICE_BYTES: usize = 16 << 10;
+
 /// A WASI output stream (stdout or stderr) over a [`Sink`].
 #[derive(Clone)]
 pub struct Output<S>(pub S);
@@ -29,7 +36,10 @@ impl<S: Sink> IsTerminal for Output<S> {
 
 impl<S: Sink> StdoutStream for Output<S> {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
+        Box::new(Stream {
+            sink: self.0.clone(),
+            taken: 0,
+        })
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
@@ -37,9 +47,19 @@ impl<S: Sink> StdoutStream for Output<S> {
     }
 }
 
-impl<S: Sink> OutputStream for Output<S> {
+/// The stream a guest writes to: at most [`SLICE_BYTES`] a write (its
+/// `check-write` permit), and a yield before the next write once that much
+/// was taken since the last (WASI preview 1's `fd_write` writes a guest's
+/// whole buffer, 4 KiB at a time, inside one host call).
+struct Stream<S> {
+    sink: S,
+    taken: usize,
+}
+
+impl<S: Sink> OutputStream for Stream<S> {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.0
+        self.taken += bytes.len();
+        self.sink
             .put(&bytes)
             .map_err(|m| StreamError::Trap(wasmtime::Error::new(GuestFault(m))))
     }
@@ -49,13 +69,36 @@ impl<S: Sink> OutputStream for Output<S> {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(1 << 20)
+        Ok(SLICE_BYTES)
     }
 }
 
 #[wasmtime_wasi::async_trait]
-impl<S: Sink> Pollable for Output<S> {
-    async fn ready(&mut self) {}
+impl<S: Sink> Pollable for Stream<S> {
+    async fn ready(&mut self) {
+        if self.taken >= SLICE_BYTES {
+            self.taken = 0;
+            YieldNow(false).await;
+        }
+    }
+}
+
+/// Pending once, having woken its task: the invocation ends its slice (the
+/// embedder sees a wake, not a wait) and goes on at its next one.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
 }
 
 impl<S: Sink> tokio::io::AsyncWrite for Output<S> {
@@ -64,6 +107,7 @@ impl<S: Sink> tokio::io::AsyncWrite for Output<S> {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        let buf = &buf[..buf.len().min(SLICE_BYTES)];
         Poll::Ready(
             self.0
                 .put(buf)
