@@ -12,46 +12,10 @@ defmodule Worker.Test.Cgroup do
   and removes the cgroup, or `{:unavailable, reason}`.
   """
   def limit(os_pid, bytes) do
-    with {:ok, text} <- File.read("/proc/self/cgroup"),
-         {:ok, version, parent} <- parent(text),
-         dir = Path.join(parent, "fl_test_#{System.unique_integer([:positive])}"),
-         :ok <- File.mkdir(dir),
-         :ok <- write(dir, limit_file(version), bytes),
-         :ok <- write(dir, "cgroup.procs", os_pid) do
-      fn ->
-        _ = write(parent, "cgroup.procs", os_pid)
-        File.rmdir(dir)
-      end
-    else
-      {:error, reason} -> {:unavailable, reason}
-      other -> {:unavailable, other}
+    with {:ok, version, parent} <- parent("memory") do
+      file = if version == :v1, do: "memory.limit_in_bytes", else: "memory.max"
+      move(os_pid, parent, [{file, bytes}])
     end
-  end
-
-  defp parent(text) do
-    lines =
-      for line <- String.split(text, "\n", trim: true), do: String.split(line, ":", parts: 3)
-
-    v1 = Enum.find_value(lines, fn [_, c, p] -> if "memory" in String.split(c, ","), do: p end)
-    v2 = Enum.find_value(lines, fn l -> with ["0", "", p] <- l, do: p end)
-
-    cond do
-      v1 && File.dir?("/sys/fs/cgroup/memory" <> v1) ->
-        {:ok, :v1, "/sys/fs/cgroup/memory" <> v1}
-
-      v2 && File.exists?(Path.join("/sys/fs/cgroup" <> v2, "memory.max")) ->
-        {:ok, :v2, "/sys/fs/cgroup" <> v2}
-
-      true ->
-        {:error, "no memory cgroup this VM can make children in"}
-    end
-  end
-
-  defp limit_file(:v1), do: "memory.limit_in_bytes"
-  defp limit_file(:v2), do: "memory.max"
-
-  defp write(dir, file, value) do
-    File.write(Path.join(dir, file), "#{value}\n")
   end
 
   @doc """
@@ -60,14 +24,20 @@ defmodule Worker.Test.Cgroup do
   function, or `{:unavailable, reason}`.
   """
   def freeze_tasks(os_pid) do
-    with {:ok, text} <- File.read("/proc/self/cgroup"),
-         [_, path] <- Regex.run(~r/^\d+:(?:[^:]*,)?pids(?:,[^:]*)?:(.*)$/m, text),
-         parent = "/sys/fs/cgroup/pids" <> path,
-         true <- File.dir?(parent) || {:error, "no pids controller mounted"},
-         dir = Path.join(parent, "fl_test_#{System.unique_integer([:positive])}"),
-         :ok <- File.mkdir(dir),
-         {:ok, tasks} <- File.ls("/proc/#{os_pid}/task"),
-         :ok <- write(dir, "pids.max", length(tasks)),
+    with {:ok, _version, parent} <- parent("pids") do
+      case File.ls("/proc/#{os_pid}/task") do
+        {:ok, tasks} -> move(os_pid, parent, [{"pids.max", length(tasks)}])
+        {:error, reason} -> {:unavailable, reason}
+      end
+    end
+  end
+
+  # A new cgroup under `parent` with `settings`, and `os_pid` in it.
+  defp move(os_pid, parent, settings) do
+    dir = Path.join(parent, "fl_test_#{System.unique_integer([:positive])}")
+
+    with :ok <- File.mkdir(dir),
+         :ok <- Enum.reduce_while(settings, :ok, &set(dir, &1, &2)),
          :ok <- write(dir, "cgroup.procs", os_pid) do
       fn ->
         _ = write(parent, "cgroup.procs", os_pid)
@@ -75,7 +45,42 @@ defmodule Worker.Test.Cgroup do
       end
     else
       {:error, reason} -> {:unavailable, reason}
-      other -> {:unavailable, other}
     end
   end
+
+  defp set(dir, {file, value}, :ok) do
+    case write(dir, file, value) do
+      :ok -> {:cont, :ok}
+      error -> {:halt, error}
+    end
+  end
+
+  # This VM's own cgroup of `controller`, where children can be made: the
+  # v1 controller's, else the unified (v2) one with it enabled.
+  defp parent(controller) do
+    with {:ok, text} <- File.read("/proc/self/cgroup") do
+      lines =
+        for line <- String.split(text, "\n", trim: true), do: String.split(line, ":", parts: 3)
+
+      v1 =
+        Enum.find_value(lines, fn [_, c, p] -> if controller in String.split(c, ","), do: p end)
+
+      v2 = Enum.find_value(lines, fn l -> with ["0", "", p] <- l, do: p end)
+
+      cond do
+        v1 && File.dir?("/sys/fs/cgroup/#{controller}" <> v1) ->
+          {:ok, :v1, "/sys/fs/cgroup/#{controller}" <> v1}
+
+        v2 && File.exists?(Path.join("/sys/fs/cgroup" <> v2, "#{controller}.max")) ->
+          {:ok, :v2, "/sys/fs/cgroup" <> v2}
+
+        true ->
+          {:unavailable, "no #{controller} cgroup this VM can make children in"}
+      end
+    else
+      {:error, reason} -> {:unavailable, reason}
+    end
+  end
+
+  defp write(dir, file, value), do: File.write(Path.join(dir, file), "#{value}\n")
 end

@@ -32,6 +32,14 @@ defmodule Worker.Test.Helpers do
     port
   end
 
+  @doc "A UDP port on `ip` (127.0.0.1 by default) that nothing used a moment ago."
+  def free_udp_port(ip \\ {127, 0, 0, 1}) do
+    {:ok, socket} = :gen_udp.open(0, ip: ip)
+    {:ok, port} = :inet.port(socket)
+    :gen_udp.close(socket)
+    port
+  end
+
   @doc "Resident memory, in bytes, of this VM, or of the VM of `node`."
   def rss(node \\ node()) do
     os_pid = if node == node(), do: :os.getpid(), else: :erpc.call(node, :os, :getpid, [])

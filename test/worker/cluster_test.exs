@@ -5,7 +5,7 @@ defmodule Worker.ClusterTest do
   use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
-  import Worker.Test.Helpers, only: [eventually: 1]
+  import Worker.Test.Helpers, only: [eventually: 1, free_udp_port: 1]
   alias Worker.Test.Cluster
 
   @moduletag :tmp_dir
@@ -88,7 +88,7 @@ defmodule Worker.ClusterTest do
   # A worker listening for gossip on 127.0.0.2:port and sending its own
   # heartbeats to 127.0.0.1:port, where `socket` listens.
   defp gossiping_worker(dir) do
-    port = udp_port()
+    port = free_udp_port({127, 0, 0, 2})
     {:ok, socket} = :gen_udp.open(port, [:binary, active: true, ip: {127, 0, 0, 1}])
     on_exit(fn -> :gen_udp.close(socket) end)
 
@@ -104,13 +104,6 @@ defmodule Worker.ClusterTest do
     # listening: its first heartbeat goes out once its socket is open
     assert_receive {:udp, ^socket, _, _, "heartbeat::" <> _}, 5_000
     %{worker: worker, port: port, socket: socket}
-  end
-
-  defp udp_port do
-    {:ok, s} = :gen_udp.open(0, ip: {127, 0, 0, 2})
-    {:ok, port} = :inet.port(s)
-    :gen_udp.close(s)
-    port
   end
 
   defp tell(port, packet) do

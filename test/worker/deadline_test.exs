@@ -47,25 +47,6 @@ defmodule Worker.DeadlineTest do
   defp requests(node), do: remote(node, Worker.Handler, :info, []).requests
   defp admission(node), do: remote(node, Worker.Admission, :info, [])
 
-  # A module that takes this machine about 2 s to compile: 400 functions
-  # of 1,000 steps of arithmetic.
-  defp slow_module do
-    step = fn i ->
-      "local.get 0 i32.const #{i} i32.add local.get 1 i32.mul local.set 1 " <>
-        "local.get 1 i32.const #{rem(i, 7) + 1} i32.rotl local.set 0"
-    end
-
-    body = Enum.map_join(1..1_000, "\n", step)
-
-    funcs =
-      Enum.map_join(1..400, "\n", fn i ->
-        "(func $f#{i} (param i32) (result i32) (local i32) #{body} local.get 0)"
-      end)
-
-    ~s|(module (memory (export "memory") 1) #{funcs} | <>
-      ~s|(func (export "__invoke") (param i32) (result i32) i32.const 0))|
-  end
-
   test "a run that outlasts the deadline: stopped there, its slot free", %{node: node} do
     # the function's own timeout (30 s) is cut to what the deadline leaves
     spin = Core.function("spin", wat!("spin"))

@@ -14,25 +14,6 @@ defmodule Worker.FairnessTest do
   @moduletag :tmp_dir
   @moduletag timeout: 300_000
 
-  # A module that takes this machine about 2 s to compile (as in
-  # deadline_test).
-  defp slow_module do
-    step = fn i ->
-      "local.get 0 i32.const #{i} i32.add local.get 1 i32.mul local.set 1 " <>
-        "local.get 1 i32.const #{rem(i, 7) + 1} i32.rotl local.set 0"
-    end
-
-    body = Enum.map_join(1..1_000, "\n", step)
-
-    funcs =
-      Enum.map_join(1..400, "\n", fn i ->
-        "(func $f#{i} (param i32) (result i32) (local i32) #{body} local.get 0)"
-      end)
-
-    ~s|(module (memory (export "memory") 1) #{funcs} | <>
-      ~s|(func (export "__invoke") (param i32) (result i32) i32.const 0))|
-  end
-
   # Invokes `function` every 20 ms from another node, a second Core whose
   # link to the worker the flood does not share (see Core.probe/3).
   defp prober(node, function) do
