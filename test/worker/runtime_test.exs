@@ -48,6 +48,19 @@ defmodule Worker.RuntimeTest do
       assert reason =~ "gc"
     end
 
+    test "64-bit memories are refused when compiled: their bulk operations would bypass the " <>
+           "bulk rewrite" do
+      memory64 = """
+      (module (memory (export "memory") i64 1)
+        (func (export "__invoke") (param i32) (result i32)
+          (memory.fill (i64.const 0) (i32.const 0) (i64.const 65536))
+          (i32.const 0)))
+      """
+
+      assert {:error, {:invalid_module, reason}} = Runtime.compile(memory64)
+      assert reason =~ "memory64"
+    end
+
     test "names the module chose are escaped in a refusal, once: no forged log line" do
       # an import whose name carries a newline, a terminal escape and a
       # backslash

@@ -154,7 +154,12 @@ pub fn compiler_config() -> Config {
         // whole VM down (GHSA-rc4p-x33f-vpr2, fixed in 48.0.9, which the
         // registry cannot resolve with wasmtime-wasi 48.0.8). Off, such a
         // module is refused when it is compiled. See SECURITY.md.
-        .wasm_gc(false);
+        .wasm_gc(false)
+        // No 64-bit memories: the bulk rewrite (`bulk.rs`), which makes
+        // memory.fill and memory.copy preemptible and Spectre-safe, works on
+        // 32-bit memories, and a 64-bit one would bypass it. Nothing a
+        // FunLess function is built for uses them.
+        .wasm_memory64(false);
     config
 }
 
@@ -331,6 +336,18 @@ mod tests {
         assert!(swap_listed(&format!(
             "{header}/swapfile                               file\t\t1048572\t\t0\t\t-2\n"
         )));
+    }
+
+    #[test]
+    fn memory64_is_refused_when_compiled() {
+        // a 64-bit memory's bulk operations would bypass the bulk rewrite:
+        // one libcall, not preemptible, without the Spectre masking
+        let engine = Engine::new(&compiler_config()).unwrap();
+        let wat = r#"(module (memory i64 1)
+            (func (export "f") (memory.fill (i64.const 0) (i32.const 0) (i64.const 8))))"#;
+        let binary = wat::parse_str(wat).unwrap();
+        let error = wasmtime::Module::new(&engine, binary).unwrap_err();
+        assert!(format!("{error:#}").contains("memory64"), "{error:#}");
     }
 
     #[test]

@@ -47,10 +47,12 @@ impl<S: Sink> StdoutStream for Output<S> {
     }
 }
 
-/// The stream a guest writes to: at most [`SLICE_BYTES`] a write (its
-/// `check-write` permit), and a yield before the next write once that much
-/// was taken since the last (WASI preview 1's `fd_write` writes a guest's
-/// whole buffer, 4 KiB at a time, inside one host call).
+/// The stream a guest writes to: [`SLICE_BYTES`] between two yields of
+/// the invocation. Its `check-write` permit is what is left of them, a
+/// write past the permit traps (WASI leaves that check to the stream), and
+/// once they are spent the stream is ready again only after a yield (WASI
+/// preview 1's `fd_write` writes a guest's whole buffer, 4 KiB at a time,
+/// inside one host call, waiting for readiness before each).
 struct Stream<S> {
     sink: S,
     taken: usize,
@@ -58,6 +60,14 @@ struct Stream<S> {
 
 impl<S: Sink> OutputStream for Stream<S> {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let permit = SLICE_BYTES.saturating_sub(self.taken);
+        if bytes.len() > permit {
+            let message = format!(
+                "a write of {} bytes past the permit of {permit}",
+                bytes.len()
+            );
+            return Err(StreamError::Trap(wasmtime::Error::new(GuestFault(message))));
+        }
         self.taken += bytes.len();
         self.sink
             .put(&bytes)
@@ -69,7 +79,7 @@ impl<S: Sink> OutputStream for Stream<S> {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(SLICE_BYTES)
+        Ok(SLICE_BYTES.saturating_sub(self.taken))
     }
 }
 
@@ -77,8 +87,10 @@ impl<S: Sink> OutputStream for Stream<S> {
 impl<S: Sink> Pollable for Stream<S> {
     async fn ready(&mut self) {
         if self.taken >= SLICE_BYTES {
-            self.taken = 0;
+            // reset once the yield happened: a wait dropped half-way (a
+            // poll that another pollable ended) leaves the budget spent
             YieldNow(false).await;
+            self.taken = 0;
         }
     }
 }

@@ -4,6 +4,7 @@ defmodule Worker.Runtime.ComponentTest do
   # (native/worker_runtime/src/component.rs).
   use ExUnit.Case, async: true
 
+  import Bitwise
   import ExUnit.CaptureLog
   import Worker.Test.Fixtures
   alias Worker.Runtime
@@ -225,6 +226,14 @@ defmodule Worker.Runtime.ComponentTest do
       assert message =~ "the response body is over the response cap of 4194304 bytes"
       # not at the deadline: as soon as the cap is passed
       assert System.monotonic_time(:millisecond) - started < 5_000
+    end
+
+    test "a raw write to stderr past the stream's permit traps, whatever its size" do
+      hostile = compile_component!("hostile_http")
+      # 16 KiB is the permit; a guest that writes more without asking traps
+      assert {:error, {:trap, message}} = Runtime.invoke(hostile, %{"raw_stderr" => 1 <<< 20})
+      assert message =~ "a write of 1048576 bytes past the permit of 16384"
+      assert {:ok, "done"} = Runtime.invoke(hostile, %{"raw_stderr" => 100})
     end
 
     test "its artifact loads as an HTTP component", %{http: http} do

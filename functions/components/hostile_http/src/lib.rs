@@ -6,7 +6,9 @@
 //!   64 KiB at a time, ignoring every error (a closed stream included);
 //! * `{"stdout": N}`, `{"stderr": N}`: writes N bytes of 16-byte lines to
 //!   that stream, handing them to the host in writes as large as it takes,
-//!   then answers `"done"`.
+//!   then answers `"done"`;
+//! * `{"raw_stderr": N}`: hands N newlines to stderr in one raw
+//!   `output-stream.write`, without asking for a permit first.
 use serde_json::Value;
 use std::io::{Read, Write};
 use wasip2::http::types::{
@@ -22,6 +24,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
         let input = read_body(request);
         if input["endless_body"] == Value::Bool(true) {
             endless(response_out);
+        }
+        if let Some(n) = input["raw_stderr"].as_u64() {
+            let _ = wasip2::cli::stderr::get_stderr().write(&vec![b'\n'; n as usize]);
         }
         for (key, stream) in [("stdout", 1), ("stderr", 2)] {
             if let Some(n) = input[key].as_u64() {
