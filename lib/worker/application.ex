@@ -19,6 +19,7 @@ defmodule Worker.Application do
     Worker.Store.remove_temporary()
     Worker.Metrics.init()
     Worker.Stray.init()
+    Worker.Gate.init()
     Worker.Admission.init_gate()
     Worker.Handler.init_gates()
 

@@ -10,12 +10,18 @@ defmodule Worker.Cluster do
     resolver) are the Core hosts (a Kubernetes headless service, say),
     looked up every `FL_CORE_DNS_INTERVAL_MS`; each address becomes the
     node `FL_CORE_BASENAME@ADDRESS` (basename default `core`);
-  * `FL_DISCOVERY=gossip` (the default, as FunLess outside Kubernetes) -
-    libcluster's Gossip heartbeats (`Worker.Cluster.Gossip`): this node
-    sends its own to `FL_GOSSIP_ADDR` (the multicast group 233.252.1.32)
-    on `FL_GOSSIP_PORT` (45892) every few seconds, listens there (on
-    `FL_GOSSIP_IF`, every interface), and connects to each node a
-    heartbeat names, as long as heartbeats keep naming it;
+  * `FL_DISCOVERY=gossip` (the default, as FunLess outside Kubernetes,
+    unless `FL_CORE_NODES` or `FL_CORE_DNS` names the Core) - libcluster's
+    Gossip heartbeats (`Worker.Cluster.Gossip`): this node sends its own to
+    `FL_GOSSIP_ADDR` (the multicast group 233.252.1.32) on
+    `FL_GOSSIP_PORT` (45892, or FunLess's `LIBCLUSTER_PORT`) every few
+    seconds, listens there (on `FL_GOSSIP_IF`, every interface), and
+    connects to each node a heartbeat names, as long as heartbeats keep
+    naming it. A heartbeat is taken only from the host it names (its
+    node's host is the address it came from): a host on the network can
+    make this node connect to itself, never elsewhere. Gossip trusts the
+    local network as libcluster does: what keeps a stranger out is the
+    cookie (or TLS distribution);
   * `FL_DISCOVERY=kubernetes` (the default when `DEPLOY_ENV=kubernetes`,
     as FunLess sets it in its manifests) - the pods of the Kubernetes API
     matching `FL_K8S_SELECTOR` (`app=fl-core`) in `FL_K8S_NAMESPACE` (the
@@ -30,10 +36,12 @@ defmodule Worker.Cluster do
   Connecting happens in a process of its own, one at a time per node, so
   a host that drops packets (a connect can take `net_setuptime`) never
   blocks this server. Node names are atoms, which are never freed: at
-  most #{256} names are ever made from what DNS, Kubernetes and heartbeats
-  say, together; past that, new names are skipped, and a warning says so
-  once a minute. Heartbeats that are not libcluster's, or name no node,
-  are ignored, and counted by outcome (`heartbeats/0`).
+  most #{256} names are ever made from what heartbeats say, and as many
+  from what DNS and Kubernetes say (so that a flood of heartbeats cannot
+  spend the lookups' room); past that, new names are skipped, and a
+  warning says so once a minute. Heartbeats that are not libcluster's,
+  name no node, or name one on another host than the sender's, are
+  ignored, and counted by outcome (`heartbeats/0`).
 
   At start, it warns when the FunLess Core would not take this node for
   a worker: the Core counts a node as a worker only when its name
@@ -58,7 +66,7 @@ defmodule Worker.Cluster do
   @gossip_retry 30_000
   @warn_every 60_000
 
-  @outcomes [:ok, :malformed, :oversized, :over_cap]
+  @outcomes [:ok, :malformed, :oversized, :foreign, :over_cap]
 
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
@@ -73,6 +81,7 @@ defmodule Worker.Cluster do
   Gossip heartbeats received since the start, by outcome: `:ok` (a node
   named, this one included), `:malformed` (not a libcluster heartbeat
   naming a node), `:oversized` (over #{Gossip.max_packet()} bytes),
+  `:foreign` (naming a node on another host than the sender),
   `:over_cap` (a new name, with no atom left for it).
   """
   @spec heartbeats() :: %{atom() => non_neg_integer()}
@@ -108,7 +117,8 @@ defmodule Worker.Cluster do
       heard: %{},
       backoff: %{},
       connecting: MapSet.new(),
-      made: MapSet.new(),
+      # names made into atoms, by where they came from
+      made: %{gossip: MapSet.new(), lookup: MapSet.new()},
       skipped: 0,
       warned_at: nil,
       dns: Application.get_env(:worker, :core_dns),
@@ -117,7 +127,7 @@ defmodule Worker.Cluster do
       resolver: {__MODULE__, :getaddrs},
       basename: Application.fetch_env!(:worker, :core_basename),
       dns_interval: Application.fetch_env!(:worker, :core_dns_interval_ms),
-      discovery: Application.fetch_env!(:worker, :discovery),
+      discovery: discovery(static),
       gossip: %{
         socket: nil,
         if_addr: Application.fetch_env!(:worker, :gossip_if),
@@ -152,6 +162,19 @@ defmodule Worker.Cluster do
     end
 
     {:ok, state}
+  end
+
+  # FL_DISCOVERY's default: gossip unless the Core is named otherwise
+  defp discovery(static) do
+    case Application.fetch_env!(:worker, :discovery) do
+      :auto ->
+        if MapSet.size(static) > 0 or Application.get_env(:worker, :core_dns),
+          do: :none,
+          else: :gossip
+
+      discovery ->
+        discovery
+    end
   end
 
   @doc false
@@ -338,10 +361,10 @@ defmodule Worker.Cluster do
     {:noreply, state}
   end
 
-  def handle_info({:udp, socket, _ip, _port, packet}, %{gossip: %{socket: socket}} = state) do
+  def handle_info({:udp, socket, ip, _port, packet}, %{gossip: %{socket: socket}} = state) do
     case Gossip.decode(packet) do
       {:ok, text} ->
-        {:noreply, heard(text, state)}
+        {:noreply, heard(text, ip, state)}
 
       {:error, outcome} ->
         count(outcome)
@@ -397,9 +420,21 @@ defmodule Worker.Cluster do
     state
   end
 
-  # A heartbeat named the node `text`: a target while heartbeats keep naming it.
-  defp heard(text, state) do
-    case node_name(text, state) do
+  # A heartbeat from `ip` named the node `text`: a target while heartbeats
+  # keep naming it, if it is on the sender's host.
+  defp heard(text, ip, state) do
+    [_name, host] = String.split(text, "@", parts: 2)
+
+    if :inet.parse_strict_address(String.to_charlist(host)) == {:ok, ip} do
+      heard_from_its_host(text, state)
+    else
+      count(:foreign)
+      state
+    end
+  end
+
+  defp heard_from_its_host(text, state) do
+    case node_name(text, :gossip, state) do
       {nil, state} ->
         count(:over_cap)
         state
@@ -424,7 +459,7 @@ defmodule Worker.Cluster do
   # Node names for the addresses.
   defp names(ips, state) do
     Enum.reduce(ips, {MapSet.new(), state}, fn ip, {found, state} ->
-      case node_name("#{state.basename}@#{:inet.ntoa(ip)}", state) do
+      case node_name("#{state.basename}@#{:inet.ntoa(ip)}", :lookup, state) do
         {nil, state} -> {found, state}
         {name, state} -> {MapSet.put(found, name), state}
       end
@@ -432,14 +467,15 @@ defmodule Worker.Cluster do
   end
 
   # The atom for a node name: one that exists, or a new one while fewer
-  # than @max_made_names were made; else nil, with a warning once a minute.
-  defp node_name(text, state) do
+  # than @max_made_names were made from `source`'s names (`:gossip` or
+  # `:lookup`); else nil, with a warning once a minute.
+  defp node_name(text, source, state) do
     {String.to_existing_atom(text), state}
   rescue
     ArgumentError ->
-      if MapSet.size(state.made) < @max_made_names do
+      if MapSet.size(state.made[source]) < @max_made_names do
         name = String.to_atom(text)
-        {name, %{state | made: MapSet.put(state.made, name)}}
+        {name, update_in(state.made[source], &MapSet.put(&1, name))}
       else
         {nil, skipped(state, text)}
       end
@@ -450,7 +486,7 @@ defmodule Worker.Cluster do
 
     if state.warned_at == nil or now - state.warned_at >= @warn_every do
       Logger.warning(
-        "Worker.Cluster: #{@max_made_names} node names made from discovery already; " <>
+        "Worker.Cluster: #{@max_made_names} node names made from this source already; " <>
           "skipped #{state.skipped + 1} new ones since the last warning, #{inspect(text)} among them"
       )
 

@@ -31,8 +31,8 @@ defmodule Worker.Config do
   | `:core_dns` | `FL_CORE_DNS` | none | |
   | `:core_basename` | `FL_CORE_BASENAME` | `core` | |
   | `:core_dns_interval_ms` | `FL_CORE_DNS_INTERVAL_MS` | 10 000 | 0 and up |
-  | `:discovery` | `FL_DISCOVERY` | `gossip`; `kubernetes` when `DEPLOY_ENV=kubernetes` | `gossip`, `kubernetes` or `none` |
-  | `:gossip_port` | `FL_GOSSIP_PORT` | 45 892 | 1 to 65 535 |
+  | `:discovery` | `FL_DISCOVERY` | `gossip` (none when `FL_CORE_NODES` or `FL_CORE_DNS` is set); `kubernetes` when `DEPLOY_ENV=kubernetes` | `gossip`, `kubernetes` or `none` |
+  | `:gossip_port` | `FL_GOSSIP_PORT` | 45 892, or FunLess's `LIBCLUSTER_PORT` | 1 to 65 535 |
   | `:gossip_addr` | `FL_GOSSIP_ADDR` | 233.252.1.32 | an IPv4 address: a multicast group, or an address to send to |
   | `:gossip_if` | `FL_GOSSIP_IF` | 0.0.0.0 | the IPv4 address to listen on |
   | `:k8s_selector` | `FL_K8S_SELECTOR` | `app=fl-core` | |
@@ -320,7 +320,8 @@ defmodule Worker.Config do
       core_nodes: [],
       core_basename: "core",
       core_dns_interval_ms: 10_000,
-      discovery: :gossip,
+      # gossip, unless FL_CORE_NODES or FL_CORE_DNS is set (Worker.Cluster)
+      discovery: :auto,
       gossip_port: Worker.Cluster.Gossip.default_port(),
       gossip_addr: Worker.Cluster.Gossip.default_group(),
       gossip_if: {0, 0, 0, 0},
@@ -361,7 +362,8 @@ defmodule Worker.Config do
   end
 
   # FunLess's own variables: DEPLOY_ENV=kubernetes (its manifests set it)
-  # picks Kubernetes discovery unless FL_DISCOVERY says otherwise; the API
+  # picks Kubernetes discovery unless FL_DISCOVERY says otherwise, and
+  # LIBCLUSTER_PORT is the gossip port unless FL_GOSSIP_PORT is set; the API
   # is where Kubernetes tells every pod it is.
   defp funless_env(config, env) do
     discovery =
@@ -379,7 +381,12 @@ defmodule Worker.Config do
           []
       end
 
-    discovery ++ api
+    port =
+      if env["LIBCLUSTER_PORT"] not in [nil, ""] and not Keyword.has_key?(config, :gossip_port),
+        do: [gossip_port: parse("LIBCLUSTER_PORT", {:int, 1, 65_535}, env["LIBCLUSTER_PORT"])],
+        else: []
+
+    discovery ++ port ++ api
   end
 
   @doc """

@@ -33,17 +33,47 @@ defmodule Worker.Gate do
   @spec share(non_neg_integer(), 1..100) :: non_neg_integer()
   def share(max, percent), do: max(div(max * percent, 100), min(max, 1))
 
-  @doc "The key of a function's `Worker.Function.id/1`."
+  @doc """
+  The key of `id` (a function's `Worker.Function.id/1`, say): 64 bits of a
+  hash salted at boot, so that nobody can pick a name whose key is another
+  function's, and two functions share a key by chance once in 2^64.
+  """
   @spec key(term()) :: non_neg_integer()
-  def key(id), do: :erlang.phash2(id, 4_294_967_296)
+  def key(id) do
+    {a, b} = salt()
+
+    :erlang.phash2({a, id}, 4_294_967_296) * 4_294_967_296 +
+      :erlang.phash2({b, id}, 4_294_967_296)
+  end
+
+  @doc false
+  # Makes the salt of keys, once per VM; the application does it at start,
+  # before any key is made.
+  def init do
+    unless :persistent_term.get({__MODULE__, :salt}, nil) do
+      salt = {:crypto.strong_rand_bytes(16), :crypto.strong_rand_bytes(16)}
+      :persistent_term.put({__MODULE__, :salt}, salt)
+    end
+
+    :ok
+  end
+
+  defp salt do
+    with nil <- :persistent_term.get({__MODULE__, :salt}, nil) do
+      init()
+      :persistent_term.get({__MODULE__, :salt})
+    end
+  end
 
   @doc """
   A ticket for `weight` units, held for `key`; `nil` when they are not free
   (or someone waits in the gate's queue); `:share` when `key` holds its
-  share. The ticket belongs to the calling process.
+  share: the gate's, or `share` when given (never more than the gate's).
+  The ticket belongs to the calling process.
   """
-  @spec enter(t(), non_neg_integer(), key()) :: ticket() | nil | :share
-  def enter(gate, weight \\ 1, key \\ nil), do: Native.gate_enter(gate, weight, key)
+  @spec enter(t(), non_neg_integer(), key(), non_neg_integer() | nil) :: ticket() | nil | :share
+  def enter(gate, weight \\ 1, key \\ nil, share \\ nil),
+    do: Native.gate_enter(gate, weight, key, share)
 
   @doc """
   Moves a ticket that another process made into the calling one: the slot

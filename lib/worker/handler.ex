@@ -48,6 +48,10 @@ defmodule Worker.Handler do
       bytes = Gate.new(handler_bytes, Gate.share(handler_bytes, percent))
       :persistent_term.put({__MODULE__, :gate}, gate)
       :persistent_term.put({__MODULE__, :bytes}, bytes)
+      # stores, updates and deletes of a function: an eighth of its share,
+      # of their own, so that neither a flood of its invocations keeps them
+      # out, nor a flood of them takes its invocations' room
+      :persistent_term.put({__MODULE__, :manage_share}, max(div(Gate.info(gate).share, 8), 1))
       :persistent_term.put({__MODULE__, :overloaded}, :counters.new(1, [:write_concurrency]))
       # when a refusal of a function over its share was last logged
       :persistent_term.put({__MODULE__, :warned}, :atomics.new(1, signed: true))
@@ -59,6 +63,28 @@ defmodule Worker.Handler do
   @doc "The gate of requests being served."
   @spec gate() :: Gate.t()
   def gate, do: :persistent_term.get({__MODULE__, :gate})
+
+  @doc """
+  A ticket of the request gate for `job`, held for its function: its
+  invocations within the function's share, its stores, updates and deletes
+  within an eighth of it, of their own. `{:error, :overloaded}` past
+  either, or past the gate.
+  """
+  @spec admit(Request.job()) :: {:ok, Gate.ticket()} | {:error, :overloaded}
+  def admit(job) do
+    {key, share} =
+      case {Request.function_id(job), job} do
+        {nil, _} -> {nil, nil}
+        {id, {:invoke, _, _}} -> {Gate.key(id), nil}
+        {id, _} -> {Gate.key({:manage, id}), :persistent_term.get({__MODULE__, :manage_share})}
+      end
+
+    case Gate.enter(gate(), 1, key, share) do
+      nil -> overloaded()
+      :share -> overloaded(Request.function_id(job), :requests)
+      ticket -> {:ok, ticket}
+    end
+  end
 
   @doc """
   Requests being served, bytes of arguments held by code handlers, and
@@ -78,23 +104,28 @@ defmodule Worker.Handler do
   end
 
   @doc false
-  # `{:error, :overloaded}`, counted; for a function over its share, a
-  # warning naming it, at most one a second whatever the flood.
-  def overloaded(function_id \\ nil) do
+  # `{:error, :overloaded}`, counted; for a function over its share of
+  # `bound`, a warning naming both, at most one a second whatever the flood.
+  def overloaded(function_id \\ nil, bound \\ nil) do
     :counters.add(:persistent_term.get({__MODULE__, :overloaded}), 1, 1)
-    if function_id, do: warn_share(function_id)
+    if function_id, do: warn_share(function_id, bound)
     {:error, :overloaded}
   end
 
-  defp warn_share({module, name}) do
+  @bounds %{
+    requests: "the requests being served (FL_MAX_REQUESTS)",
+    handler_bytes: "the arguments code handlers hold (FL_HANDLER_MAX_MB)"
+  }
+
+  defp warn_share({module, name}, bound) do
     warned = :persistent_term.get({__MODULE__, :warned})
     now = System.monotonic_time(:millisecond)
     last = :atomics.get(warned, 1)
 
     if now - last >= 1_000 and :atomics.compare_exchange(warned, 1, last, now) == :ok do
       Logger.warning(
-        "Worker.Handler: #{inspect(module)}/#{inspect(name)} holds its share of the requests " <>
-          "being served (FL_FUNCTION_SHARE); refusing more of it with :overloaded"
+        "Worker.Handler: #{inspect(module)}/#{inspect(name)} holds its share " <>
+          "(FL_FUNCTION_SHARE) of #{@bounds[bound]}; refusing more of it with :overloaded"
       )
     end
   end
@@ -123,11 +154,14 @@ defmodule Worker.Handler do
 
   defp handle({:store, function}, deadline), do: Functions.store(function, deadline)
 
+  # Once the new code is stored, the update is done: forgetting the old
+  # hash is best done by the deadline, else it happens in its turn.
   defp handle({:update, prev_hash, function}, deadline) do
     with :ok <- Functions.store(function, deadline) do
       if prev_hash != function.hash,
-        do: Functions.delete({function.module, function.name, prev_hash}, deadline),
-        else: :ok
+        do: Functions.delete({function.module, function.name, prev_hash}, deadline)
+
+      :ok
     end
   end
 
@@ -146,7 +180,7 @@ defmodule Worker.Handler do
         reply(from, overloaded())
 
       :share ->
-        reply(from, overloaded(function_id))
+        reply(from, overloaded(function_id, :handler_bytes))
 
       held ->
         reply(from, {:error, :code_not_found, self()})
@@ -166,7 +200,7 @@ defmodule Worker.Handler do
 
     receive do
       {:"$gen_call", {caller, _} = from, {:invoke, function_with_code}} when is_pid(caller) ->
-        deadline = Request.deadline({:invoke, nil, input})
+        deadline = Request.deadline(:invoke)
 
         run = fn ->
           with {:ok, function} <- Function.parse_with_code(function_with_code),

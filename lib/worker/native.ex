@@ -44,7 +44,7 @@ defmodule Worker.Native do
   def json_decode(_text), do: err()
   def store_sync_dir(_path), do: err()
   def gate_new(_max, _share), do: err()
-  def gate_enter(_gate, _weight, _key), do: err()
+  def gate_enter(_gate, _weight, _key, _share), do: err()
   def gate_take(_ticket), do: err()
   def gate_leave(_ticket), do: err()
   def gate_reserve(_gate, _key), do: err()

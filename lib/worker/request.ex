@@ -90,11 +90,13 @@ defmodule Worker.Request do
 
   @doc """
   The time by which the reply to `job`, read now, is due: an invocation's
-  after `FL_INVOKE_DEADLINE_MS`, any other's after `FL_STORE_DEADLINE_MS`
-  (see `Worker.Config` for why they differ).
+  (or `:invoke`, for the call a code handler gets) after
+  `FL_INVOKE_DEADLINE_MS`, any other's after `FL_STORE_DEADLINE_MS` (see
+  `Worker.Config` for why they differ).
   """
-  @spec deadline(job()) :: deadline()
-  def deadline({:invoke, _function, _input}), do: from_now(:invoke_deadline_ms)
+  @spec deadline(job() | :invoke) :: deadline()
+  def deadline({:invoke, _function, _input}), do: deadline(:invoke)
+  def deadline(:invoke), do: from_now(:invoke_deadline_ms)
   def deadline(_job), do: from_now(:store_deadline_ms)
 
   defp from_now(setting),

@@ -307,13 +307,12 @@ defmodule Worker.Runtime do
 
   # Arguments too large to encode on a normal scheduler come back as
   # :dirty; they are encoded on a dirty one, then the invocation starts.
-  # An invocation with large arguments runs on dirty schedulers from the
-  # start: copying them in and out of the guest is not a normal
-  # scheduler's work.
-  defp start(ref, {:json, text}, limits, loop) when byte_size(text) > @dirty_input_bytes do
-    reply = Native.invocation_start_dirty(ref, text, limits)
-    {reply, %{loop | resume: &Native.invocation_resume_dirty/1}}
-  end
+  # Large arguments start on a dirty scheduler: copying them in, and the
+  # first slice, in which the guest copies them into its memory, are not a
+  # normal scheduler's work. The slices after run on a normal one, as any
+  # (one that runs long moves the rest back to dirty ones).
+  defp start(ref, {:json, text}, limits, loop) when byte_size(text) > @dirty_input_bytes,
+    do: {Native.invocation_start_dirty(ref, text, limits), loop}
 
   defp start(ref, {:json, text}, limits, loop) when is_binary(text),
     do: {Native.invocation_start(ref, text, true, limits), loop}

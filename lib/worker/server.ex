@@ -28,7 +28,7 @@ defmodule Worker.Server do
   (`Worker.Stray`). Unknown calls get `{:error, {:bad_request, _}}`.
   """
 
-  alias Worker.{Gate, Handler, NodeInfo, Request, Stray}
+  alias Worker.{Handler, NodeInfo, Request, Stray}
 
   @doc false
   def child_spec(opts),
@@ -81,22 +81,17 @@ defmodule Worker.Server do
   end
 
   defp spawn_handler(from, job, deadline) do
-    function_id = Request.function_id(job)
-
-    case Gate.enter(Handler.gate(), 1, function_id && Gate.key(function_id)) do
-      nil ->
-        reply(from, Handler.overloaded())
-
-      :share ->
-        reply(from, Handler.overloaded(function_id))
-
-      ticket ->
+    case Handler.admit(job) do
+      {:ok, ticket} ->
         try do
           :erlang.spawn_opt(Handler, :run, [from, ticket, job, deadline], min_heap_size: 1024)
         rescue
           # the VM's process table is full
           SystemLimitError -> reply(from, Handler.overloaded())
         end
+
+      refused ->
+        reply(from, refused)
     end
   end
 

@@ -5,7 +5,7 @@ defmodule Worker.ClusterTest do
   use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
-  import Worker.Test.Helpers, only: [eventually: 1, free_udp_port: 1]
+  import Worker.Test.Helpers, only: [eventually: 1, free_udp_port: 0, free_udp_port: 1]
   alias Worker.Test.Cluster
 
   @moduletag :tmp_dir
@@ -179,7 +179,7 @@ defmodule Worker.ClusterTest do
     tell(port, :binary.copy("h", 600))
     tell(port, ["heartbeat::", :erlang.term_to_binary(%{node: :binary.copy("n", 600)})])
 
-    expected = %{ok: 0, malformed: length(malformed), oversized: 2, over_cap: 0}
+    expected = %{ok: 0, malformed: length(malformed), oversized: 2, foreign: 0, over_cap: 0}
     assert eventually(fn -> heartbeats(worker) == expected end), inspect(heartbeats(worker))
 
     # none of it made an atom (the fresh name among them)
@@ -198,6 +198,42 @@ defmodule Worker.ClusterTest do
     assert counted.("malformed") == length(malformed) * 1.0
     assert counted.("oversized") == 2.0
     assert counted.("ok") == 0.0
+  end
+
+  test "gossip: a heartbeat is taken only from the host it names", %{tmp_dir: dir} do
+    %{worker: worker, port: port} = gossiping_worker(dir)
+    # sent from 127.0.0.1, naming nodes elsewhere
+    for host <- ["10.1.2.3", "127.0.0.2", "example.com"] do
+      tell(port, ["heartbeat::", :erlang.term_to_binary(%{node: :"core@#{host}"})])
+    end
+
+    assert eventually(fn -> heartbeats(worker).foreign == 3 end)
+    assert heartbeats(worker).ok == 0
+    assert :erpc.call(worker, Worker.Cluster, :status, []) == %{}
+  end
+
+  test "gossip is the default unless the Core is named, as FunLess's workers gossip",
+       %{tmp_dir: dir} do
+    discovery = fn env ->
+      {peer, worker} = Cluster.start_worker!(Path.join(dir, "#{System.unique_integer()}"), env)
+
+      state =
+        :erpc.call(worker, :sys, :get_state, [:erpc.call(worker, Worker.Cluster, :server, [])])
+
+      Cluster.stop(peer)
+      state.discovery
+    end
+
+    # on a port of its own, on loopback: the default would listen everywhere
+    gossip = [
+      gossip_if: {127, 0, 0, 2},
+      gossip_addr: {127, 0, 0, 1},
+      gossip_port: free_udp_port()
+    ]
+
+    assert discovery.([discovery: :auto] ++ gossip) == :gossip
+    assert discovery.([discovery: :auto, core_nodes: [:"core@127.0.0.1"]] ++ gossip) == :none
+    assert discovery.([discovery: :auto, core_dns: "localhost"] ++ gossip) == :none
   end
 
   test "gossip: heartbeats naming ever new nodes make a bounded number of atoms", %{

@@ -172,6 +172,14 @@ defmodule Worker.ConfigTest do
 
     assert Config.from_env(%{"KUBERNETES_SERVICE_HOST" => "fd00::1"}) ==
              [k8s_api: "https://[fd00::1]:443"]
+
+    assert Config.from_env(%{"LIBCLUSTER_PORT" => "45999"}) == [gossip_port: 45_999]
+
+    assert Config.from_env(%{"LIBCLUSTER_PORT" => "45999", "FL_GOSSIP_PORT" => "46000"}) ==
+             [gossip_port: 46_000]
+
+    error = assert_raise ArgumentError, fn -> Config.from_env(%{"LIBCLUSTER_PORT" => "x"}) end
+    assert error.message =~ "LIBCLUSTER_PORT"
   end
 
   test "more concurrency than pool instances stops the boot, naming both" do

@@ -161,4 +161,27 @@ defmodule Worker.FairnessTest do
     # the waiting ones ran in turn, once slots came free
     assert Enum.count(results, &(&1 == {:error, :timeout})) == 36
   end
+
+  test "a function holding its share of the requests can still be stored, updated and " <>
+         "deleted: those have room of their own",
+       %{tmp_dir: dir} do
+    {peer, node} = Cluster.start_worker!(dir, max_requests: 40, invoke_timeout_ms: 3_000)
+    on_exit(fn -> Cluster.stop(peer) end)
+    sleep = Core.function("sleep", wat!("wasi_sleep"))
+    assert call(node, {:store_function, sleep}) == :ok
+
+    # 30 invocations (75% of 40) of it are served at once; the next is refused
+    sleepers =
+      for _ <- 1..30,
+          do: Task.async(fn -> call(node, {:invoke, Core.without_code(sleep), %{}}) end)
+
+    assert eventually(fn -> remote(node, Worker.Handler, :info, []).requests == 30 end)
+    assert call(node, {:invoke, Core.without_code(sleep), %{}}) == {:error, :overloaded}
+
+    # but it can be stored again, updated and deleted meanwhile
+    assert call(node, {:store_function, sleep}) == :ok
+    assert call(node, {:update_function, sleep.hash, sleep}) == :ok
+    assert call(node, {:delete_function, sleep.name, sleep.module, sleep.hash}) == :ok
+    Task.await_many(sleepers, 30_000)
+  end
 end

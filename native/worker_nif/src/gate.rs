@@ -45,9 +45,9 @@ enum Refused {
 
 impl Gate {
     /// Takes `weight` units for `key` (none: for no key), within the
-    /// key's share. Under the keys' lock, so that a key's count and the
-    /// gate's move together.
-    fn take_for(&self, weight: i64, key: Option<u64>) -> Result<(), Refused> {
+    /// key's `share` (none: the gate's). Under the keys' lock, so that a
+    /// key's count and the gate's move together.
+    fn take_for(&self, weight: i64, key: Option<u64>, share: Option<i64>) -> Result<(), Refused> {
         let Some(key) = key else {
             return if self.take(weight) {
                 Ok(())
@@ -57,7 +57,7 @@ impl Gate {
         };
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let held = keys.get(&key).copied().unwrap_or(0);
-        if held.saturating_add(weight) > self.share {
+        if held.saturating_add(weight) > share.unwrap_or(self.share).min(self.share) {
             return Err(Refused::Share);
         }
         if !self.take(weight) {
@@ -145,8 +145,9 @@ fn ticket_or_refusal<'a>(
     gate: &Arc<Gate>,
     weight: i64,
     key: Option<u64>,
+    share: Option<i64>,
 ) -> Term<'a> {
-    match gate.take_for(weight, key) {
+    match gate.take_for(weight, key, share) {
         Ok(()) => TicketResource::new(gate, weight, key).encode(env),
         Err(Refused::Full) => crate::atoms::nil().encode(env),
         Err(Refused::Share) => crate::atoms::share().encode(env),
@@ -174,19 +175,20 @@ fn gate_new(max: i64, share: i64) -> ResourceArc<GateResource> {
 
 /// A ticket for `weight` units held for `key` (`nil`: no key); `nil` when
 /// they are not free or when someone is queued; `:share` when the key
-/// holds its share.
+/// holds its share: `share` (`nil`: the gate's, and never more).
 #[rustler::nif]
 fn gate_enter<'a>(
     env: Env<'a>,
     gate: ResourceArc<GateResource>,
     weight: i64,
     key: Option<u64>,
+    share: Option<i64>,
 ) -> Term<'a> {
     let gate = &gate.0;
     if weight < 0 || gate.waiting.load(Ordering::SeqCst) > 0 {
         return crate::atoms::nil().encode(env);
     }
-    ticket_or_refusal(env, gate, weight, key)
+    ticket_or_refusal(env, gate, weight, key, share)
 }
 
 /// Moves a ticket into the calling process: the returned ticket holds its
@@ -215,7 +217,7 @@ fn gate_leave(ticket: ResourceArc<TicketResource>) -> bool {
 /// back.
 #[rustler::nif]
 fn gate_reserve<'a>(env: Env<'a>, gate: ResourceArc<GateResource>, key: Option<u64>) -> Term<'a> {
-    ticket_or_refusal(env, &gate.0, 1, key)
+    ticket_or_refusal(env, &gate.0, 1, key, None)
 }
 
 /// For the queue's server: how many wait, and where to say a unit is free.

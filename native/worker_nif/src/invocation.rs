@@ -78,8 +78,7 @@ fn invocation_start<'a>(
 
 /// `invocation_start/4` on a dirty scheduler, for large encoded arguments:
 /// copying them in, and the guest's first slice (which usually copies them
-/// into its memory), are not a normal scheduler's work. The caller drives
-/// the rest with `invocation_resume_dirty/1`.
+/// into its memory), are not a normal scheduler's work.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn invocation_start_dirty<'a>(
     env: Env<'a>,

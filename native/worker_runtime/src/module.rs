@@ -291,9 +291,9 @@ fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> Error {
 /// The VM ignores SIGCHLD, so the kernel reaps a child the moment it exits,
 /// and its pid may be reused at once: `kill(pid)` at the timeout could hit
 /// a stranger. A pidfd names the process itself; signalled after the
-/// process is gone, it reaches no one. Where the kernel has no pidfds
-/// (before Linux 5.3), the child is not killed, and stops at its CPU limit
-/// (`--cpu-s`) instead.
+/// process is gone, it reaches no one. Where there is no pidfd (Linux
+/// before 5.3, or a seccomp profile that refuses it), the child is not
+/// killed, and ends itself a second after the timeout (`--wall-ms`).
 pub struct ChildHandle(Option<std::os::fd::OwnedFd>);
 
 impl ChildHandle {
@@ -347,6 +347,10 @@ fn run_compiler(
             &cpu_s.to_string(),
             "--threads",
             &threads.to_string(),
+            // its own end, a second after the timeout: the worker kills it
+            // at the timeout, unless it has no pidfd to do it with
+            "--wall-ms",
+            &(timeout_ms + 1_000).to_string(),
         ])
         .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::piped())

@@ -123,3 +123,23 @@ fn a_pidfd_signals_its_own_process_only() {
     child.wait().unwrap();
     assert!(!handle.kill());
 }
+
+#[test]
+fn the_compiler_ends_itself_past_its_wall_clock_limit() {
+    // where the worker has no pidfd to kill it with, `--wall-ms` ends it:
+    // here it waits for a module that never comes
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fl-compile"))
+        .args(["--max-mb", "512", "--cpu-s", "60", "--wall-ms", "300"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // kept open (wait would close it)
+    let _stdin = child.stdin.take();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGALRM));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -2,10 +2,12 @@
 //! writes its compiled artifact on stdout, under OS limits it sets on
 //! itself before it reads a byte:
 //!
-//!     fl-compile --max-mb MiB --cpu-s SECONDS [--threads N] < module.wasm > artifact
+//!     fl-compile --max-mb MiB --cpu-s SECONDS [--threads N] [--wall-ms MS] < module.wasm > artifact
 //!
 //! `--max-mb` bounds its address space (RLIMIT_AS) and `--cpu-s` its CPU
-//! time (RLIMIT_CPU); the worker also kills it at its wall-clock timeout.
+//! time (RLIMIT_CPU); the worker also kills it at its wall-clock timeout,
+//! and `--wall-ms` has it end itself after that long (SIGALRM), where the
+//! worker cannot kill it safely (no pidfd).
 //! Stdout says how it ended (the worker cannot read exit statuses: the VM
 //! ignores SIGCHLD): `A`, the artifact's length (u64, little-endian) and
 //! the artifact; `E` and why the module is refused; or `P` and the message
@@ -19,7 +21,7 @@ use worker_runtime::module::{TAG_ARTIFACT, TAG_INVALID, TAG_PANIC, precompile};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut max_mb, mut cpu_s, mut threads) = (None, None, 1);
+    let (mut max_mb, mut cpu_s, mut threads, mut wall_ms) = (None, None, 1, None);
     while let Some(flag) = args.next() {
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
             fail(&format!("{flag} needs a number"));
@@ -28,6 +30,7 @@ fn main() {
             "--max-mb" => max_mb = Some(value),
             "--cpu-s" => cpu_s = Some(value),
             "--threads" => threads = value,
+            "--wall-ms" => wall_ms = Some(value),
             _ => fail(&format!("unknown option {flag}")),
         }
     }
@@ -35,6 +38,9 @@ fn main() {
     let (Some(max_mb), Some(cpu_s)) = (max_mb, cpu_s) else {
         fail("--max-mb and --cpu-s are both required");
     };
+    if let Some(ms) = wall_ms {
+        end_after(ms);
+    }
     limit(libc::RLIMIT_AS, max_mb.saturating_mul(1 << 20));
     limit(libc::RLIMIT_CPU, cpu_s);
     limit(libc::RLIMIT_CORE, 0);
@@ -101,6 +107,30 @@ fn limit(resource: libc::__rlimit_resource_t, value: u64) {
     // SAFETY: a plain libc call with a valid struct.
     if unsafe { libc::setrlimit(resource, &limit) } != 0 {
         fail(&format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+}
+
+/// Ends this process after `ms` of wall-clock time: SIGALRM, at its
+/// default action, whatever the parent left it at.
+fn end_after(ms: u64) {
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+        },
+    };
+    // SAFETY: plain libc calls: the default action for SIGALRM, and a
+    // one-shot real-time timer from a valid struct.
+    let set = unsafe {
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+        libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut())
+    };
+    if set != 0 {
+        fail(&format!("setitimer: {}", std::io::Error::last_os_error()));
     }
 }
 
