@@ -85,6 +85,8 @@ defmodule Worker.ReleaseTest do
 
     compose = yaml!(Path.join(@root, "deploy/docker-compose.yml"))
     worker_service = compose["services"]["worker"]
+    # the cookie must be given: never a default
+    assert worker_service["environment"]["RELEASE_COOKIE"] =~ ~r/^\$\{RELEASE_COOKIE:\?/
     # the image is this repository's Dockerfile
     assert File.exists?(
              Path.join([@root, "deploy", worker_service["build"]["context"], "Dockerfile"])
@@ -102,6 +104,15 @@ defmodule Worker.ReleaseTest do
 
     assert System.cmd("sh", ["-c", naming, env_sh], env: [{"NODE_IP", ip} | unset]) ==
              {"worker@#{ip} name\n", 0}
+
+    # and nothing but an address or a host name: it ends in the VM's command line
+    assert {output, 64} =
+             System.cmd("sh", ["-c", naming, env_sh],
+               env: [{"NODE_IP", "1.2.3.4 --eval x"} | unset],
+               stderr_to_stdout: true
+             )
+
+    assert output =~ "NODE_IP must be an address"
 
     # A container has an epmd of its own; on this host, epmd knows one
     # node by the name "worker" at most. Another one running here (a
@@ -259,11 +270,12 @@ defmodule Worker.ReleaseTest do
     }
   end
 
-  # A compose file's environment: a map, `${VAR:-default}` read as its default.
+  # A compose file's environment: a map, `${VAR:-default}` read as its
+  # default; a required `${VAR:?...}` is left for the caller to give.
   defp worker_env(env) do
-    Map.new(env, fn {name, value} ->
+    for {name, value} <- env, not String.starts_with?(value, "${#{name}:?"), into: %{} do
       {name, String.replace(value, ~r/\$\{\w+:-([^}]*)\}/, "\\1")}
-    end)
+    end
   end
 
   # Starts the release's `cmd` (relative to its root) with exactly `env`

@@ -38,7 +38,6 @@ defmodule Worker.Config do
   | `:k8s_selector` | `FL_K8S_SELECTOR` | `app=fl-core` | |
   | `:k8s_namespace` | `FL_K8S_NAMESPACE` | the pod's own | |
   | `:k8s_interval_ms` | `FL_K8S_INTERVAL_MS` | 5 000 | 100 and up |
-  | `:k8s_api` | `KUBERNETES_SERVICE_HOST`, `KUBERNETES_SERVICE_PORT` | `https://kubernetes.default.svc` | |
   | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 | 0 to 4 294 000 000 |
   | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB | 0 and up |
   | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none | |
@@ -54,12 +53,21 @@ defmodule Worker.Config do
   | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
   | (Logger console format) | `FL_LOG_FORMAT` | `text` | `text` or `json` (`Worker.LogFormat`) |
 
+  Two more keys come from the environment Kubernetes gives a pod:
+  `:k8s_api`, from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`
+  (default `https://kubernetes.default.svc`), and `:k8s_account_dir`, where
+  the pod's service account is mounted (the standard
+  `/var/run/secrets/kubernetes.io/serviceaccount`; tests point it
+  elsewhere).
+
   **Fairness.** No function may hold more than `:function_share` percent
   (at least one) of the requests being served, of the arguments code
   handlers hold, of the invocations running, or of the admission queue:
   past its share, a request for that function is refused with
   `{:error, :overloaded}` (an invocation past its share of running slots
-  waits in the queue instead), and the rest stays for the others.
+  waits in the queue instead), and the rest stays for the others. Its
+  stores, updates and deletes have room of their own, an eighth of its
+  share of the requests (`Worker.Handler.admit/1`).
 
   **Deadlines.** The FunLess Core calls `:worker` with a timeout and does
   not survive it: 60 s for an invocation (`GenServer.call/3` in
@@ -76,7 +84,8 @@ defmodule Worker.Config do
   entry that does not parse (checked at application start, by the native
   runtime's parser).
 
-  **The native runtime.** The last five keys are `Worker.Runtime.Settings`:
+  **The native runtime.** The five keys from `:pool_instances` to
+  `:keep_resident_bytes` are `Worker.Runtime.Settings`:
   the engine is made with them once per VM, when the application starts,
   and they cannot change while it runs. Their defaults are the native
   runtime's own (`Worker.Runtime.default_settings/0`). Starting the
@@ -97,7 +106,8 @@ defmodule Worker.Config do
 
   alias Worker.Runtime.Settings
 
-  # {key, variable, how to read it}; the order of the table above
+  # {key, variable, how to read it}; the order of the table above (its
+  # Logger rows are read apart: log_level/1, log_format/1)
   @variables [
     {:data_dir, "FL_DATA_DIR", :string},
     {:max_concurrency, "FL_MAX_CONCURRENCY", {:int, 1, 100_000}},

@@ -8,9 +8,13 @@ defmodule Worker.Server do
   | `{:invoke, function_with_code}` | as above (args `%{}`); to a handler, with the original args |
   | `{:store_function, function_with_code}` | `:ok` or `{:error, reason}` |
   | `{:update_function, prev_hash, function_with_code}` | `:ok` or `{:error, reason}` |
-  | `{:delete_function, name, module, hash}` | `:ok` |
+  | `{:delete_function, name, module, hash}` | `:ok` (or `{:error, :timeout}`, see below) |
   | `:get_info` | `{:ok, long_name, tag}` |
   | `{:set_long_name, name}`, `{:set_tag, tag}` | `{:ok, long_name, tag}` or `{:error, {:bad_request, reason}}` |
+
+  Any request but `:get_info` may also get `{:error, :overloaded}` (a bound, or the
+  function's share of it, is full) or `{:error, :timeout}` (its deadline,
+  `Worker.Request.deadline/1`, passed).
 
   It only dispatches. `Worker.Request` reads each request into a job,
   checking everything it carries (a bad one is answered at once), and
