@@ -11,12 +11,12 @@ defmodule Worker.Metrics.OS do
 
   **Memory in a container.** `/proc/meminfo` shows the host's memory, also
   inside a container limited to a fraction of it. A worker whose memory
-  cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) has a limit
-  reports at most that limit as its total, and as available at most the
-  limit less what the cgroup uses (less its inactive file cache, which the
-  kernel reclaims before it fails an allocation): the memory this worker
-  can actually get, which is what the Core compares a function's capacity
-  with.
+  cgroup, or one of its ancestors (a pod's, a systemd slice's), has a limit
+  (v2 `memory.max`, or v1 `memory.limit_in_bytes`) reports at most the
+  least limit as its total, and as available at most a limit less what
+  its cgroup uses (less its inactive file cache, which the kernel reclaims
+  before it fails an allocation): the memory this worker can actually
+  get, which is what the Core compares a function's capacity with.
   """
 
   # v1's "no limit" is the largest page-aligned i64; anything from 2^62 up is none
@@ -29,20 +29,16 @@ defmodule Worker.Metrics.OS do
   """
   @spec memory(Path.t()) :: %{optional(:total | :free | :available) => non_neg_integer()}
   def memory(root \\ "/") do
-    host = meminfo(root)
-
-    case cgroup_memory(root) do
-      %{limit: limit, usage: usage, reclaimable: reclaimable} ->
+    for %{limit: limit, usage: usage, reclaimable: reclaimable} <- cgroup_memory(root),
+        reduce: meminfo(root) do
+      figures ->
         bounded = %{
           total: limit,
           free: max(limit - usage, 0),
           available: max(limit - max(usage - reclaimable, 0), 0)
         }
 
-        Map.merge(bounded, host, fn _key, cgroup, machine -> min(cgroup, machine) end)
-
-      nil ->
-        host
+        Map.merge(bounded, figures, fn _key, cgroup, machine -> min(cgroup, machine) end)
     end
   end
 
@@ -66,20 +62,33 @@ defmodule Worker.Metrics.OS do
   defp meminfo_key("MemAvailable"), do: :available
   defp meminfo_key(_), do: nil
 
-  # The limit, usage and reclaimable cache of this process's memory cgroup,
-  # or nil when it has no limit (or none can be read). The cgroup's path in
-  # /proc/self/cgroup is looked up under the mount; a container with a
-  # cgroup namespace of its own sees its cgroup at the mount's root.
+  # The limit, usage and reclaimable cache of this process's memory cgroup
+  # and of each ancestor with a limit (a limit on a pod, or on a systemd
+  # slice, bounds what the cgroups under it get): none without a limit, or
+  # when none can be read. The cgroup's path in /proc/self/cgroup is looked
+  # up under the mount; a container with a cgroup namespace of its own sees
+  # its cgroup at the mount's root. v1 gives the ancestors' least limit in
+  # memory.stat, v2 in each ancestor's directory.
   defp cgroup_memory(root) do
     with {:ok, text} <- File.read(Path.join(root, "proc/self/cgroup")),
          {version, path} <- memory_cgroup(text),
-         dir when is_binary(dir) <- cgroup_dir(root, version, path),
-         {:ok, limit} when limit < @no_limit <- read_limit(dir, version),
-         {:ok, usage} <- read_integer(Path.join(dir, usage_file(version))) do
-      %{limit: limit, usage: usage, reclaimable: reclaimable(dir, version)}
+         {dir, mount} when is_binary(dir) <- cgroup_dir(root, version, path) do
+      for dir <- levels(version, dir, mount),
+          {:ok, limit} when limit < @no_limit <- [read_limit(dir, version)],
+          {:ok, usage} <- [read_integer(Path.join(dir, usage_file(version)))],
+          do: %{limit: limit, usage: usage, reclaimable: reclaimable(dir, version)}
     else
-      _ -> nil
+      _ -> []
     end
+  end
+
+  # this cgroup's directory, and its ancestors' up to the mount (v2)
+  defp levels(:v1, dir, _mount), do: [dir]
+
+  defp levels(:v2, dir, mount) do
+    if dir == mount or not String.starts_with?(dir, mount),
+      do: [dir],
+      else: [dir | levels(:v2, Path.dirname(dir), mount)]
   end
 
   # v1's memory controller line wins over v2's unified line: a host with
@@ -105,11 +114,19 @@ defmodule Worker.Metrics.OS do
   defp cgroup_dir(root, version, path) do
     mount = Path.join(root, if(version == :v1, do: "sys/fs/cgroup/memory", else: "sys/fs/cgroup"))
     limit = if version == :v1, do: "memory.limit_in_bytes", else: "memory.max"
-
-    Enum.find([Path.join(mount, path), mount], &File.exists?(Path.join(&1, limit)))
+    dir = Enum.find([Path.join(mount, path), mount], &File.exists?(Path.join(&1, limit)))
+    {dir, mount}
   end
 
-  defp read_limit(dir, :v1), do: read_integer(Path.join(dir, "memory.limit_in_bytes"))
+  # v1: the least of this cgroup's limit and its ancestors'
+  defp read_limit(dir, :v1) do
+    with {:ok, own} <- read_integer(Path.join(dir, "memory.limit_in_bytes")) do
+      case stat(dir, "hierarchical_memory_limit") do
+        nil -> {:ok, own}
+        ancestors -> {:ok, min(own, ancestors)}
+      end
+    end
+  end
 
   defp read_limit(dir, :v2) do
     case File.read(Path.join(dir, "memory.max")) do
@@ -122,14 +139,15 @@ defmodule Worker.Metrics.OS do
   defp usage_file(:v2), do: "memory.current"
 
   # the inactive page cache of the cgroup, which the kernel reclaims first
-  defp reclaimable(dir, version) do
-    field = if version == :v1, do: "total_inactive_file", else: "inactive_file"
+  defp reclaimable(dir, :v1), do: stat(dir, "total_inactive_file") || 0
+  defp reclaimable(dir, :v2), do: stat(dir, "inactive_file") || 0
 
+  defp stat(dir, field) do
     with {:ok, text} <- File.read(Path.join(dir, "memory.stat")),
          [_, value] <- Regex.run(~r/^#{field} (\d+)$/m, text) do
       String.to_integer(value)
     else
-      _ -> 0
+      _ -> nil
     end
   end
 

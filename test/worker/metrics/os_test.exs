@@ -108,6 +108,39 @@ defmodule Worker.Metrics.OSTest do
   end
 
   @tag :tmp_dir
+  test "an ancestor's lower limit bounds the figures (a pod's, a slice's)", %{tmp_dir: dir} do
+    # v2: the container has no limit of its own; its pod has 256 MiB, used
+    # 200 MiB by the pod's containers together
+    root =
+      tree(dir, %{
+        "proc/meminfo" => @meminfo,
+        "proc/self/cgroup" => "0::/kubepods/pod1/c1\n",
+        "sys/fs/cgroup/memory.max" => "max\n",
+        "sys/fs/cgroup/kubepods/memory.max" => "max\n",
+        "sys/fs/cgroup/kubepods/memory.current" => "#{900 * @mib}\n",
+        "sys/fs/cgroup/kubepods/pod1/memory.max" => "#{256 * @mib}\n",
+        "sys/fs/cgroup/kubepods/pod1/memory.current" => "#{200 * @mib}\n",
+        "sys/fs/cgroup/kubepods/pod1/c1/memory.max" => "max\n",
+        "sys/fs/cgroup/kubepods/pod1/c1/memory.current" => "#{50 * @mib}\n"
+      })
+
+    assert OS.memory(root) == %{total: 256 * @mib, free: 56 * @mib, available: 56 * @mib}
+
+    # v1: the ancestors' least limit is in memory.stat
+    root1 =
+      tree(Path.join(dir, "v1"), %{
+        "proc/meminfo" => @meminfo,
+        "proc/self/cgroup" => "4:memory:/slice/app\n",
+        "sys/fs/cgroup/memory/slice/app/memory.limit_in_bytes" => "9223372036854771712\n",
+        "sys/fs/cgroup/memory/slice/app/memory.usage_in_bytes" => "#{10 * @mib}\n",
+        "sys/fs/cgroup/memory/slice/app/memory.stat" =>
+          "hierarchical_memory_limit #{300 * @mib}\ntotal_inactive_file 0\n"
+      })
+
+    assert OS.memory(root1) == %{total: 300 * @mib, free: 290 * @mib, available: 290 * @mib}
+  end
+
+  @tag :tmp_dir
   test "a limit above the machine's memory leaves the machine's figures", %{tmp_dir: dir} do
     root =
       tree(dir, %{
