@@ -53,8 +53,9 @@ defmodule Worker.DeadlineTest do
     assert call(node, {:store_function, spin}) == :ok
 
     assert_on_time(timed(node, {:invoke, Core.without_code(spin), %{}}), @invoke_deadline)
-    assert admission(node).running == 0
-    assert remote(node, Worker.Runtime, :stats, []).in_flight == 0
+    # the run is stopped at the next epoch tick, and its slot freed then
+    assert eventually(fn -> admission(node).running == 0 end)
+    assert eventually(fn -> remote(node, Worker.Runtime, :stats, []).in_flight == 0 end)
     assert eventually(fn -> requests(node) == 0 end)
   end
 
