@@ -212,7 +212,8 @@ defmodule Worker.Cluster do
           "Worker.Cluster: the Erlang cookie is a well-known one (#{inspect(text)}; FunLess's " <>
             "images ship \"default_secret\"): any host that reaches this node's Erlang ports " <>
             "with it can run code here. Keep the ports on a network of their own, use TLS " <>
-            "distribution, or give the Core (its image rebuilt) and every worker a secret cookie"
+            "distribution, or give the Core (its image rebuilt) and every worker (RELEASE_COOKIE) " <>
+            "a secret cookie"
         )
 
       byte_size(text) < 16 ->

@@ -8,14 +8,18 @@ defmodule Worker.Test.Certs do
   Writes a CA (`ca.crt`, `ca.key`) in `dir`, and for each name a key and a
   certificate signed by it for the address 127.0.0.1 (`NAME.key`,
   `NAME.crt`). Returns `%{ca: path, NAME => {cert, key}}`.
+
+  The address is a DNS name in the certificates too, since OTP checks a
+  host given as text (a node name's host) against DNS names only; with
+  `ip_only: true` it is an IP address alone, as in the certificate of
+  Kubernetes' API server, which clients reach by its service's address.
   """
-  def make!(dir, names) do
+  def make!(dir, names, opts \\ []) do
     File.mkdir_p!(dir)
     [ca_key, ca] = Enum.map(~w(ca.key ca.crt), &Path.join(dir, &1))
     ext = Path.join(dir, "leaf.ext")
-    # the address as a DNS name too: OTP checks a host given as text (a
-    # node name's host) against DNS names only
-    File.write!(ext, "subjectAltName=IP:127.0.0.1,DNS:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    san = if opts[:ip_only], do: "IP:127.0.0.1", else: "IP:127.0.0.1,DNS:127.0.0.1"
+    File.write!(ext, "subjectAltName=#{san}\nbasicConstraints=CA:FALSE\n")
 
     openssl!(
       ~w(req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout) ++

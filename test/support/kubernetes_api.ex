@@ -9,7 +9,8 @@ defmodule Worker.Test.KubernetesAPI do
   `start!/2` also writes a service account directory as Kubernetes mounts
   one in a pod (`token`, `ca.crt`, `namespace`), with certificates as a
   cluster has them (`Worker.Test.Certs`): a CA, and the API's certificate,
-  signed by it, for the address 127.0.0.1.
+  signed by it, for the address 127.0.0.1 (as an IP address only, as a
+  cluster's API certificate names its service's address).
   """
 
   @doc """
@@ -20,7 +21,7 @@ defmodule Worker.Test.KubernetesAPI do
     account = Path.join(dir, "serviceaccount")
     File.mkdir_p!(account)
 
-    certs = Worker.Test.Certs.make!(dir, ["api"])
+    certs = Worker.Test.Certs.make!(dir, ["api"], ip_only: true)
     %{"api" => {cert, key}, ca: ca} = certs
 
     token = Base.encode16(:crypto.strong_rand_bytes(16))

@@ -313,7 +313,7 @@ defmodule Worker.ClusterTest do
   end
 
   test "kubernetes: an API whose certificate the service account's CA did not sign is " <>
-         "not trusted, and that is logged",
+         "not trusted; a wrong token is refused",
        %{tmp_dir: dir} do
     api = Worker.Test.KubernetesAPI.start!(dir, [%{"status" => %{"podIP" => "127.0.0.1"}}])
     # another CA
