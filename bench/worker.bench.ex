@@ -30,9 +30,13 @@ defmodule Mix.Tasks.Worker.Bench do
       request scales.
 
   Each latency is µs per invocation (median and p99) and its ratio to the
-  floor measured in the same run. Functions: `hello` and `echo` from
-  `functions/`, a no-op WAT module, and `hello_command`, the same greeting
-  as a WASI command (arguments on stdin, result on stdout).
+  floor measured in the same run. Functions: the examples `hello` and
+  `hello_command` (the same greeting as a WASI command, arguments on stdin
+  and result on stdout) from `functions/`, the test guest `echo` from
+  `test/guests/`, and a no-op WAT module; then the components `hello_cli`
+  and `hello_http` (examples, `functions/components/`), `echo_cli`,
+  `echo_http` and the sleeper `probe_cli` (test guests,
+  `test/guests/components/`).
 
       mix worker.bench [--quick] [--dist] [--worker-args "+sbwt none"] [--out FILE]
 
@@ -49,7 +53,11 @@ defmodule Mix.Tasks.Worker.Bench do
   alias Worker.{MixCargo, Runtime}
 
   @root Path.expand("..", __DIR__)
+  # the examples (functions/) and the test guests (test/guests/), each a
+  # wasm32-wasip1 workspace with a wasm32-wasip2 one in components/
   @functions Path.join(@root, "functions")
+  @guests Path.join([@root, "test", "guests"])
+  @guest_names ~w(echo echo_cli echo_http probe_cli)
   @noop Path.join(@root, "test/fixtures/noop.wat")
   @in_flight 900
   @components ~w(hello_cli echo_cli hello_http echo_http)
@@ -266,7 +274,7 @@ defmodule Mix.Tasks.Worker.Bench do
 
     - default Wasmtime pooling: the same component in the floor binary's baseline, `Config::new()` with the default pooling allocator and wasmtime-wasi's own WASI and wasi:http, a fresh store per invocation, in the same run;
     - cold start: loading the artifact and the first invocation (in the floor: from bytes in memory; from the store: read, verify, load, invoke, as a restarted worker does);
-    - memory: #{round(per_component)} bytes resident per cached component (hello_http, loaded from an artifact); per in-flight component invocation (hello_cli, #{@in_flight_components} concurrent, each asleep in a WASI 0.2 sleep), #{round(elem(per_invocation, 0))} bytes on fresh pool slots, #{round(elem(per_invocation, 1))} reusing warm ones.
+    - memory: #{round(per_component)} bytes resident per cached component (hello_http, loaded from an artifact); per in-flight component invocation (probe_cli, hello_cli with a hook to sleep, #{@in_flight_components} concurrent, each asleep in a WASI 0.2 sleep), #{round(elem(per_invocation, 0))} bytes on fresh pool slots, #{round(elem(per_invocation, 1))} reusing warm ones.
     """
   end
 
@@ -280,7 +288,8 @@ defmodule Mix.Tasks.Worker.Bench do
     per_component = (rss() - before) / 100
     _ = length(modules)
 
-    {:ok, sleeper} = Runtime.compile(File.read!(component_path("hello_cli")))
+    # the test guest probe_cli: hello_cli with a hook to sleep
+    {:ok, sleeper} = Runtime.compile(File.read!(component_path("probe_cli")))
     sleep = %{"sleep_ms" => 800}
     n = @in_flight_components
     # a first wave on fresh pool slots, then a second on the slots it warmed
@@ -768,17 +777,22 @@ defmodule Mix.Tasks.Worker.Bench do
     do: cargo_build!(@root, ["--quiet", "-p", "worker_runtime", "--bin", "floor"])
 
   defp build_functions! do
-    cargo_build!(@functions, ["--quiet", "--target", "wasm32-wasip1"])
-    cargo_build!(Path.join(@functions, "components"), ["--quiet", "--target", "wasm32-wasip2"])
+    for workspace <- [@functions, @guests] do
+      cargo_build!(workspace, ["--quiet", "--target", "wasm32-wasip1"])
+      cargo_build!(Path.join(workspace, "components"), ["--quiet", "--target", "wasm32-wasip2"])
+    end
   end
 
+  defp workspace(name) when name in @guest_names, do: @guests
+  defp workspace(_example), do: @functions
+
   defp wasm_path(name),
-    do: Path.join(MixCargo.release_dir(@functions, "wasm32-wasip1"), name <> ".wasm")
+    do: Path.join(MixCargo.release_dir(workspace(name), "wasm32-wasip1"), name <> ".wasm")
 
   defp component_path(name),
     do:
       Path.join(
-        MixCargo.release_dir(Path.join(@functions, "components"), "wasm32-wasip2"),
+        MixCargo.release_dir(Path.join(workspace(name), "components"), "wasm32-wasip2"),
         name <> ".wasm"
       )
 

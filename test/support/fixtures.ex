@@ -1,14 +1,30 @@
 defmodule Worker.Test.Fixtures do
   @moduledoc """
-  Test modules: the example functions in `functions/`, built from source for
-  wasm32-wasip1, the example components (WASI 0.2), and the WAT files in
-  `test/fixtures/`.
+  Test modules: the examples in `functions/` and the test guests in
+  `test/guests/`, built from source, and the WAT files in `test/fixtures/`.
 
-  The components, each named as `component_path/1` takes it:
+  The examples are what a function author would copy, each doing its one
+  documented thing; the test guests are what only the tests (and the
+  benchmark) run: copies of the examples with hooks the tests call (a
+  status, a panic, an exit, spinning, sleeping, growing memory, recursing,
+  raw output), and guests that echo, fail, log or misbehave.
+
+  Modules and commands for wasm32-wasip1, named as `wasm_path/1` takes them:
+
+    * `functions`, a cargo workspace: `"hello"`, `"http"` (FunLess modules)
+      and `"hello_command"` (a WASI command);
+    * `test/guests`, a cargo workspace: `"echo"`, `"error"`, `"logger"`
+      (FunLess modules) and `"probe_command"` (hello_command with hooks).
+
+  Components (WASI 0.2), named as `component_path/1` takes them:
 
     * `functions/components`, a cargo workspace built for wasm32-wasip2:
       `"hello_http"` and `"fetch_http"` (wasi:http/incoming-handler),
       `"hello_cli"` (wasi:cli/run);
+    * `test/guests/components`, a cargo workspace built for wasm32-wasip2:
+      `"probe_http"`, `"probe_fetch"`, `"echo_http"`, `"hostile_http"`
+      (wasi:http/incoming-handler), `"probe_cli"`, `"echo_cli"`
+      (wasi:cli/run);
     * `"hello_py"` (functions/python/hello_py, wasi:cli/run) and
       `"hello_js"` (functions/js/hello_js, wasi:http/incoming-handler),
       built by `scripts/componentize` with the tools `scripts/setup`
@@ -26,44 +42,60 @@ defmodule Worker.Test.Fixtures do
   @root Path.expand("../..", __DIR__)
   @functions Path.join(@root, "functions")
   @components Path.join(@functions, "components")
-  @cargo_components ~w(hello_http fetch_http hello_cli echo_http echo_cli hostile_http)
-  @componentized ~w(hello_py hello_js)
+  @guests Path.join([@root, "test", "guests"])
+  @guest_components Path.join(@guests, "components")
 
-  @doc "Builds every example function (incrementally); raises with cargo's output on failure."
+  @example_modules ~w(hello http hello_command)
+  @guest_modules ~w(echo error logger probe_command)
+  @example_components ~w(hello_http fetch_http hello_cli)
+  @guest_components_built ~w(probe_http probe_cli probe_fetch echo_http echo_cli hostile_http)
+  @componentized_examples ~w(hello_py hello_js)
+
+  @doc """
+  Builds the wasm32-wasip1 examples and test guests (incrementally); raises
+  with cargo's output on failure.
+  """
   def build_functions! do
-    {output, status} =
-      System.cmd(MixCargo.cargo!(), ["build", "--release", "--target", "wasm32-wasip1"],
-        cd: @functions,
-        stderr_to_stdout: true
+    for {what, workspace} <- [{"example functions", @functions}, {"test guests", @guests}] do
+      run!(
+        "building the #{what}",
+        MixCargo.cargo!(),
+        ["build", "--release", "--target", "wasm32-wasip1"],
+        cd: workspace
       )
-
-    if status != 0 do
-      raise "building the example functions failed:\n#{output}"
     end
 
     :ok
   end
 
-  @doc "The Wasm binary of an example function, e.g. `wasm!(\"hello\")`."
+  @doc "The Wasm binary of a module or command, e.g. `wasm!(\"hello\")`."
   def wasm!(name), do: File.read!(wasm_path(name))
 
-  @doc "Where cargo puts the Wasm binary of an example function."
-  def wasm_path(name),
+  @doc "Where cargo puts the Wasm binary of a module or command (see the module doc for the names)."
+  def wasm_path(name) when name in @example_modules,
     do: Path.join(MixCargo.release_dir(@functions, "wasm32-wasip1"), name <> ".wasm")
 
+  def wasm_path(name) when name in @guest_modules,
+    do: Path.join(MixCargo.release_dir(@guests, "wasm32-wasip1"), name <> ".wasm")
+
   @doc """
-  Builds the example components (incrementally): `functions/components` for
-  wasm32-wasip2, then the Python and JavaScript ones. Raises with the
-  build's output on failure, or when their tools are missing (run
-  `scripts/setup`).
+  Builds the components (incrementally): `functions/components` and
+  `test/guests/components` for wasm32-wasip2, then the Python and
+  JavaScript ones. Raises with the build's output on failure, or when their
+  tools are missing (run `scripts/setup`).
   """
   def build_components! do
-    run!(
-      "building the example components",
-      MixCargo.cargo!(),
-      ["build", "--release", "--target", "wasm32-wasip2"],
-      cd: @components
-    )
+    for {what, workspace} <- [
+          {"example components", @components},
+          {"test guest components", @guest_components}
+        ] do
+      run!(
+        "building the #{what}",
+        MixCargo.cargo!(),
+        ["build", "--release", "--target", "wasm32-wasip2"],
+        cd: workspace
+      )
+    end
 
     run!("building the Python and JavaScript components", "bash", [script("componentize")])
   end
@@ -76,18 +108,21 @@ defmodule Worker.Test.Fixtures do
     run!("building wstd's examples", "bash", [script("foreign-guests")])
   end
 
-  @doc "The binary of an example component, e.g. `component!(\"hello_http\")`."
+  @doc "The binary of a component, e.g. `component!(\"hello_http\")`."
   def component!(name), do: File.read!(component_path(name))
 
-  @doc "Where the build puts an example component (see the module doc for the names)."
-  def component_path(name) when name in @cargo_components,
+  @doc "Where the build puts a component (see the module doc for the names)."
+  def component_path(name) when name in @example_components,
     do: Path.join(MixCargo.release_dir(@components, "wasm32-wasip2"), name <> ".wasm")
 
-  def component_path(name) when name in @componentized,
+  def component_path(name) when name in @guest_components_built,
+    do: Path.join(MixCargo.release_dir(@guest_components, "wasm32-wasip2"), name <> ".wasm")
+
+  def component_path(name) when name in @componentized_examples,
     do: Path.join([MixCargo.target_dir(@components), "componentized", name <> ".wasm"])
 
   def component_path("wstd_" <> _ = name),
-    do: Path.join([MixCargo.target_dir(@components), "foreign", name <> ".wasm"])
+    do: Path.join([MixCargo.target_dir(@guest_components), "foreign", name <> ".wasm"])
 
   defp script(name), do: Path.join([@root, "scripts", name])
 
@@ -106,7 +141,7 @@ defmodule Worker.Test.Fixtures do
   @doc "The text of `test/fixtures/NAME.wat`."
   def wat!(name), do: File.read!(Path.join([@root, "test", "fixtures", name <> ".wat"]))
 
-  @doc "Compiles an example function or a WAT fixture, raising on failure."
+  @doc "Compiles a module or command (as `wasm!/1` names it) or a WAT fixture, raising on failure."
   def compile!({:wat, name}), do: ok!(Worker.Runtime.compile(wat!(name)))
   def compile!(name), do: ok!(Worker.Runtime.compile(wasm!(name)))
 

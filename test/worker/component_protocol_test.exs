@@ -183,8 +183,9 @@ defmodule Worker.ComponentProtocolTest do
        %{tmp_dir: dir} do
     node = start!(dir)
     error = function(unique_name("error"), wasm!("error"), module: "components")
-    http = component("hello_http")
-    cli = component("hello_cli")
+    # the test guests: the examples, with hooks for a status and an exit
+    http = component("probe_http")
+    cli = component("probe_cli")
 
     for f <- [error, http, cli], do: assert(call(node, {:store_function, f}) == :ok)
 

@@ -78,7 +78,8 @@ defmodule Worker.HandlerTest do
   end
 
   test "a WASI command is stored and invoked like any function, through a code handler too" do
-    code = wasm!("hello_command")
+    # the example, with a hook for an exit status
+    code = wasm!("probe_command")
 
     command = %{
       name: Helpers.unique_name("c"),

@@ -1,11 +1,12 @@
-//! A WASI command, as any Rust program for wasm32-wasip1 is one: reads
-//! JSON on stdin, prints JSON on stdout.
+//! A WASI command, as any Rust program for wasm32-wasip1 is one: reads its
+//! arguments (JSON) on stdin and prints its result (JSON) on stdout. No
+//! FunLess wrapper.
 //!
-//! * `"Ada"` or `{"name": "Ada"}` prints `"Hello Ada!"`; anything else
-//!   `"Hello World!"`;
-//! * `{"exit": n}` writes a line to stderr and exits with status `n`;
-//! * `{"panic": "why"}` panics with that message;
-//! * `{"text": "..."}` prints that text as it is, not as JSON.
+//! `"Ada"` or `{"name": "Ada"}` prints `"Hello Ada!"`; anything else
+//! `"Hello World!"`.
+//!
+//! Build it with `cargo build --release --target wasm32-wasip1` (in
+//! `functions/`): `target/wasm32-wasip1/release/hello_command.wasm`.
 use serde_json::Value;
 use std::io::Read;
 
@@ -16,17 +17,6 @@ fn main() {
         .expect("stdin is readable");
     let input: Value = serde_json::from_str(&input).unwrap_or(Value::Null);
 
-    if let Some(code) = input.get("exit").and_then(Value::as_i64) {
-        eprintln!("exiting with status {code}, as asked");
-        std::process::exit(code as i32);
-    }
-    if let Some(why) = input.get("panic").and_then(Value::as_str) {
-        panic!("{why}");
-    }
-    if let Some(text) = input.get("text").and_then(Value::as_str) {
-        println!("{text}");
-        return;
-    }
     let name = match &input {
         Value::String(name) => name.as_str(),
         other => other.get("name").and_then(Value::as_str).unwrap_or("World"),

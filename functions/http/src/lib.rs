@@ -1,5 +1,12 @@
+//! A FunLess function that makes an HTTP request through the host (the
+//! wrapper's `http::request`, fl-wasm-rs's `__http_request`):
 //! `{"url": U, "method": "GET"|"POST"|"PUT"|"DELETE", "headers": {..}, "body": B}`
-//! performs the request through the host and gives `{"status": S, "body": B}`.
+//! (all but `url` optional; GET by default) performs the request and gives
+//! `{"status": S, "body": B}`, status 0 when it failed or was refused. A
+//! missing url or an unknown method is the function's error.
+//!
+//! Build it with `cargo build --release --target wasm32-wasip1` (in
+//! `functions/`): `target/wasm32-wasip1/release/http.wasm`.
 use fl_guest::http::{self, Method};
 use fl_guest::{fl_function, FlError, FlResult};
 use serde_json::{json, Value};

@@ -1,6 +1,8 @@
 defmodule Worker.Runtime.CommandTest do
   # WASI commands: core modules that export `_start`, with their arguments
-  # on stdin and their result on stdout (native/worker_runtime/src/command.rs).
+  # on stdin and their result on stdout (native/worker_runtime/src/command.rs):
+  # the example functions/hello_command, the test guest probe_command (the
+  # same, with hooks the tests call) and WAT cases.
   use ExUnit.Case, async: true
 
   import ExUnit.CaptureLog
@@ -10,7 +12,11 @@ defmodule Worker.Runtime.CommandTest do
   @moduletag :capture_log
 
   setup_all do
-    %{hello: compile!("hello_command"), cases: compile!({:wat, "command_cases"})}
+    %{
+      hello: compile!("hello_command"),
+      probe: compile!("probe_command"),
+      cases: compile!({:wat, "command_cases"})
+    }
   end
 
   test "a Rust program for wasm32-wasip1 is a command: its kind, its inspect", %{hello: hello} do
@@ -26,17 +32,17 @@ defmodule Worker.Runtime.CommandTest do
     assert Runtime.invoke(hello, %{}) == {:ok, "Hello World!"}
   end
 
-  test "other UTF-8 text is a binary, less its trailing newline", %{hello: hello} do
-    assert Runtime.invoke(hello, %{"text" => "plain words"}) == {:ok, "plain words"}
-    assert Runtime.invoke(hello, %{"text" => "{not json"}) == {:ok, "{not json"}
+  test "other UTF-8 text is a binary, less its trailing newline", %{probe: probe} do
+    assert Runtime.invoke(probe, %{"text" => "plain words"}) == {:ok, "plain words"}
+    assert Runtime.invoke(probe, %{"text" => "{not json"}) == {:ok, "{not json"}
     # JSON the worker's decoder refuses (too deep, out of range) is text too
     deep = String.duplicate("[", 200) <> String.duplicate("]", 200)
-    assert Runtime.invoke(hello, %{"text" => deep}) == {:ok, deep}
-    assert Runtime.invoke(hello, %{"text" => "1e400"}) == {:ok, "1e400"}
+    assert Runtime.invoke(probe, %{"text" => deep}) == {:ok, deep}
+    assert Runtime.invoke(probe, %{"text" => "1e400"}) == {:ok, "1e400"}
     # a large output is decoded off the normal schedulers, the same way
     big = String.duplicate("x", 100_000)
-    assert Runtime.invoke(hello, %{"text" => big}) == {:ok, big}
-    assert Runtime.invoke(hello, %{"text" => ~s(["#{big}"])}) == {:ok, [big]}
+    assert Runtime.invoke(probe, %{"text" => big}) == {:ok, big}
+    assert Runtime.invoke(probe, %{"text" => ~s(["#{big}"])}) == {:ok, [big]}
   end
 
   test "bytes that are not UTF-8 are an invalid response; no output is no response",
@@ -46,14 +52,14 @@ defmodule Worker.Runtime.CommandTest do
     assert Runtime.invoke(cases, 4) == {:error, :no_response}
   end
 
-  test "a non-zero exit is an exec error carrying stderr", %{hello: hello} do
-    assert {:error, {:exec_error, message}} = Runtime.invoke(hello, %{"exit" => 3})
+  test "a non-zero exit is an exec error carrying stderr", %{probe: probe} do
+    assert {:error, {:exec_error, message}} = Runtime.invoke(probe, %{"exit" => 3})
     assert message =~ "exited with status 3"
     assert message =~ "exiting with status 3, as asked"
   end
 
-  test "a panic is a trap carrying the panic's text", %{hello: hello} do
-    assert {:error, {:trap, message}} = Runtime.invoke(hello, %{"panic" => "the sky fell"})
+  test "a panic is a trap carrying the panic's text", %{probe: probe} do
+    assert {:error, {:trap, message}} = Runtime.invoke(probe, %{"panic" => "the sky fell"})
     assert message =~ "panicked at"
     assert message =~ "the sky fell"
     assert message =~ "unreachable"

@@ -1,7 +1,9 @@
 defmodule Worker.Runtime.ComponentHttpTest do
   # Outbound wasi:http from components, under the policy and caps of
   # __http_request (native/worker_runtime/src/outbound.rs): the host
-  # resolves, checks, and connects to the checked address itself.
+  # resolves, checks, and connects to the checked address itself. One
+  # request an invocation from the example functions/components/fetch_http,
+  # several from the test guest probe_fetch.
   use ExUnit.Case, async: true
   @moduletag :capture_log
 
@@ -12,7 +14,8 @@ defmodule Worker.Runtime.ComponentHttpTest do
 
   setup_all do
     {:ok, fetch} = Runtime.compile(component!("fetch_http"))
-    %{fetch: fetch}
+    {:ok, probe} = Runtime.compile(component!("probe_fetch"))
+    %{fetch: fetch, probe: probe}
   end
 
   setup do
@@ -60,7 +63,7 @@ defmodule Worker.Runtime.ComponentHttpTest do
 
   test "a redirect is the guest's to follow, and its target is checked like any URL", %{
     port: port,
-    fetch: fetch
+    probe: probe
   } do
     other = HttpServer.start!()
     target = other <> "/text/should-not-arrive"
@@ -68,7 +71,7 @@ defmodule Worker.Runtime.ComponentHttpTest do
     allow = ["127.0.0.1:#{port}"]
 
     assert {:ok, %{"results" => [first, second]}} =
-             Runtime.invoke(fetch, %{urls: [url, target]}, http_allow: allow)
+             Runtime.invoke(probe, %{urls: [url, target]}, http_allow: allow)
 
     # wasi:http does not follow it: the guest sees the 302...
     assert first["status"] == 302
@@ -80,12 +83,12 @@ defmodule Worker.Runtime.ComponentHttpTest do
 
   test "the request cap holds per invocation; the outcomes are counted", %{
     port: port,
-    fetch: fetch
+    probe: probe
   } do
     urls = for i <- 1..21, do: "http://127.0.0.1:#{port}/text/n#{i}"
 
     {{:ok, %{"results" => results}}, stats} =
-      Runtime.invoke_with_stats(fetch, %{urls: urls}, http_allow: ["127.0.0.1"])
+      Runtime.invoke_with_stats(probe, %{urls: urls}, http_allow: ["127.0.0.1"])
 
     assert Enum.count(results, &(&1["status"] == 200)) == 20, inspect(results)
     assert List.last(results)["error"] =~ "DestinationIpProhibited"

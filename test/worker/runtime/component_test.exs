@@ -1,7 +1,9 @@
 defmodule Worker.Runtime.ComponentTest do
   # WASI 0.2 components: commands exporting wasi:cli/run and HTTP handlers
-  # exporting wasi:http/incoming-handler, built from functions/components
-  # (native/worker_runtime/src/component.rs).
+  # exporting wasi:http/incoming-handler (native/worker_runtime/src/component.rs):
+  # the examples in functions/components (hello_cli, hello_http), and the
+  # test guests in test/guests/components with the hooks the tests call
+  # (probe_cli and probe_http, which greet as the examples do; hostile_http).
   use ExUnit.Case, async: true
 
   import Bitwise
@@ -12,7 +14,12 @@ defmodule Worker.Runtime.ComponentTest do
   @moduletag :capture_log
 
   setup_all do
-    %{cli: compile_component!("hello_cli"), http: compile_component!("hello_http")}
+    %{
+      hello_cli: compile_component!("hello_cli"),
+      hello_http: compile_component!("hello_http"),
+      cli: compile_component!("probe_cli"),
+      http: compile_component!("probe_http")
+    }
   end
 
   defp compile_component!(name) do
@@ -33,7 +40,7 @@ defmodule Worker.Runtime.ComponentTest do
     """
   end
 
-  test "the kind comes from the exports, shown by inspect", %{cli: cli, http: http} do
+  test "the kind comes from the exports, shown by inspect", %{hello_cli: cli, hello_http: http} do
     assert cli.kind == :cli_component
     assert http.kind == :http_component
     assert inspect(cli) =~ ~r/^#Worker.Runtime.Module<cli_component, \d+ bytes, \d+ KiB memory>$/
@@ -147,7 +154,7 @@ defmodule Worker.Runtime.ComponentTest do
       assert log =~ "a word on stderr"
     end
 
-    test "its artifact loads as a command component", %{cli: cli} do
+    test "its artifact loads as a command component", %{hello_cli: cli} do
       assert {:ok, artifact} = Runtime.serialize(cli)
       assert {:ok, loaded} = Runtime.load(artifact, cli.wasm_bytes)
       assert loaded.kind == :cli_component
@@ -156,7 +163,7 @@ defmodule Worker.Runtime.ComponentTest do
   end
 
   describe "an HTTP component" do
-    test "gets the arguments as a POST body; a 2xx body is the result", %{http: http} do
+    test "gets the arguments as a POST body; a 2xx body is the result", %{hello_http: http} do
       assert Runtime.invoke(http, %{"name" => "Ada"}) == {:ok, %{"message" => "Hello, Ada!"}}
       assert Runtime.invoke(http, %{}) == {:ok, %{"message" => "Hello, World!"}}
     end
@@ -236,7 +243,7 @@ defmodule Worker.Runtime.ComponentTest do
       assert {:ok, "done"} = Runtime.invoke(hostile, %{"raw_stderr" => 100})
     end
 
-    test "its artifact loads as an HTTP component", %{http: http} do
+    test "its artifact loads as an HTTP component", %{hello_http: http} do
       assert {:ok, artifact} = Runtime.serialize(http)
       assert {:ok, loaded} = Runtime.load(artifact, http.wasm_bytes)
       assert loaded.kind == :http_component

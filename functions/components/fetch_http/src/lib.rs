@@ -1,6 +1,7 @@
-//! An HTTP component (exports `wasi:http/incoming-handler`) that makes
-//! requests of its own through `wasi:http/outgoing-handler`, with wstd's
-//! client.
+//! An HTTP component (exports `wasi:http/incoming-handler`) that makes a
+//! request of its own through `wasi:http/outgoing-handler`, with wstd's
+//! client. The worker allows only what its outbound policy allows (public
+//! addresses, or those on its allow-list).
 //!
 //! * `{"url": U}` sends `GET U` and answers `{"status": S, "body": B}`, B
 //!   the response body as text (invalid UTF-8 replaced); when the request
@@ -8,11 +9,10 @@
 //!   the wasi:http `error-code` when there is one (such as
 //!   `ErrorCode::DestinationIpProhibited`), else the error and its causes;
 //! * `"method"` (default `GET`) and `"body"` (text) shape that request, and
-//!   `"timeout_ms"` sets its connect and first-byte timeouts;
-//! * `{"urls": [U, ...]}` sends `GET U` for each in turn, one at a time,
-//!   and answers `{"results": [...]}` with, for each, `{"url": U, "status":
-//!   S, "body": B}` or `{"url": U, "error": E}`; one that fails does not
-//!   stop the others.
+//!   `"timeout_ms"` sets its connect and first-byte timeouts.
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (in
+//! `functions/components/`): `target/wasm32-wasip2/release/fetch_http.wasm`.
 use serde_json::{json, Value};
 use wstd::http::error::ErrorCode;
 use wstd::http::{Body, Client, Error, Method, Request, Response, StatusCode};
@@ -29,23 +29,8 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
         client.set_first_byte_timeout(Duration::from_millis(ms));
     }
 
-    if let Some(urls) = input.get("urls").and_then(Value::as_array) {
-        let mut results = Vec::with_capacity(urls.len());
-        for url in urls {
-            let url = url.as_str().unwrap_or_default();
-            results.push(match fetch(&client, "GET", url, None).await {
-                Ok((status, body)) => json!({ "url": url, "status": status, "body": body }),
-                Err(err) => json!({ "url": url, "error": describe(&err) }),
-            });
-        }
-        return answer(StatusCode::OK, json!({ "results": results }).to_string());
-    }
-
     let Some(url) = input.get("url").and_then(Value::as_str) else {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "expected {\"url\": ...} or {\"urls\": [...]}".into(),
-        );
+        return answer(StatusCode::BAD_REQUEST, "expected {\"url\": ...}".into());
     };
     let method = input.get("method").and_then(Value::as_str).unwrap_or("GET");
     let body = input.get("body").and_then(Value::as_str);

@@ -1,4 +1,6 @@
-//! Writes its input (the arguments' JSON text, on stdin) back on stdout.
+//! A test guest, not an example: a command component that writes its input
+//! (the arguments' JSON text, on stdin) back on stdout (the benchmark's
+//! echo, beside `test/guests/echo`).
 use std::io::{Read, Write};
 
 fn main() {

@@ -1,5 +1,7 @@
-//! `{"lines": N, "message": M}` logs M N times through `__console_log`, once
-//! to stdout and once to stderr, and gives `{"logged": N}`.
+//! A test guest, not an example: a FunLess module for the tests of guest
+//! logs and their caps. `{"lines": N, "message": M}` logs M N times through
+//! `__console_log`, once to stdout and once to stderr, and gives
+//! `{"logged": N}`.
 use fl_guest::{console_log, fl_function, FlResult};
 use serde_json::{json, Value};
 

@@ -1,4 +1,5 @@
-//! Always fails, with `{"message": M}` or a default message.
+//! A test guest, not an example: a FunLess module that always fails, with
+//! `{"message": M}` or a default message (the tests' exec error).
 use fl_guest::{fl_function, FlError, FlResult};
 use serde_json::Value;
 

@@ -1,4 +1,6 @@
-//! Answers each request with its own body, as JSON.
+//! A test guest, not an example: an HTTP component that answers each
+//! request with its own body, as JSON (the benchmark's echo, beside
+//! `test/guests/echo`).
 use wstd::http::{Body, Error, Request, Response};
 
 #[wstd::http_server]
