@@ -25,10 +25,11 @@ defmodule Worker.Test.Fixtures do
       `"probe_http"`, `"probe_fetch"`, `"echo_http"`, `"hostile_http"`
       (wasi:http/incoming-handler), `"probe_cli"`, `"echo_cli"`
       (wasi:cli/run);
-    * `"hello_py"` (functions/python/hello_py, wasi:cli/run) and
-      `"hello_js"` (functions/js/hello_js, wasi:http/incoming-handler),
-      built by `scripts/componentize` with the tools `scripts/setup`
-      installs;
+    * `"hello_py"` (functions/python/hello_py, wasi:cli/run), `"hello_js"`
+      (functions/js/hello_js, wasi:http/incoming-handler), and their test
+      copies with hooks, `"probe_py"` (test/guests/python/probe_py) and
+      `"probe_js"` (test/guests/js/probe_js), built by
+      `scripts/componentize` with the tools `scripts/setup` installs;
     * wstd's own examples, built by `scripts/foreign-guests` from the crate
       as cargo downloaded it: `"wstd_http_server"`,
       `"wstd_http_server_proxy"` (both export wasi:http/incoming-handler
@@ -50,6 +51,7 @@ defmodule Worker.Test.Fixtures do
   @example_components ~w(hello_http fetch_http hello_cli)
   @guest_components_built ~w(probe_http probe_cli probe_fetch echo_http echo_cli hostile_http)
   @componentized_examples ~w(hello_py hello_js)
+  @componentized_guests ~w(probe_py probe_js)
 
   @doc """
   Builds the wasm32-wasip1 examples and test guests (incrementally); raises
@@ -120,6 +122,9 @@ defmodule Worker.Test.Fixtures do
 
   def component_path(name) when name in @componentized_examples,
     do: Path.join([MixCargo.target_dir(@components), "componentized", name <> ".wasm"])
+
+  def component_path(name) when name in @componentized_guests,
+    do: Path.join([MixCargo.target_dir(@guest_components), "componentized", name <> ".wasm"])
 
   def component_path("wstd_" <> _ = name),
     do: Path.join([MixCargo.target_dir(@guest_components), "foreign", name <> ".wasm"])

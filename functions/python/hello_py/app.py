@@ -1,23 +1,19 @@
 """A command component (exports ``wasi:cli/run``), built by componentize-py:
-reads its arguments (JSON) on stdin and prints its result on stdout, like
-functions/hello_command and functions/components/hello_cli.
+reads its arguments (JSON) on stdin and prints its result (JSON) on stdout,
+like functions/hello_command and functions/components/hello_cli.
 
-* ``"Ada"`` or ``{"name": "Ada"}`` prints ``"Hello Ada!"``; anything else
-  ``"Hello World!"``;
-* ``{"exit": n}`` writes a line to stderr and exits with status ``n``
-  (WASI 0.2's exit only tells success from failure);
-* ``{"panic": "why"}`` raises an exception with that message: componentize-py
-  prints the traceback on stderr and traps;
-* ``{"text": "..."}`` prints that text as it is, not as JSON;
-* ``{"stderr": "..."}`` writes that text to stderr, then answers as for a name;
-* ``{"spin": true}`` loops forever;
-* ``{"sleep_ms": n}`` sleeps n milliseconds, then prints ``{"slept_ms": n}``;
-* ``{"grow_mb": n}`` allocates and fills n MiB, then prints ``{"grew_mb": n}``.
+``"Ada"`` or ``{"name": "Ada"}`` prints ``"Hello Ada!"``; anything else
+``"Hello World!"``.
+
+Build it with ``bash scripts/componentize python`` (the tools from
+``scripts/setup``), or by hand, with wit/ holding world.wit and the WASI WIT
+as deps/::
+
+    componentize-py -d wit -w hello-py componentize app -o hello_py.wasm
 """
 
 import json
 import sys
-import time
 
 from wit_world import exports
 
@@ -28,34 +24,11 @@ class Run(exports.Run):
             args = json.loads(sys.stdin.read())
         except ValueError:
             args = None
-        hooks = args if isinstance(args, dict) else {}
-
-        if isinstance(hooks.get("exit"), int):
-            print(f"exiting with status {hooks['exit']}, as asked", file=sys.stderr, flush=True)
-            sys.exit(hooks["exit"])
-        if isinstance(hooks.get("panic"), str):
-            raise RuntimeError(hooks["panic"])
-        if isinstance(hooks.get("text"), str):
-            print(hooks["text"])
-            return
-        if isinstance(hooks.get("stderr"), str):
-            print(hooks["stderr"], file=sys.stderr, flush=True)
-        if hooks.get("spin") is True:
-            while True:
-                pass
-        if isinstance(hooks.get("sleep_ms"), int):
-            time.sleep(hooks["sleep_ms"] / 1000)
-            print(json.dumps({"slept_ms": hooks["sleep_ms"]}))
-            return
-        if isinstance(hooks.get("grow_mb"), int):
-            block = bytearray(b"\x01") * (hooks["grow_mb"] << 20)
-            print(json.dumps({"grew_mb": len(block) >> 20}))
-            return
 
         if isinstance(args, str):
             name = args
-        elif isinstance(hooks.get("name"), str):
-            name = hooks["name"]
+        elif isinstance(args, dict) and isinstance(args.get("name"), str):
+            name = args["name"]
         else:
             name = "World"
         print(json.dumps(f"Hello {name}!"))

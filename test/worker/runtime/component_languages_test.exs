@@ -1,7 +1,9 @@
 defmodule Worker.Runtime.ComponentLanguagesTest do
   # Components written by others (wstd's own examples, FunLess's way of
   # working) and in other languages: Python (componentize-py) and
-  # JavaScript (componentize-js). Their builds: scripts/componentize and
+  # JavaScript (componentize-js), as the test guests probe_py and probe_js
+  # (functions/python/hello_py and functions/js/hello_js with the hooks the
+  # tests call). Their builds: scripts/componentize and
   # scripts/foreign-guests, run by test_helper.exs.
   use ExUnit.Case, async: true
 
@@ -16,7 +18,7 @@ defmodule Worker.Runtime.ComponentLanguagesTest do
 
   setup_all do
     [py, js, wstd] =
-      ~w(hello_py hello_js wstd_http_server)
+      ~w(probe_py probe_js wstd_http_server)
       |> Enum.map(fn name -> Task.async(fn -> Runtime.compile(component!(name)) end) end)
       |> Task.await_many(240_000)
       |> Enum.map(fn {:ok, module} -> module end)
