@@ -5,12 +5,15 @@ defmodule Worker.MixCargo do
   (`mix worker.bench`) and the test fixtures. Like the compiler, it is
   loaded by `mix.exs` and never compiled into the app.
 
-  The repository holds two cargo workspaces: the worker's (the root, with
-  `native/`) and the example functions' (`functions/`, built for
-  `wasm32-wasip1`). Each has its own `target/`, unless `CARGO_TARGET_DIR`
-  is set: then cargo builds both into that one directory, where the host
-  outputs are under `release/` and the Wasm ones under
-  `wasm32-wasip1/release/`, so they never overwrite each other.
+  The repository holds several cargo workspaces: the worker's (the root,
+  with `native/`), the examples' (`functions/`, built for `wasm32-wasip1`,
+  and `functions/components/`, for `wasm32-wasip2`) and the test guests'
+  (`test/guests/` and `test/guests/components/`, the same). Each has its
+  own `target/`, unless `CARGO_TARGET_DIR` is set: then cargo builds them
+  all into that one directory, where the host outputs are under
+  `release/` and the Wasm ones under `wasm32-wasip1/release/` or
+  `wasm32-wasip2/release/` (no two guests share a name), so they never
+  overwrite each other.
 
   Environment:
 
