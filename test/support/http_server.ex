@@ -6,6 +6,8 @@ defmodule Worker.Test.HttpServer do
   `{:http_request, %{method:, path:, headers:, body:}}`. Routes:
 
     * `GET /text/BODY` - 200 with BODY;
+    * `GET /conn` - 200 with the client's port, the connection kept open
+      for the next request;
     * `ANY /echo` - 200 with a JSON object of the method, headers and body;
     * `GET /status/N` - status N, empty body;
     * `GET /bytes/N` - 200 with N bytes of `"x"`;
@@ -77,12 +79,16 @@ defmodule Worker.Test.HttpServer do
       :go -> :ok
     end
 
+    serve_requests(socket, owner)
+    :gen_tcp.close(socket)
+  end
+
+  # One request, or, on a connection kept alive (`/conn`), one after another.
+  defp serve_requests(socket, owner) do
     with {:ok, request} <- read_request(socket, "") do
       send(owner, {:http_request, request})
-      respond(socket, request)
+      if respond(socket, request) == :keep_alive, do: serve_requests(socket, owner)
     end
-
-    :gen_tcp.close(socket)
   end
 
   defp read_request(socket, buffer) do
@@ -148,6 +154,13 @@ defmodule Worker.Test.HttpServer do
   end
 
   defp respond(socket, %{path: "/text/" <> body}), do: reply(socket, 200, URI.decode(body))
+
+  defp respond(socket, %{path: "/conn"}) do
+    {:ok, {_, port}} = :inet.peername(socket)
+    body = Integer.to_string(port)
+    :gen_tcp.send(socket, "HTTP/1.1 200 OK\r\ncontent-length: #{byte_size(body)}\r\n\r\n" <> body)
+    :keep_alive
+  end
 
   defp respond(socket, %{path: "/echo"} = request) do
     headers = Enum.map_join(request.headers, ",", fn {k, v} -> ~s("#{k}":"#{v}") end)

@@ -104,7 +104,10 @@ impl Gate {
     }
 }
 
-pub struct GateResource(Arc<Gate>);
+pub struct GateResource {
+    /// Shared with the tickets it hands out, which may outlive it.
+    gate: Arc<Gate>,
+}
 
 #[rustler::resource_impl]
 impl rustler::Resource for GateResource {}
@@ -163,14 +166,16 @@ impl Drop for TicketResource {
 /// A gate of `max` units, of which one key may hold `share`.
 #[rustler::nif]
 fn gate_new(max: i64, share: i64) -> ResourceArc<GateResource> {
-    ResourceArc::new(GateResource(Arc::new(Gate {
-        used: AtomicI64::new(0),
-        max,
-        waiting: AtomicI64::new(0),
-        server: Mutex::new(None),
-        share,
-        keys: Mutex::new(HashMap::new()),
-    })))
+    ResourceArc::new(GateResource {
+        gate: Arc::new(Gate {
+            used: AtomicI64::new(0),
+            max,
+            waiting: AtomicI64::new(0),
+            server: Mutex::new(None),
+            share,
+            keys: Mutex::new(HashMap::new()),
+        }),
+    })
 }
 
 /// A ticket for `weight` units held for `key` (`nil`: no key); `nil` when
@@ -184,7 +189,7 @@ fn gate_enter<'a>(
     key: Option<u64>,
     share: Option<i64>,
 ) -> Term<'a> {
-    let gate = &gate.0;
+    let gate = &gate.gate;
     if weight < 0 || gate.waiting.load(Ordering::SeqCst) > 0 {
         return crate::atoms::nil().encode(env);
     }
@@ -217,21 +222,21 @@ fn gate_leave(ticket: ResourceArc<TicketResource>) -> bool {
 /// back.
 #[rustler::nif]
 fn gate_reserve<'a>(env: Env<'a>, gate: ResourceArc<GateResource>, key: Option<u64>) -> Term<'a> {
-    ticket_or_refusal(env, &gate.0, 1, key, None)
+    ticket_or_refusal(env, &gate.gate, 1, key, None)
 }
 
 /// For the queue's server: how many wait, and where to say a unit is free.
 #[rustler::nif]
 fn gate_queue(gate: ResourceArc<GateResource>, waiting: i64, server: LocalPid) -> Atom {
-    *gate.0.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
-    gate.0.waiting.store(waiting, Ordering::SeqCst);
+    *gate.gate.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+    gate.gate.waiting.store(waiting, Ordering::SeqCst);
     crate::atoms::ok()
 }
 
 /// `{used, max, waiting, share, keys}`: `keys`, how many keys hold units.
 #[rustler::nif]
 fn gate_info(gate: ResourceArc<GateResource>) -> (i64, i64, i64, i64, usize) {
-    let gate = &gate.0;
+    let gate = &gate.gate;
     let keys = gate.keys.lock().unwrap_or_else(|e| e.into_inner()).len();
     (
         gate.used.load(Ordering::SeqCst),
@@ -245,6 +250,6 @@ fn gate_info(gate: ResourceArc<GateResource>) -> (i64, i64, i64, i64, usize) {
 /// Units `key` holds.
 #[rustler::nif]
 fn gate_held(gate: ResourceArc<GateResource>, key: u64) -> i64 {
-    let keys = gate.0.keys.lock().unwrap_or_else(|e| e.into_inner());
+    let keys = gate.gate.keys.lock().unwrap_or_else(|e| e.into_inner());
     keys.get(&key).copied().unwrap_or(0)
 }

@@ -17,7 +17,7 @@
 use crate::atoms;
 use crate::error::{self, Error};
 use crate::module::ModuleResource;
-use crate::reply::{self, Next};
+use crate::reply;
 use crate::slices;
 use crate::terms;
 use crate::wake::{CLOSED, NOTIFIED, POLLING, WakeState};
@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use worker_runtime::logs::LineBudget;
+use worker_runtime::limits::LineBudget;
 use worker_runtime::policy::Policy;
 use worker_runtime::{Invocation, Limits, Outcome};
 
@@ -102,7 +102,9 @@ fn start<'a>(
         Err(error) => return reply::failed(env, error),
     };
     if log_lines_per_s > 0 {
-        let budget = module.1.get_or_init(|| LineBudget::new(log_lines_per_s));
+        let budget = module
+            .log_budget
+            .get_or_init(|| LineBudget::new(log_lines_per_s));
         limits.log_budget = Some(budget.clone());
     }
     let input = if encoded {
@@ -130,7 +132,7 @@ fn start<'a>(
             Err(reason) => return reply::failed(env, Error::InvalidArgs(reason.to_string())),
         }
     };
-    let invocation = match Invocation::new(&module.0, input, limits) {
+    let invocation = match Invocation::new(&module.compiled, input, limits) {
         Ok(invocation) => invocation,
         Err(error) => return reply::failed(env, error.into()),
     };
@@ -232,6 +234,30 @@ fn resume<'a>(env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term
     match step(env, &mut stage, &resource.wake) {
         Step::Done(term) => (term, false),
         Step::Continue(next) => next.reply(env, resource),
+    }
+}
+
+/// An invocation that goes on after this reply.
+enum Next<'a> {
+    /// Preempted at a tick; `dirty` if the slice ran long.
+    Yield { lines: Term<'a>, dirty: bool },
+    /// Waiting on I/O for the wake message `id`.
+    Wait { id: u64, lines: Term<'a> },
+    /// Over, with a large response left to decode.
+    Decode {
+        lines: Term<'a>,
+        stats: Option<reply::Stats>,
+    },
+}
+
+impl<'a> Next<'a> {
+    /// The reply naming `resource`, and whether the guest was preempted.
+    fn reply(self, env: Env<'a>, resource: &ResourceArc<InvocationResource>) -> (Term<'a>, bool) {
+        match self {
+            Next::Yield { lines, dirty } => (reply::yielded(env, resource, lines, dirty), true),
+            Next::Wait { id, lines } => (reply::waiting(env, resource, id, lines), false),
+            Next::Decode { lines, stats } => (reply::decode(env, resource, lines, stats), false),
+        }
     }
 }
 

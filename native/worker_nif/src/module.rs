@@ -4,14 +4,18 @@ use crate::atoms;
 use crate::error::Error;
 use rustler::{Binary, Encoder, Env, NifStruct, OwnedEnv, ResourceArc, Term};
 use std::sync::{Arc, OnceLock};
-use worker_runtime::logs::LineBudget;
-use worker_runtime::module::{self, Isolation};
+use worker_runtime::compiler::{self, Isolation};
+use worker_runtime::limits::LineBudget;
 use worker_runtime::{CompiledModule, Kind};
 
 /// A compiled, linked function. Any process may invoke it concurrently; it
 /// lives as long as some process holds a reference. Its invocations share
 /// one budget of log lines a second, made at the first that asks for one.
-pub struct ModuleResource(pub CompiledModule, pub OnceLock<Arc<LineBudget>>);
+pub struct ModuleResource {
+    pub compiled: CompiledModule,
+    /// The log-line budget its invocations share.
+    pub log_budget: OnceLock<Arc<LineBudget>>,
+}
 
 #[rustler::resource_impl]
 impl rustler::Resource for ModuleResource {}
@@ -41,7 +45,10 @@ impl From<CompiledModule> for Module {
             wasm_bytes: module.wasm_bytes,
             native_bytes: module.native_bytes,
             initial_memory: module.initial_memory,
-            r#ref: ResourceArc::new(ModuleResource(module, OnceLock::new())),
+            r#ref: ResourceArc::new(ModuleResource {
+                compiled: module,
+                log_budget: OnceLock::new(),
+            }),
         }
     }
 }
@@ -91,7 +98,7 @@ fn compile(wasm: Term, isolation: &Isolation) -> Result<Module, Error> {
     let wasm: Binary = wasm
         .decode()
         .map_err(|_| Error::InvalidModule("expected the module as a binary".into()))?;
-    std::panic::catch_unwind(|| module::compile_isolated(wasm.as_slice(), isolation))
+    std::panic::catch_unwind(|| compiler::compile_isolated(wasm.as_slice(), isolation))
         .unwrap_or_else(|_| {
             Err(worker_runtime::Error::Panic(
                 "the compile thread panicked; see the log".into(),
@@ -104,7 +111,7 @@ fn compile(wasm: Term, isolation: &Isolation) -> Result<Module, Error> {
 /// `{:ok, artifact}`: the module's compiled form, for `module_load/2`.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn module_serialize<'a>(env: Env<'a>, module: ResourceArc<ModuleResource>) -> Term<'a> {
-    match worker_runtime::serialize(&module.0) {
+    match worker_runtime::serialize(&module.compiled) {
         Ok(bytes) => crate::terms::ok_binary(env, &bytes),
         Err(e) => Err::<(), Error>(e.into()).encode(env),
     }

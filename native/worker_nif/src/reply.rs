@@ -17,9 +17,8 @@
 
 use crate::atoms;
 use crate::error::Error;
-use crate::invocation::InvocationResource;
 use crate::terms;
-use rustler::{Encoder, Env, NifStruct, ResourceArc, Term};
+use rustler::{Encoder, Env, NifStruct, Term};
 use worker_runtime::Outcome;
 use worker_runtime::logs::{self, Line};
 
@@ -87,7 +86,7 @@ fn response<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
 fn output<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
     match terms::from_json(env, bytes) {
         Ok(term) => Ok(term),
-        Err(_) => match worker_runtime::command::text(bytes) {
+        Err(_) => match worker_runtime::stdio::text(bytes) {
             Some(text) => Ok(text.encode(env)),
             None => Err(Error::InvalidResponse(
                 "the output is neither JSON nor UTF-8 text".into(),
@@ -96,42 +95,35 @@ fn output<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
     }
 }
 
-/// An invocation that goes on after this reply.
-pub enum Next<'a> {
-    /// Preempted at a tick; `dirty` if the slice ran long.
-    Yield { lines: Term<'a>, dirty: bool },
-    /// Waiting on I/O for the wake message `id`.
-    Wait { id: u64, lines: Term<'a> },
-    /// Over, with a large response left to decode.
-    Decode {
-        lines: Term<'a>,
-        stats: Option<Stats>,
-    },
+/// `{:yield, invocation, lines}`, or `{:yield_dirty, invocation, lines}`
+/// when `dirty`.
+pub fn yielded<'a>(
+    env: Env<'a>,
+    invocation: impl Encoder,
+    lines: Term<'a>,
+    dirty: bool,
+) -> Term<'a> {
+    let tag = if dirty {
+        atoms::yield_dirty()
+    } else {
+        atoms::r#yield()
+    };
+    (tag, invocation, lines).encode(env)
 }
 
-impl<'a> Next<'a> {
-    /// The reply naming `resource`, and whether the guest was preempted.
-    pub fn reply(
-        self,
-        env: Env<'a>,
-        resource: &ResourceArc<InvocationResource>,
-    ) -> (Term<'a>, bool) {
-        let resource = resource.clone();
-        match self {
-            Next::Yield { lines, dirty } => {
-                let tag = if dirty {
-                    atoms::yield_dirty()
-                } else {
-                    atoms::r#yield()
-                };
-                ((tag, resource, lines).encode(env), true)
-            }
-            Next::Wait { id, lines } => ((atoms::wait(), resource, id, lines).encode(env), false),
-            Next::Decode { lines, stats } => {
-                ((atoms::decode(), resource, lines, stats).encode(env), false)
-            }
-        }
-    }
+/// `{:wait, invocation, id, lines}`.
+pub fn waiting<'a>(env: Env<'a>, invocation: impl Encoder, id: u64, lines: Term<'a>) -> Term<'a> {
+    (atoms::wait(), invocation, id, lines).encode(env)
+}
+
+/// `{:decode, invocation, lines, stats}`.
+pub fn decode<'a>(
+    env: Env<'a>,
+    invocation: impl Encoder,
+    lines: Term<'a>,
+    stats: Option<Stats>,
+) -> Term<'a> {
+    (atoms::decode(), invocation, lines, stats).encode(env)
 }
 
 /// `[{stream, text}]`.

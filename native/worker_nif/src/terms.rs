@@ -9,8 +9,8 @@ use crate::atoms;
 use crate::error::Error;
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, NewBinary, Term, TermType};
-use worker_runtime::invocation::MAX_INPUT_BYTES;
 use worker_runtime::json::{self, Builder, Writer};
+use worker_runtime::limits::MAX_INPUT_BYTES;
 
 /// Why a term has no JSON text within the budget.
 #[derive(Debug, thiserror::Error)]

@@ -1,25 +1,24 @@
-//! The one Wasmtime engine of the process, its linker and its helpers.
+//! The one Wasmtime engine of the process, and what runs beside it.
 //!
-//! Everything here is created once, on first use, and shared by every module
-//! and invocation: the engine (pooling allocator, epoch interruption, async
-//! fibers), the linker with the FunLess imports and WASI preview1, the epoch
-//! ticker, and a small Tokio runtime for outbound HTTP and WASI timers.
+//! Everything here is created once, by [`configure`], and shared by every
+//! module and invocation: the engine (pooling allocator, epoch
+//! interruption, async fibers), the epoch ticker, and a small Tokio runtime
+//! for outbound HTTP and WASI timers. The linkers belong to the hosts
+//! (`core_host`, `component_host`).
 
 use crate::Error;
-use crate::component::ComponentState;
-use crate::host::{self, HostState};
-use crate::invocation::{COMPONENT_CORE_INSTANCES, COMPONENT_MEMORIES, COMPONENT_TABLES};
+use crate::limits::{COMPONENT_CORE_INSTANCES, COMPONENT_MEMORIES, COMPONENT_TABLES};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances while invocations run, by default. A guest
 /// yields at the first tick after it has run for half a tick, so this is
 /// about the longest a guest holds the thread that polls it (see
-/// [`crate::invocation`]). The BEAM switches processes every few tens of
+/// `store`). The BEAM switches processes every few tens of
 /// microseconds of work, so a guest should not hold a scheduler much longer
 /// either.
 pub const DEFAULT_TICK: Duration = Duration::from_micros(100);
@@ -96,8 +95,6 @@ fn swap_listed(swaps: &str) -> bool {
 
 pub struct Runtime {
     pub engine: Engine,
-    pub linker: Linker<HostState>,
-    pub component_linker: wasmtime::component::Linker<ComponentState>,
     pub settings: Settings,
     pub tokio: tokio::runtime::Runtime,
     ticker: Ticker,
@@ -207,11 +204,6 @@ impl Runtime {
         let engine =
             Engine::new(&config).map_err(|e| unavailable(format!("wasmtime engine: {e:#}")))?;
 
-        let mut linker = Linker::new(&engine);
-        host::add_to_linker(&mut linker).map_err(|e| unavailable(format!("linker: {e:#}")))?;
-        let component_linker = crate::component::linker(&engine)
-            .map_err(|e| unavailable(format!("component linker: {e:#}")))?;
-
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fl-io")
@@ -222,8 +214,6 @@ impl Runtime {
         let ticker = Ticker::start(engine.clone(), settings.tick).map_err(unavailable)?;
         Ok(Runtime {
             engine,
-            linker,
-            component_linker,
             settings,
             tokio,
             ticker,

@@ -36,7 +36,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// A refusal whose text is already safe to show.
     pub(crate) fn invalid_module(message: impl Into<String>) -> Error {
         Error::InvalidModule(message.into())
+    }
+
+    /// A refusal, its text escaped as log lines are ([`crate::text`]): it
+    /// carries names the module chose (imports, exports, custom sections),
+    /// which may hold newlines or terminal escapes meant for a log.
+    pub(crate) fn refused(message: impl Into<String>) -> Error {
+        Error::InvalidModule(crate::text::escape(message.into().as_bytes()))
     }
 }

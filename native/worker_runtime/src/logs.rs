@@ -7,23 +7,9 @@
 //!
 //! # One guest line, one record
 //!
-//! The embedder writes each [`Line`] as one log record, so a line's text
-//! never holds a character that a terminal or log viewer could act on:
-//! [`LogSink`] escapes, in every line (host notes too, since they quote
-//! guest-chosen URLs):
-//!
-//! | input | written as |
-//! |---|---|
-//! | `\` (backslash) | `\\`, so an escape can't be forged |
-//! | newline, carriage return, tab | `\n`, `\r`, `\t` |
-//! | any other C0 control (U+0000-U+001F) and DEL (U+007F) | `\xNN`, two lowercase hex digits: NUL is `\x00`, ESC is `\x1b` |
-//! | C1 controls (U+0080-U+009F, NEL U+0085 among them), the line and paragraph separators U+2028/U+2029, the bidirectional embeddings, overrides and isolates U+202A-U+202E and U+2066-U+2069 | Rust's `\u{N}`, lowercase hex without leading zeros: `\u{85}`, `\u{2028}` |
-//!
-//! That is every character for which [`char::is_control`] holds, plus the
-//! Unicode line breakers that are not controls (VT, FF, CR, LF and NEL are
-//! controls) and the characters that reorder text on display. Invalid UTF-8
-//! becomes U+FFFD, one per invalid sequence, as `String::from_utf8_lossy`
-//! does. Everything else, other non-ASCII text included, is kept as is.
+//! The embedder writes each [`Line`] as one log record, so [`LogSink`]
+//! escapes every line ([`crate::text::escape`]), host notes too, since they
+//! quote guest-chosen URLs.
 //!
 //! # Bounds
 //!
@@ -37,10 +23,9 @@
 //! [`Stream::Host`] notes are not charged to it. Lines refused by the
 //! budget are dropped and counted like those past the caps.
 
-use crate::stdio::Sink;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::limits::{LineBudget, LogLimits};
+use crate::text::escape;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -60,26 +45,6 @@ pub struct Line {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct LogLimits {
-    /// Lines kept per invocation.
-    pub max_lines: usize,
-    /// Bytes kept per invocation, over all lines, counted after escaping.
-    pub max_bytes: usize,
-    /// Longest single line, in bytes before escaping; longer ones are cut.
-    pub max_line_bytes: usize,
-}
-
-impl Default for LogLimits {
-    fn default() -> Self {
-        LogLimits {
-            max_lines: 1_000,
-            max_bytes: 1 << 20,
-            max_line_bytes: 16 << 10,
-        }
-    }
-}
-
 /// What an invocation did, beyond its result, for metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -89,131 +54,6 @@ pub struct Stats {
     pub http_ok: u32,
     pub http_failed: u32,
     pub http_refused: u32,
-}
-
-/// A per-function rate limit on guest log lines, shared by all of the
-/// function's invocations: a token bucket refilled continuously at
-/// `lines_per_second`, holding at most one second's worth.
-///
-/// Lock-free (GCRA, "virtual scheduling"): one atomic holds the clock
-/// reading, in nanoseconds since `origin`, at which the bucket would be
-/// full again. A line is allowed when taking it leaves that time at most one
-/// second ahead of now. An allowed line costs a clock read, a load and a
-/// compare-exchange; a refused one a clock read and a load, and writes
-/// nothing shared.
-#[derive(Debug)]
-pub struct LineBudget {
-    origin: Instant,
-    /// Nanoseconds of refill per line; 0 for unlimited.
-    interval: u64,
-    /// `interval` times the burst, `lines_per_second` lines.
-    burst: u64,
-    /// When the bucket is full again, in nanoseconds since `origin`.
-    full_at: AtomicU64,
-}
-
-impl LineBudget {
-    /// A full bucket of `lines_per_second` lines. `0` is unlimited, and so,
-    /// in effect, is any rate over 10^9 lines a second (rates that don't
-    /// divide a second evenly refill a little faster than asked, never
-    /// slower).
-    pub fn new(lines_per_second: u32) -> Arc<LineBudget> {
-        let interval = 1_000_000_000u64
-            .checked_div(u64::from(lines_per_second))
-            .unwrap_or(0);
-        Arc::new(LineBudget {
-            origin: Instant::now(),
-            interval,
-            burst: interval * u64::from(lines_per_second),
-            full_at: AtomicU64::new(0),
-        })
-    }
-
-    /// Takes one line from the bucket; `false` if it is empty.
-    pub fn take(&self) -> bool {
-        if self.interval == 0 {
-            return true;
-        }
-        let now = self.now();
-        let limit = now.saturating_add(self.burst);
-        let mut full_at = self.full_at.load(Ordering::Relaxed);
-        loop {
-            let next = full_at.max(now).saturating_add(self.interval);
-            if next > limit {
-                return false;
-            }
-            match self.full_at.compare_exchange_weak(
-                full_at,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => full_at = actual,
-            }
-        }
-    }
-
-    /// Returns a line taken but not kept after all.
-    fn give_back(&self) {
-        if self.interval == 0 {
-            return;
-        }
-        let _ = self
-            .full_at
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |full_at| {
-                Some(full_at.saturating_sub(self.interval))
-            });
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-}
-
-/// Whether `c` is written as an escape (see the module doc).
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\\' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-        )
-}
-
-/// Decodes `bytes` as UTF-8 (invalid sequences becoming U+FFFD) and escapes
-/// it as the module doc says. The result is never shorter than `bytes`.
-pub(crate) fn escape(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        let valid = chunk.valid();
-        let mut start = 0;
-        for (i, c) in valid.char_indices() {
-            if !needs_escape(c) {
-                continue;
-            }
-            out.push_str(&valid[start..i]);
-            start = i + c.len_utf8();
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if c.is_ascii() => {
-                    let b = c as u8;
-                    out.push_str("\\x");
-                    out.push(char::from(HEX[usize::from(b >> 4)]));
-                    out.push(char::from(HEX[usize::from(b & 0xf)]));
-                }
-                c => out.extend(c.escape_unicode()),
-            }
-        }
-        out.push_str(&valid[start..]);
-        if !chunk.invalid().is_empty() {
-            out.push(char::REPLACEMENT_CHARACTER);
-        }
-    }
-    out
 }
 
 #[derive(Default)]
@@ -350,18 +190,11 @@ impl LogSink {
 }
 
 /// A WASI stdout or stderr that writes into a [`LogSink`] (through
-/// [`crate::stdio::Output`]).
+/// `stdio::Output`).
 #[derive(Clone)]
 pub struct WasiLog {
     pub sink: Arc<LogSink>,
     pub stream: Stream,
-}
-
-impl Sink for WasiLog {
-    fn put(&self, bytes: &[u8]) -> Result<(), String> {
-        self.sink.write(self.stream, bytes);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -550,18 +383,5 @@ mod tests {
         }
         assert_eq!(sink.drain().len(), 1_000);
         assert_eq!(sink.stats().dropped_lines, 0);
-    }
-
-    #[test]
-    fn a_budget_refills_at_its_rate_up_to_one_second() {
-        let budget = LineBudget::new(1_000);
-        assert_eq!((0..5_000).filter(|_| budget.take()).count(), 1_000);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let refilled = (0..5_000).filter(|_| budget.take()).count();
-        assert!((40..=200).contains(&refilled), "{refilled}");
-        // Idle time past one second fills the bucket, no more.
-        let small = LineBudget::new(3);
-        std::thread::sleep(std::time::Duration::from_millis(1_100));
-        assert_eq!((0..100).filter(|_| small.take()).count(), 3);
     }
 }

@@ -1,37 +1,43 @@
-//! Compiling a function: validate, compile, check the ABI and link once.
+//! A function's module: compiled, its kind recognised from its exports, and
+//! linked once, ready to instantiate from any thread; and its compiled form
+//! (an artifact) written and read.
+//!
+//! This is the dispatcher of the kinds of function ([`crate::kinds`]): each
+//! kind says whether a module is one of it (`recognize`) and starts its
+//! invocations (`start`); a new kind is a file there, a variant of [`Code`]
+//! and a line in each `match` below.
 
 use crate::Error;
 use crate::bulk;
-use crate::component::ComponentState;
+use crate::component_host::{self, ComponentState};
+use crate::core_host::{self, HostState};
 use crate::engine::runtime;
-use crate::host::HostState;
-use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use crate::kinds::{cli_component, funless, http_component, wasi_command};
+use crate::store::{Run, Start};
+use crate::text::listed;
+use std::sync::OnceLock;
 use wasmparser::Parser;
-use wasmtime::component::{self, Component};
-use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport, Precompiled, ValType};
+use wasmtime::component::{Component, ComponentExportIndex, Linker as ComponentLinker};
+use wasmtime::{Engine, ExternType, Linker, Module, ModuleExport, Precompiled};
 
-pub const INVOKE: &str = "__invoke";
-pub use crate::command::START;
+/// The export every core module must have.
 pub const MEMORY: &str = "memory";
 
 /// What kind of function a module is, told by its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// The FunLess ABI: exports `__invoke(len) -> 0 | 1`, imports `fl_imps`.
+    /// The FunLess ABI: exports `__invoke(len) -> 0 | 1`, imports `fl_imps`
+    /// ([`funless`]).
     FunLess,
     /// A WASI command: exports `_start`, reads stdin, writes stdout
-    /// (see [`crate::command`]).
+    /// ([`wasi_command`]).
     WasiCommand,
-    /// A WASI 0.2 component exporting `wasi:cli/run`: stdin and stdout,
-    /// as a command (see [`crate::component`]).
+    /// A WASI 0.2 component exporting `wasi:cli/run`: stdin and stdout, as
+    /// a command ([`cli_component`]).
     CliComponent,
     /// A WASI 0.2 component exporting `wasi:http/incoming-handler`: the
-    /// arguments are a request's body, the result a response's.
+    /// arguments are a request's body, the result a response's
+    /// ([`http_component`]).
     HttpComponent,
 }
 
@@ -47,51 +53,136 @@ pub struct CompiledModule {
     pub initial_memory: u64,
 }
 
-/// What an invocation instantiates, and the export it calls.
+/// What an invocation of each kind instantiates, and the export it calls.
 pub(crate) enum Code {
-    Core {
-        pre: InstancePre<HostState>,
-        /// `__invoke` or `_start`, as the kind says.
-        entry: ModuleExport,
-        memory: ModuleExport,
-    },
-    Component {
-        pre: component::InstancePre<ComponentState>,
-        entry: crate::component::Entry,
-    },
+    FunLess(core_host::Linked),
+    WasiCommand(core_host::Linked),
+    CliComponent(component_host::Linked),
+    HttpComponent(component_host::Linked),
 }
 
-/// A refusal, its text escaped as log lines are: it carries names the
-/// module chose (imports, exports, custom sections), which may hold
-/// newlines or terminal escapes meant for a log.
-fn invalid(message: impl Into<String>) -> Error {
-    Error::invalid_module(crate::logs::escape(message.into().as_bytes()))
+impl Code {
+    /// Starts an invocation, as the module's kind does.
+    pub(crate) fn start(&self, start: Start) -> Run {
+        match self {
+            Code::FunLess(linked) => funless::start(linked, start),
+            Code::WasiCommand(linked) => wasi_command::start(linked, start),
+            Code::CliComponent(linked) => cli_component::start(linked, start),
+            Code::HttpComponent(linked) => http_component::start(linked, start),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Code::FunLess(_) => Kind::FunLess,
+            Code::WasiCommand(_) => Kind::WasiCommand,
+            Code::CliComponent(_) => Kind::CliComponent,
+            Code::HttpComponent(_) => Kind::HttpComponent,
+        }
+    }
+}
+
+type CoreCode = fn(core_host::Linked) -> Code;
+type ComponentCode = fn(component_host::Linked) -> Code;
+
+/// The kind a core module's exports make it: `__invoke` (a FunLess
+/// function), else `_start` (a WASI command), each of the right type; the
+/// export to call, and the code of its kind.
+fn recognize_module(module: &Module) -> Result<(ModuleExport, CoreCode), Error> {
+    if let Some(found) = funless::recognize(module) {
+        return found.map(|export| (export, Code::FunLess as CoreCode));
+    }
+    if let Some(found) = wasi_command::recognize(module) {
+        return found.map(|export| (export, Code::WasiCommand as CoreCode));
+    }
+    Err(Error::refused(format!(
+        "module does not export `{}` (a FunLess function) or `{}` (a WASI command); it exports {}",
+        funless::INVOKE,
+        wasi_command::START,
+        listed(module.exports().map(|e| e.name()))
+    )))
+}
+
+/// The kind a component's exports make it. An HTTP handler that is also a
+/// command is run as a handler, as `wasmtime serve` would.
+fn recognize_component(
+    component: &Component,
+    engine: &Engine,
+) -> Result<(ComponentExportIndex, ComponentCode), Error> {
+    if let Some(found) = http_component::recognize(component, engine) {
+        return found.map(|export| (export, Code::HttpComponent as ComponentCode));
+    }
+    if let Some(found) = cli_component::recognize(component, engine) {
+        return found.map(|export| (export, Code::CliComponent as ComponentCode));
+    }
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    Err(Error::refused(format!(
+        "component does not export `{}x` (an HTTP handler) or `{}x` (a command); it exports {}",
+        http_component::HTTP_HANDLER,
+        cli_component::CLI_RUN,
+        listed(names.into_iter())
+    )))
+}
+
+/// The linkers of core modules and of components, made once.
+struct Linkers {
+    core: Linker<HostState>,
+    component: ComponentLinker<ComponentState>,
+}
+
+fn linkers() -> Result<&'static Linkers, Error> {
+    static LINKERS: OnceLock<Result<Linkers, Error>> = OnceLock::new();
+    LINKERS
+        .get_or_init(|| {
+            let rt = runtime()?;
+            let unavailable = |what: &str, e: wasmtime::Error| {
+                Error::Unavailable(format!("{what} linker: {e:#}"))
+            };
+            let mut core = core_host::linker(&rt.engine).map_err(|e| unavailable("core", e))?;
+            funless::add_imports(&mut core).map_err(|e| unavailable("core", e))?;
+            let component =
+                component_host::linker(&rt.engine).map_err(|e| unavailable("component", e))?;
+            Ok(Linkers { core, component })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Makes the linkers now, so that a failure shows when the runtime is
+/// configured rather than at the first compile.
+pub(crate) fn prepare_linkers() -> Result<(), Error> {
+    linkers().map(drop)
 }
 
 /// Compiles `bytes` (a Wasm binary, or WAT text) into a linked module, in
 /// this process. The worker compiles in a child process instead
-/// ([`compile_isolated`]); this is for tests, tools and benchmarks.
+/// (`compiler::compile_isolated`); this is for tests, tools and
+/// benchmarks.
 ///
 /// Import and export problems surface here, with a reason: an unknown import,
 /// an import of the wrong type, a missing or mistyped `__invoke`, no exported
 /// `memory`, or a memory that can never fit under the memory cap.
 pub fn compile(bytes: &[u8]) -> Result<CompiledModule, Error> {
     let rt = runtime()?;
-    check_size(bytes, rt.settings.max_module_bytes)?;
+    check_size(bytes)?;
     let binary = prepare(&rt.engine, bytes)?;
     if Parser::is_component(&binary) {
-        let component =
-            Component::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
+        let component = Component::from_binary(&rt.engine, &binary)
+            .map_err(|e| Error::refused(format!("{e:#}")))?;
         return link_component(component, bytes.len());
     }
     // Also refuses a memory whose minimum is over the cap (the pool's limit).
-    let module = Module::from_binary(&rt.engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
+    let module =
+        Module::from_binary(&rt.engine, &binary).map_err(|e| Error::refused(format!("{e:#}")))?;
     link(module, bytes.len())
 }
 
-fn check_size(bytes: &[u8], max: usize) -> Result<(), Error> {
+/// Refuses a module over `FL_MAX_MODULE_MB` before anything reads it.
+pub(crate) fn check_size(bytes: &[u8]) -> Result<(), Error> {
+    let max = runtime()?.settings.max_module_bytes;
     if bytes.len() > max {
-        return Err(invalid(format!(
+        return Err(Error::refused(format!(
             "module of {} bytes is over the limit of {max} bytes (FL_MAX_MODULE_MB)",
             bytes.len()
         )));
@@ -109,62 +200,26 @@ pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     } else {
         engine.precompile_module(&binary)
     };
-    compiled.map_err(|e| invalid(format!("{e:#}")))
+    compiled.map_err(|e| Error::refused(format!("{e:#}")))
 }
 
 /// The binary that is compiled: parsed, validated, and rewritten.
 fn prepare(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     // A binary (with its \0asm header) passes through untouched.
     let binary = wat::parse_bytes(bytes).map_err(|e| {
-        invalid(format!(
+        Error::refused(format!(
             "not a WebAssembly module (no \\0asm header), nor WAT text: {e}"
         ))
     })?;
     if Parser::is_component(&binary) {
         // validated as it is compiled
-        let rewritten = bulk::make_component_interruptible(&binary).map_err(invalid)?;
+        let rewritten = bulk::make_component_interruptible(&binary).map_err(Error::refused)?;
         return Ok(rewritten.into_owned());
     }
     // Validate the module as given, so that errors name its own offsets.
-    Module::validate(engine, &binary).map_err(|e| invalid(format!("{e:#}")))?;
-    let rewritten = bulk::make_interruptible(&binary).map_err(invalid)?;
+    Module::validate(engine, &binary).map_err(|e| Error::refused(format!("{e:#}")))?;
+    let rewritten = bulk::make_interruptible(&binary).map_err(Error::refused)?;
     Ok(rewritten.into_owned())
-}
-
-/// How the worker compiles: in a child process (`program`, the
-/// `fl-compile` binary) under OS limits, so that no module, however it is
-/// shaped, can take the worker's memory or time.
-#[derive(Debug, Clone)]
-pub struct Isolation {
-    pub program: PathBuf,
-    /// Wall-clock time for the whole compile (`FL_COMPILE_TIMEOUT_MS`).
-    pub timeout: Duration,
-    /// Address space of the child, in MiB (`FL_COMPILE_MAX_MB`).
-    pub max_memory_mb: u64,
-}
-
-/// Compiles in a child process under `isolation`'s limits, then loads the
-/// artifact it made and links it here. A module over a limit is
-/// [`Error::InvalidModule`] with a reason that names the limit; a panic in
-/// the compiler is [`Error::Panic`].
-pub fn compile_isolated(bytes: &[u8], isolation: &Isolation) -> Result<CompiledModule, Error> {
-    let rt = runtime()?;
-    check_size(bytes, rt.settings.max_module_bytes)?;
-    let deadline = std::time::Instant::now() + isolation.timeout;
-    let artifact = {
-        let Some(_slot) = compile_slot(deadline) else {
-            return Err(invalid(format!(
-                "compiling took longer than the limit of {} ms (FL_COMPILE_TIMEOUT_MS), \
-                 all of it waiting for other compiles",
-                isolation.timeout.as_millis()
-            )));
-        };
-        run_compiler(bytes, isolation, deadline)?
-    };
-    // SAFETY: made by the fl-compile child with this engine's configuration
-    // (Wasmtime checks the version and configuration); the child is our own
-    // program, as trusted as compiling here.
-    unsafe { load(&artifact, bytes.len()) }
 }
 
 /// Loads an artifact of a module or a component and links it.
@@ -172,9 +227,9 @@ pub fn compile_isolated(bytes: &[u8], isolation: &Isolation) -> Result<CompiledM
 /// # Safety
 ///
 /// As [`deserialize`].
-unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
+pub(crate) unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
     let rt = runtime()?;
-    let failed = |e: wasmtime::Error| invalid(format!("{e:#}"));
+    let failed = |e: wasmtime::Error| Error::refused(format!("{e:#}"));
     // SAFETY: upheld by the caller
     match Engine::detect_precompiled(artifact) {
         Some(Precompiled::Component) => {
@@ -189,253 +244,13 @@ unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Err
     }
 }
 
-/// At most one compile per core at a time; the rest wait (on threads of
-/// their own, never on a scheduler), until `deadline` at the latest.
-fn compile_slot(deadline: std::time::Instant) -> Option<impl Drop> {
-    struct Slot(&'static (Mutex<usize>, Condvar));
-    impl Drop for Slot {
-        fn drop(&mut self) {
-            *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-            self.0.1.notify_one();
-        }
-    }
-    static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
-    let max = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut used = SLOTS.0.lock().unwrap_or_else(|e| e.into_inner());
-    while *used >= max {
-        let left = deadline.checked_duration_since(std::time::Instant::now())?;
-        used = SLOTS
-            .1
-            .wait_timeout(used, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
-    *used += 1;
-    Some(Slot(&SLOTS))
-}
-
-/// Threads one compile may use.
-fn compile_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-}
-
-/// How the child's stdout starts: an artifact (then its length, as a
-/// little-endian u64, and its bytes), the reason the module is refused, or
-/// the message of a panic in the compiler.
-pub const TAG_ARTIFACT: u8 = b'A';
-pub const TAG_INVALID: u8 = b'E';
-pub const TAG_PANIC: u8 = b'P';
-
-/// What the child said on stdout.
-enum Output {
-    Artifact(Vec<u8>),
-    Invalid(Vec<u8>),
-    Panic(Vec<u8>),
-    TooLarge,
-    /// It ended without saying how: killed by a limit, most likely.
-    Cut,
-}
-
-/// Reads the tag, then an artifact's length, then exactly that many bytes
-/// into a buffer of that size: the worker never holds more than one copy,
-/// nor more than `max` bytes.
-fn read_output(mut stdout: impl Read, max: u64) -> std::io::Result<Output> {
-    let mut tag = [0u8; 1];
-    if stdout.read(&mut tag)? == 0 {
-        return Ok(Output::Cut);
-    }
-    match tag[0] {
-        TAG_ARTIFACT => {
-            let mut len = [0u8; 8];
-            if stdout.read_exact(&mut len).is_err() {
-                return Ok(Output::Cut);
-            }
-            let len = u64::from_le_bytes(len);
-            if len > max {
-                return Ok(Output::TooLarge);
-            }
-            let mut artifact = vec![0u8; len as usize];
-            if stdout.read_exact(&mut artifact).is_err() {
-                return Ok(Output::Cut);
-            }
-            Ok(Output::Artifact(artifact))
-        }
-        TAG_INVALID | TAG_PANIC => {
-            let mut reason = Vec::new();
-            stdout.take(64 << 10).read_to_end(&mut reason)?;
-            Ok(if tag[0] == TAG_PANIC {
-                Output::Panic(reason)
-            } else {
-                Output::Invalid(reason)
-            })
-        }
-        _ => Ok(Output::Cut),
-    }
-}
-
-/// The child ended without saying how: killed by a limit, most likely.
-fn crashed(limit_mb: u64, timeout_ms: u128, stderr: &str) -> Error {
-    if stderr.contains("memory allocation") || stderr.contains("out of memory") {
-        return invalid(format!(
-            "compiling needs more than the limit of {limit_mb} MiB (FL_COMPILE_MAX_MB)"
-        ));
-    }
-    let tail = stderr.lines().last().unwrap_or("no message");
-    invalid(format!(
-        "the compiler stopped under the limits of {limit_mb} MiB (FL_COMPILE_MAX_MB) and \
-         {timeout_ms} ms (FL_COMPILE_TIMEOUT_MS): {tail}"
-    ))
-}
-
-/// A way to kill the compiler child that can never reach another process.
-/// The VM ignores SIGCHLD, so the kernel reaps a child the moment it exits,
-/// and its pid may be reused at once: `kill(pid)` at the timeout could hit
-/// a stranger. A pidfd names the process itself; signalled after the
-/// process is gone, it reaches no one. Where there is no pidfd (Linux
-/// before 5.3, or a seccomp profile that refuses it), the child is not
-/// killed, and ends itself a second after the timeout (`--wall-ms`).
-pub struct ChildHandle(Option<std::os::fd::OwnedFd>);
-
-impl ChildHandle {
-    /// The handle of a child that cannot have exited yet.
-    pub fn open(child: &std::process::Child) -> ChildHandle {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open takes a pid and flags, and returns a new file
-        // descriptor (owned here) or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-        // SAFETY: a descriptor the call just opened, owned by nothing else.
-        ChildHandle((fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
-    }
-
-    /// Sends SIGKILL to the child if it is still there: `true` if it was.
-    pub fn kill(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        let Some(fd) = &self.0 else {
-            return false;
-        };
-        // SAFETY: pidfd_send_signal on our own pidfd, no siginfo, no flags.
-        let sent = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        sent == 0
-    }
-}
-
-fn run_compiler(
-    bytes: &[u8],
-    isolation: &Isolation,
-    deadline: std::time::Instant,
-) -> Result<Vec<u8>, Error> {
-    let limit_mb = isolation.max_memory_mb;
-    let timeout_ms = isolation.timeout.as_millis();
-    // a few threads per compile: faster than one, and with one compile per
-    // core at a time, compiles never take every core from the schedulers
-    // for long; the CPU limit counts every thread
-    let threads = compile_threads();
-    let cpu_s = isolation.timeout.as_secs() * threads as u64 + 1;
-    let mut child = Command::new(&isolation.program)
-        .args([
-            "--max-mb",
-            &limit_mb.to_string(),
-            "--cpu-s",
-            &cpu_s.to_string(),
-            "--threads",
-            &threads.to_string(),
-            // its own end, a second after the timeout: the worker kills it
-            // at the timeout, unless it has no pidfd to do it with
-            "--wall-ms",
-            &(timeout_ms + 1_000).to_string(),
-        ])
-        .env("MALLOC_ARENA_MAX", "2")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot start the compiler {}: {e}",
-                isolation.program.display()
-            ))
-        })?;
-    // Opened before the module is sent: the child waits for all of it on
-    // stdin, so it is still alive, and its pid still its own.
-    let handle = ChildHandle::open(&child);
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        handle.kill();
-        return Err(Error::Unavailable("compiler pipes missing".into()));
-    };
-    // Artifacts are larger than their modules, but not by this much: this
-    // bounds what a runaway child can make the worker hold.
-    let max_artifact = (bytes.len() as u64).saturating_mul(16).max(64 << 20);
-    let (done, finished) = mpsc::channel();
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let _ = stdin.write_all(bytes);
-        });
-        let out = done.clone();
-        scope.spawn(move || {
-            let _ = out.send(read_output(stdout, max_artifact));
-        });
-        let errors = scope.spawn(move || {
-            let mut text = Vec::new();
-            let _ = stderr.take(64 << 10).read_to_end(&mut text);
-            text
-        });
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let output = match finished.recv_timeout(left) {
-            Ok(output) => output,
-            Err(_) => {
-                handle.kill();
-                let _ = child.wait();
-                return Err(invalid(format!(
-                    "compiling took longer than the limit of {timeout_ms} ms (FL_COMPILE_TIMEOUT_MS)"
-                )));
-            }
-        };
-        // The VM ignores SIGCHLD, so the kernel reaps the child and its exit
-        // status cannot be read: the child says on stdout how it ended.
-        let _ = child.wait();
-        let stderr = String::from_utf8_lossy(&errors.join().unwrap_or_default()).into_owned();
-        let output = output.map_err(|e| Error::Unavailable(format!("compiler: {e}")))?;
-        match output {
-            Output::Artifact(artifact) => Ok(artifact),
-            Output::TooLarge => Err(invalid(format!(
-                "the compiled module is over {max_artifact} bytes"
-            ))),
-            // the child escaped its refusal (`invalid`); escaped again, its
-            // backslashes would double
-            Output::Invalid(reason) => {
-                let reason = String::from_utf8_lossy(&reason).into_owned();
-                if reason.contains("allocat") || reason.contains("out of memory") {
-                    Err(Error::invalid_module(format!(
-                        "compiling needs more than the limit of {limit_mb} MiB (FL_COMPILE_MAX_MB): {reason}"
-                    )))
-                } else {
-                    Err(Error::invalid_module(reason))
-                }
-            }
-            Output::Panic(message) => Err(Error::Panic(format!(
-                "the compiler panicked: {}",
-                crate::logs::escape(&message)
-            ))),
-            Output::Cut => Err(crashed(limit_mb, timeout_ms, &stderr)),
-        }
-    })
-}
-
 /// The compiled form of a module, to keep on disk (see [`deserialize`]).
 pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
     match &module.code {
-        Code::Core { pre, .. } => pre.module().serialize(),
-        Code::Component { pre, .. } => pre.component().serialize(),
+        Code::FunLess(linked) | Code::WasiCommand(linked) => linked.pre.module().serialize(),
+        Code::CliComponent(linked) | Code::HttpComponent(linked) => {
+            linked.pre.component().serialize()
+        }
     }
     .map_err(|e| Error::Serialize(format!("{e:#}")))
 }
@@ -463,105 +278,35 @@ pub fn engine_fingerprint() -> Result<String, Error> {
     Ok(format!("{:016x}", hasher.finish()))
 }
 
-/// Export names listed in a refusal, at most, each cut to
-/// [`LISTED_NAME_CHARS`]: a module may have 100,000 exports of 100 KB.
-const LISTED_EXPORTS: usize = 8;
-const LISTED_NAME_CHARS: usize = 64;
-
-/// The entry point a function's exports make it: `__invoke` (a FunLess
-/// function), else `_start` (a WASI command), each of the right type.
-fn entry(module: &Module) -> Result<(Kind, ModuleExport), Error> {
-    let (kind, name, expected, found) = match (module.get_export(INVOKE), module.get_export(START))
-    {
-        (Some(found), _) => (Kind::FunLess, INVOKE, "(i32) -> i32", found),
-        (None, Some(found)) => (Kind::WasiCommand, START, "() -> ()", found),
-        (None, None) => {
-            return Err(invalid(format!(
-                "module does not export `{INVOKE}` (a FunLess function) or `{START}` \
-                 (a WASI command); it exports {}",
-                listed(module.exports().map(|e| e.name()))
-            )));
-        }
-    };
-    let ExternType::Func(ty) = found else {
-        return Err(invalid(format!(
-            "export `{name}` must be a function, found {found:?}"
-        )));
-    };
-    let params: Vec<ValType> = ty.params().collect();
-    let results: Vec<ValType> = ty.results().collect();
-    let fits = match kind {
-        Kind::FunLess => {
-            matches!(params[..], [ValType::I32]) && matches!(results[..], [ValType::I32])
-        }
-        _ => params.is_empty() && results.is_empty(),
-    };
-    if !fits {
-        return Err(invalid(format!(
-            "export `{name}` must have type {expected}, found {ty}"
-        )));
-    }
-    Ok((kind, module.get_export_index(name).expect("export exists")))
-}
-
-/// The first export names, cut, and how many more there are (the refusal
-/// that carries them is escaped whole).
-pub(crate) fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
-    let total = names.len();
-    if total == 0 {
-        return "nothing".into();
-    }
-    let mut listed: Vec<String> = names
-        .take(LISTED_EXPORTS)
-        .map(|name| {
-            let cut = if name.chars().count() > LISTED_NAME_CHARS {
-                "..."
-            } else {
-                ""
-            };
-            let name: String = name.chars().take(LISTED_NAME_CHARS).collect();
-            format!("`{name}{cut}`")
-        })
-        .collect();
-    if total > LISTED_EXPORTS {
-        listed.push(format!("and {} more", total - LISTED_EXPORTS));
-    }
-    listed.join(", ")
-}
-
 /// Checks a component's exports and links its imports once.
 fn link_component(component: Component, wasm_bytes: usize) -> Result<CompiledModule, Error> {
     let rt = runtime()?;
-    let entry = crate::component::entry(&component, &rt.engine)?;
-    let kind = match entry {
-        crate::component::Entry::Run(_) => Kind::CliComponent,
-        crate::component::Entry::Handle(_) => Kind::HttpComponent,
-    };
+    let (export, code) = recognize_component(&component, &rt.engine)?;
     let initial_memory = component.resources_required().map_or(0, |r| {
         u64::from(r.num_memories) * r.max_initial_memory_size.unwrap_or(0) * 65536
     });
-    let pre = rt
-        .component_linker
+    let pre = linkers()?
+        .component
         .instantiate_pre(&component)
-        .map_err(|e| invalid(format!("{e:#}")))?;
+        .map_err(|e| Error::refused(format!("{e:#}")))?;
     let image = component.image_range();
+    let code = code(component_host::Linked { pre, export });
     Ok(CompiledModule {
         native_bytes: image.end as usize - image.start as usize,
-        code: Code::Component { pre, entry },
-        kind,
+        kind: code.kind(),
+        code,
         wasm_bytes,
         initial_memory,
     })
 }
 
-/// Checks the ABI's exports and links the imports once.
+/// Checks a core module's exports and memory, and links its imports once.
 fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
-    let rt = runtime()?;
-    let (kind, entry) = entry(&module)?;
+    let (export, code) = recognize_module(&module)?;
     let (memory, initial_memory) = match module.get_export(MEMORY) {
         Some(ExternType::Memory(ty)) => {
             if ty.is_64() || ty.is_shared() {
-                return Err(invalid(format!(
+                return Err(Error::refused(format!(
                     "export `{MEMORY}` must be a 32-bit, unshared memory"
                 )));
             }
@@ -571,23 +316,31 @@ fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
                 initial,
             )
         }
-        Some(_) => return Err(invalid(format!("export `{MEMORY}` must be a memory"))),
+        Some(_) => {
+            return Err(Error::refused(format!(
+                "export `{MEMORY}` must be a memory"
+            )));
+        }
         None => {
-            return Err(invalid(format!(
+            return Err(Error::refused(format!(
                 "module does not export a memory named `{MEMORY}`"
             )));
         }
     };
-
-    let pre = rt
-        .linker
+    let pre = linkers()?
+        .core
         .instantiate_pre(&module)
-        .map_err(|e| invalid(format!("{e:#}")))?;
+        .map_err(|e| Error::refused(format!("{e:#}")))?;
     let image = module.image_range();
+    let code = code(core_host::Linked {
+        pre,
+        export,
+        memory,
+    });
     Ok(CompiledModule {
         native_bytes: image.end as usize - image.start as usize,
-        code: Code::Core { pre, entry, memory },
-        kind,
+        kind: code.kind(),
+        code,
         wasm_bytes,
         initial_memory,
     })

@@ -3,14 +3,13 @@
 //! Public addresses are allowed. Loopback, private, link-local, unique-local,
 //! multicast, unspecified and other special-purpose addresses are refused,
 //! unless the host (or host and port) is on the invocation's allow-list.
-//! Names are checked on the addresses they resolve to, at connect time (the
-//! client's resolver), so a name pointing at a private address is refused
-//! too, and so is every redirect target.
+//! Names are checked on the addresses they resolve to, at connect time
+//! (`outbound`), so a name pointing at a private address is
+//! refused too, and so is every redirect target.
 
-use reqwest::Url;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use url::Url;
 
 /// A request (or a redirect, or a resolved address) the policy refused.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +93,7 @@ impl Policy {
     }
 
     /// Checks a URL before it is requested (and each redirect target). IP
-    /// literals are checked here; names are checked by [`PolicyResolver`].
+    /// literals are checked here; names are checked on the addresses they resolve to ([`Policy::usable`]).
     pub fn check_url(&self, url: &Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("only http and https are allowed: {url}"));
@@ -147,25 +146,6 @@ impl Policy {
             )));
         }
         Ok(usable)
-    }
-}
-
-/// Resolves names and drops addresses that are not public, unless the name
-/// is on the allow-list. A name with no address left fails to resolve.
-pub struct PolicyResolver(pub Arc<Policy>);
-
-impl Resolve for PolicyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.0.clone();
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let usable = policy
-                .usable(&host, &found)
-                .map_err(|refusal| Box::new(refusal) as Box<dyn std::error::Error + Send + Sync>)?;
-            Ok(Box::new(usable.into_iter()) as Addrs)
-        })
     }
 }
 

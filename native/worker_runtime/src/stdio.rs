@@ -1,11 +1,23 @@
-//! A guest's WASI stdout and stderr: one adapter from wasmtime-wasi's
-//! stream traits to a [`Sink`] of bytes. The sinks are the log
-//! ([`crate::logs::WasiLog`]) and a WASI command's result and stderr
-//! ([`crate::command`]).
+//! A guest's WASI stdin, stdout and stderr.
+//!
+//! One adapter from wasmtime-wasi's stream traits to a [`Sink`] of bytes
+//! ([`Output`]), and the sinks: the log ([`WasiLog`]), a command's result
+//! ([`Stdout`]) and a stderr that keeps its end for a failure's message
+//! ([`Stderr`]). A command (a WASI core command, a command component) reads
+//! its arguments on stdin and writes its result on stdout; how its run
+//! becomes an [`Outcome`] is [`command_outcome`].
+//!
+//! Writing more than the response cap to stdout traps: a result is never
+//! cut short silently. The end of stderr in a message is escaped as log
+//! lines are ([`crate::text`]), so that a guest cannot forge log records
+//! through it.
 
-use crate::host::GuestFault;
+use crate::logs::WasiLog;
+use crate::outcome::{GuestFault, Outcome};
+use crate::text::escape;
 use bytes::Bytes;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
@@ -134,5 +146,279 @@ impl<S: Sink> tokio::io::AsyncWrite for Output<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Sink for WasiLog {
+    /// Into the log, line by line.
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        self.sink.write(self.stream, bytes);
+        Ok(())
+    }
+}
+
+/// Bytes of stderr kept for a failure's message.
+const STDERR_TAIL: usize = 1024;
+
+/// What Rust prints after a panic's text.
+const RUST_HINT: &str = "note: run with `RUST_BACKTRACE";
+
+/// The command's stdout, kept up to a cap: its result.
+#[derive(Clone)]
+pub struct Stdout {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    max: usize,
+}
+
+impl Stdout {
+    pub fn new(max: usize) -> Stdout {
+        Stdout {
+            bytes: Arc::default(),
+            max,
+        }
+    }
+
+    /// What was written.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut lock(&self.bytes))
+    }
+}
+
+/// The command's stderr: to the log, with its last bytes kept.
+#[derive(Clone)]
+pub struct Stderr {
+    log: WasiLog,
+    tail: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Stderr {
+    pub fn new(log: WasiLog) -> Stderr {
+        Stderr {
+            log,
+            tail: Arc::default(),
+        }
+    }
+
+    /// The end of what was written, as text, trimmed: from the first
+    /// whole character, and Rust's closing hint about `RUST_BACKTRACE`
+    /// (after a panic's text) left out.
+    fn tail(&self) -> String {
+        let bytes = lock(&self.tail);
+        let start = bytes.iter().take_while(|&&b| b & 0xC0 == 0x80).count();
+        let text = String::from_utf8_lossy(&bytes[start..]);
+        let text = text.trim();
+        let text = match text.rsplit_once('\n') {
+            Some((before, last)) if last.starts_with(RUST_HINT) => before,
+            None if text.starts_with(RUST_HINT) => "",
+            _ => text,
+        };
+        text.trim().to_string()
+    }
+
+    /// The end of what was written, escaped as a log line is (one line).
+    fn escaped_tail(&self) -> Option<String> {
+        let tail = self.tail();
+        (!tail.is_empty()).then(|| escape(tail.as_bytes()))
+    }
+
+    /// An exec error: `message`, then the end of stderr.
+    pub fn exec_error(&self, message: String) -> Outcome {
+        Outcome::ExecError(match self.escaped_tail() {
+            Some(tail) => format!("{message}: {tail}"),
+            None => message,
+        })
+    }
+
+    /// A trap's message, after the end of stderr (a panic's text); any
+    /// other outcome as it is.
+    pub fn explain(&self, outcome: Outcome) -> Outcome {
+        match (outcome, self.escaped_tail()) {
+            (Outcome::Trap(message), Some(tail)) => Outcome::Trap(format!("{tail}\n{message}")),
+            (other, _) => other,
+        }
+    }
+}
+
+fn lock(bytes: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    bytes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How a command's run ended (a WASI command's `_start`, a component's
+/// `run`): `ended` is `Ok` when it returned or exited with status 0, else
+/// the outcome of the failure.
+///
+/// | the command | outcome |
+/// |---|---|
+/// | returns, or exits 0, having written something | `Output` (the bytes; the embedder decodes them as JSON, else as UTF-8 text, see [`text`]) |
+/// | the same, having written nothing but whitespace | `NoResponse` |
+/// | exits with a status from 1 to 125 (or its `run` returns `err`) | `ExecError`, with the status and the end of stderr |
+/// | traps (a Rust panic is a trap; so is `proc_exit` with a status of 126 or more) | `Trap`, after the end of stderr (a panic's text) |
+pub fn command_outcome(ended: Result<(), Outcome>, stdout: &Stdout, stderr: &Stderr) -> Outcome {
+    match ended {
+        Ok(()) => {
+            let output = stdout.take();
+            if output.iter().all(u8::is_ascii_whitespace) {
+                Outcome::NoResponse
+            } else {
+                Outcome::Output(output)
+            }
+        }
+        Err(Outcome::Exit(status)) => stderr.exec_error(format!("exited with status {status}")),
+        Err(Outcome::ExecError(message)) => stderr.exec_error(message),
+        Err(other) => stderr.explain(other),
+    }
+}
+
+/// What a command's output is as text, when it is not JSON: UTF-8, less
+/// one trailing newline; `None` if it is not UTF-8.
+pub fn text(output: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(output).ok()?;
+    Some(
+        text.strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(text),
+    )
+}
+
+impl Sink for Stdout {
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        let mut kept = lock(&self.bytes);
+        if kept.len() + bytes.len() > self.max {
+            return Err(format!(
+                "the output is over the response cap of {} bytes",
+                self.max
+            ));
+        }
+        kept.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl Sink for Stderr {
+    /// To the log, as every function's stderr; the last bytes kept.
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        self.log.put(bytes)?;
+        let mut tail = lock(&self.tail);
+        tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL)..]);
+        let excess = tail.len().saturating_sub(STDERR_TAIL);
+        tail.drain(..excess);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::LogLimits;
+    use crate::logs::{LogSink, Stream};
+
+    fn stderr() -> Stderr {
+        Stderr::new(WasiLog {
+            sink: LogSink::new(LogLimits::default(), None),
+            stream: Stream::Stderr,
+        })
+    }
+
+    fn ok(stdout: &[u8]) -> Outcome {
+        let out = Stdout::new(64);
+        out.put(stdout).unwrap();
+        command_outcome(Ok(()), &out, &stderr())
+    }
+
+    #[test]
+    fn output_is_left_to_the_embedder_unless_blank() {
+        assert_eq!(ok(b"{\"a\":1}\n"), Outcome::Output(b"{\"a\":1}\n".to_vec()));
+        assert_eq!(ok(b"\xff\xfe"), Outcome::Output(b"\xff\xfe".to_vec()));
+        assert_eq!(ok(b"  \n"), Outcome::NoResponse);
+        assert_eq!(ok(b""), Outcome::NoResponse);
+    }
+
+    #[test]
+    fn text_is_utf8_less_one_trailing_newline() {
+        assert_eq!(text(b"Hello \"x\"\n"), Some("Hello \"x\""));
+        assert_eq!(text(b"two\r\n"), Some("two"));
+        assert_eq!(text(b"two\n\n"), Some("two\n"));
+        assert_eq!(text(b"\xff"), None);
+    }
+
+    #[test]
+    fn output_over_the_cap_is_refused() {
+        let out = Stdout::new(4);
+        assert!(out.put(b"1234").is_ok());
+        assert!(
+            out.put(b"5")
+                .unwrap_err()
+                .contains("over the response cap of 4 bytes")
+        );
+    }
+
+    #[test]
+    fn failures_carry_stderr_escaped() {
+        let err = stderr();
+        err.put(b"starting\n").unwrap();
+        err.put(b"thread 'main' panicked at src/main.rs:3:5:\nboom \x1b[31m\n")
+            .unwrap();
+        err.put(b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n")
+            .unwrap();
+        let out = Stdout::new(64);
+        assert_eq!(
+            command_outcome(Err(Outcome::Trap("wasm trap: unreachable".into())), &out, &err),
+            Outcome::Trap(
+                "starting\\nthread 'main' panicked at src/main.rs:3:5:\\nboom \\x1b[31m\nwasm trap: unreachable"
+                    .into()
+            )
+        );
+        assert_eq!(
+            command_outcome(Err(Outcome::Trap("t".into())), &out, &stderr()),
+            Outcome::Trap("t".into())
+        );
+        match command_outcome(Err(Outcome::Exit(2)), &out, &err) {
+            Outcome::ExecError(m) => {
+                assert!(m.starts_with("exited with status 2: starting"), "{m}");
+                assert!(m.contains("boom"), "{m}");
+                assert!(!m.contains('\n') && !m.contains('\x1b'), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            command_outcome(Err(Outcome::Exit(1)), &out, &stderr()),
+            Outcome::ExecError("exited with status 1".into())
+        );
+        assert_eq!(
+            command_outcome(Err(Outcome::Timeout), &out, &err),
+            Outcome::Timeout
+        );
+    }
+
+    #[test]
+    fn the_hint_goes_only_when_it_is_last() {
+        let err = stderr();
+        err.put(b"note: run with `RUST_BACKTRACE=1`\nthen more\n")
+            .unwrap();
+        assert_eq!(err.tail(), "note: run with `RUST_BACKTRACE=1`\nthen more");
+        let err = stderr();
+        err.put(b"note: run with `RUST_BACKTRACE=1`\n").unwrap();
+        assert_eq!(err.tail(), "");
+    }
+
+    #[test]
+    fn only_the_end_of_stderr_is_kept_from_a_whole_character() {
+        let err = stderr();
+        err.put(&[b'a'; 5000]).unwrap();
+        err.put(b"last").unwrap();
+        let tail = err.tail();
+        assert_eq!(tail.len(), STDERR_TAIL);
+        assert!(tail.ends_with("last"));
+
+        // "é" is two bytes: a cut between them starts at the next one
+        let err = stderr();
+        let mut bytes = "é".repeat(600).into_bytes();
+        bytes.push(b'!');
+        err.put(&bytes).unwrap();
+        let tail = err.tail();
+        assert!(!tail.contains('\u{fffd}'), "{tail}");
+        assert!(tail.ends_with("é!"));
     }
 }

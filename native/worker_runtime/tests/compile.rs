@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-use worker_runtime::module::{Isolation, compile_isolated};
+use worker_runtime::compiler::{Isolation, compile_isolated};
 use worker_runtime::{Error, Settings, configure};
 
 /// Held by each test while it writes and runs its fake: a child forked by
@@ -104,7 +104,7 @@ fn a_compiler_past_its_timeout_is_killed_through_its_pidfd() {
 #[test]
 fn a_pidfd_signals_its_own_process_only() {
     use std::process::Command;
-    use worker_runtime::module::ChildHandle;
+    use worker_runtime::compiler::ChildHandle;
 
     // alive: killed through its pidfd
     let mut child = Command::new("sleep").arg("600").spawn().unwrap();

@@ -28,6 +28,24 @@ defmodule Worker.Runtime.HttpTest do
     assert_received {:http_request, %{method: "GET", path: "/text/hi%20there"}}
   end
 
+  test "a connection is kept for the next request, of any invocation under the same " <>
+         "allow-list, and never shared with another",
+       %{base: base, http: http, allow: allow} do
+    conn = fn allow ->
+      assert {:ok, %{"status" => 200, "body" => port}} =
+               invoke(http, %{url: base <> "/conn"}, allow)
+
+      port
+    end
+
+    first = conn.(allow)
+    assert conn.(allow) == first
+    # the same server allowed by a list of its own: another connection
+    other = conn.(allow ++ ["example.com"])
+    assert other != first
+    assert conn.(allow ++ ["example.com"]) == other
+  end
+
   test "each method is sent as the ABI's code says", %{base: base, http: http, allow: allow} do
     for method <- ~w(GET POST PUT DELETE) do
       assert {:ok, %{"status" => 200}} =

@@ -16,8 +16,9 @@
 
 use std::io::{Read, Write};
 use worker_runtime::Error;
+use worker_runtime::compiler::{TAG_ARTIFACT, TAG_INVALID, TAG_PANIC};
 use worker_runtime::engine::compiler_config;
-use worker_runtime::module::{TAG_ARTIFACT, TAG_INVALID, TAG_PANIC, precompile};
+use worker_runtime::module::precompile;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -87,7 +87,7 @@ impl Baseline {
         let http = component
             .component_type()
             .exports(&engine)
-            .any(|(name, _)| name.starts_with(worker_runtime::component::HTTP_HANDLER));
+            .any(|(name, _)| name.starts_with(worker_runtime::kinds::http_component::HTTP_HANDLER));
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

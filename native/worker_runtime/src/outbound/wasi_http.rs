@@ -1,28 +1,25 @@
-//! Outbound HTTP for components (`wasi:http/outgoing-handler`), under the
-//! policy and caps of `__http_request` ([`crate::http`]).
+//! Outbound `wasi:http` for components (`wasi:http/outgoing-handler`),
+//! under the policy and caps of `__http_request` ([`super::abi`]).
 //!
-//! Wasmtime's default sender resolves and connects by itself, so a check of
-//! the host name alone would let a name that resolves to a private address
-//! through. Here the host is resolved, every address is checked
-//! ([`Policy::usable`]), and the connection goes to a checked address,
-//! never to the name. A refused request reaches no one: the guest gets
-//! `error-code.destination-ip-prohibited`, and the log and
+//! Wasmtime's default sender resolves and connects by itself; here the
+//! request goes through the worker's connector ([`super::connect`]), one
+//! connection per request. A refused request reaches no one: the guest
+//! gets `error-code.destination-ip-prohibited`, and the log and
 //! `worker_http_requests_total` say it was refused.
 //!
 //! wasi:http never follows redirects: a guest that follows one sends a new
 //! request, checked like the first.
 
+use super::{Destination, Why};
 use crate::logs::{LogSink, Stream};
 use crate::policy::Policy;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use std::time::Instant;
 use url::Url;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as Code, RequestOptions, WasiBody, WasiHttpHooks};
@@ -32,9 +29,6 @@ use wasmtime_wasi_http::{Error as Code, RequestOptions, WasiBody, WasiHttpHooks}
 /// may open a body per resource: at its default of 1 MiB, a thousand
 /// unsent bodies would hold 2 GB.
 pub const BODY_CHUNK_BYTES: usize = 16 << 10;
-
-/// Longest wait for a connection (and a TLS handshake), as `__http_request`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One invocation's outbound HTTP: its policy, caps and count.
 pub struct Outbound {
@@ -55,6 +49,31 @@ struct Failure {
     code: Code,
     refused: bool,
     reason: String,
+}
+
+/// The code a guest sees for a connection that was not made.
+impl From<super::Failure> for Failure {
+    fn from(failure: super::Failure) -> Failure {
+        let code = match failure.why {
+            Why::Refused => Code::DestinationIpProhibited,
+            Why::BadRequest => Code::HttpRequestUriInvalid,
+            Why::Dns => Code::DnsError {
+                rcode: Some(failure.reason.clone()),
+                info_code: None,
+            },
+            Why::Unreachable => Code::ConnectionRefused,
+            Why::Timeout => Code::ConnectionTimeout,
+            Why::Certificate => Code::TlsCertificateError,
+            Why::Tls => Code::TlsProtocolError,
+            Why::Protocol => Code::HttpProtocolError,
+            Why::Internal => Code::InternalError(Some(failure.reason.clone())),
+        };
+        Failure {
+            code,
+            refused: failure.why == Why::Refused,
+            reason: failure.reason,
+        }
+    }
 }
 
 fn refused(reason: String) -> Failure {
@@ -202,11 +221,11 @@ async fn send(
 
 type Connected = (
     hyper::client::conn::http1::SendRequest<Outgoing>,
-    hyper::client::conn::http1::Connection<TokioIo<Box<dyn Connection>>, Outgoing>,
+    hyper::client::conn::http1::Connection<TokioIo<Box<dyn super::Connection>>, Outgoing>,
 );
 
-/// Checks the request against the caps and the policy, then resolves,
-/// checks the addresses, and connects to one of them (with TLS for https).
+/// Checks the request against the caps, then connects through the
+/// worker's connector (the policy, the addresses, TLS for https).
 async fn connect_for(
     parts: &http::request::Parts,
     options: Option<RequestOptions>,
@@ -239,34 +258,12 @@ async fn connect_for(
             "credentials in the URL are not supported (send an Authorization header)",
         ));
     }
-    policy.check_url(&url).map_err(refused)?;
-    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-        return Err(failed(Code::HttpRequestUriInvalid, "no host"));
-    };
-    let within = options
-        .and_then(|o| o.connect_timeout)
-        .unwrap_or(CONNECT_TIMEOUT)
-        .min(CONNECT_TIMEOUT);
-    let connecting = async {
-        let addresses = resolve(policy, host, port).await?;
-        let stream = connect(&addresses).await?;
-        let io: Box<dyn Connection> = if url.scheme() == "https" {
-            Box::new(tls(host, stream).await?)
-        } else {
-            Box::new(stream)
-        };
-        hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| failed(Code::HttpProtocolError, e.to_string()))
-    };
-    tokio::time::timeout(within, connecting)
+    let to = Destination::of(&url, policy)?;
+    let within = options.and_then(|o| o.connect_timeout);
+    let connection = super::connect(&to, policy, within).await?;
+    hyper::client::conn::http1::handshake(TokioIo::new(connection))
         .await
-        .map_err(|_| {
-            failed(
-                Code::ConnectionTimeout,
-                format!("no connection within {} ms", within.as_millis()),
-            )
-        })?
+        .map_err(|e| failed(Code::HttpProtocolError, e.to_string()))
 }
 
 /// A request's URI as the log shows it: without credentials.
@@ -276,79 +273,6 @@ fn shown(uri: &http::Uri) -> String {
     let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{scheme}://{host}{port}{path}")
-}
-
-/// The addresses of `host` that the policy lets a request reach.
-async fn resolve(policy: &Policy, host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        // an IP literal: check_url has checked it
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| {
-            failed(
-                Code::DnsError {
-                    rcode: Some(e.to_string()),
-                    info_code: None,
-                },
-                format!("cannot resolve {host}: {e}"),
-            )
-        })?
-        .collect();
-    policy.usable(host, &found).map_err(|r| refused(r.0))
-}
-
-/// Connects to the first address that answers.
-async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
-    let mut last = None;
-    for address in addresses {
-        match TcpStream::connect(address).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Err(e) => last = Some(format!("{address}: {e}")),
-        }
-    }
-    Err(failed(
-        Code::ConnectionRefused,
-        last.unwrap_or_else(|| "no address".into()),
-    ))
-}
-
-trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Connection for T {}
-
-/// TLS to `host`, with the platform's roots, as `__http_request`.
-async fn tls(host: &str, stream: TcpStream) -> Result<impl Connection, Failure> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    let config = CONFIG
-        .get_or_init(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            use rustls_platform_verifier::ConfigVerifierExt;
-            rustls::ClientConfig::with_platform_verifier()
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(|e| failed(Code::InternalError(Some(e.clone())), e))?;
-    // an IPv6 literal without its brackets, to verify as an address
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| failed(Code::TlsProtocolError, e.to_string()))?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect(name, stream)
-        .await
-        .map_err(|e| {
-            let code = if e.to_string().contains("certificate") {
-                Code::TlsCertificateError
-            } else {
-                Code::TlsProtocolError
-            };
-            failed(code, format!("TLS: {e}"))
-        })
 }
 
 /// Reads a body to its end, or to `max` bytes, and drops what it read.

@@ -1,131 +1,86 @@
-//! The host side of the FunLess ABI: the `fl_imps` imports, plus WASI
-//! preview1 with no filesystem, environment or sockets.
+//! FunLess functions: core modules that export `__invoke(len) -> i32` and
+//! import `fl_imps`, the FunLess ABI.
 //!
-//! Every pointer and length from the guest is checked against linear memory
-//! before it is used (see [`crate::memory`]), and sizes the guest chooses are
-//! checked against the invocation's caps before anything is copied. A guest
-//! that breaks these rules gets a trap ([`GuestFault`]), never a host crash.
+//! The worker calls `__invoke` with the length of the arguments' JSON text;
+//! the guest reads them with `__get_input_data`, answers with
+//! `__insert_response` (returning 0) or `__insert_error` (returning 1),
+//! logs with `__console_log`, and may send HTTP requests with
+//! `__http_request` ([`crate::outbound::abi`]). Its stdout and stderr are
+//! log lines.
 
-use crate::http;
-use crate::invocation::Limits;
-use crate::logs::{LogSink, Stream};
+use crate::Error;
+use crate::core_host::{self, HostState, Linked, memory_of, read_capped};
+use crate::logs::Stream;
 use crate::memory::{self, addr};
-use std::sync::Arc;
-use std::time::Instant;
-use wasmtime::{Caller, Linker, Memory, Result};
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+use crate::outbound::abi;
+use crate::outbound::{Failure, Why, shown};
+use crate::outcome::{GuestFault, Outcome, classify};
+use crate::policy::Policy;
+use crate::stdio::Output;
+use crate::store::{Run, Start, release};
+use wasmtime::{Caller, Linker, Module, ModuleExport, Result};
 
+/// The export that makes a core module a FunLess function.
+pub const INVOKE: &str = "__invoke";
+
+/// The module of the FunLess ABI's imports.
 pub const IMPORT_MODULE: &str = "fl_imps";
 
-/// A guest broke the ABI (a bad pointer, an oversized buffer, ...). It ends
-/// the invocation as a trap carrying this message.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct GuestFault(pub String);
-
-impl From<memory::OutOfBounds> for GuestFault {
-    fn from(e: memory::OutOfBounds) -> Self {
-        GuestFault(e.to_string())
-    }
+/// `__invoke`, if the module exports it, checked for its type.
+pub fn recognize(module: &Module) -> Option<std::result::Result<ModuleExport, Error>> {
+    core_host::find_func(module, INVOKE, "(i32) -> i32", |params, results| {
+        matches!(params, [wasmtime::ValType::I32]) && matches!(results, [wasmtime::ValType::I32])
+    })
 }
 
-fn fault(message: String) -> wasmtime::Error {
-    wasmtime::Error::new(GuestFault(message))
+/// Starts an invocation: stdout and stderr to the log.
+pub fn start(linked: &Linked, mut start: Start) -> Run {
+    let (stdout, stderr) = (start.log(Stream::Stdout), start.log(Stream::Stderr));
+    start.wasi.stdout(Output(stdout)).stderr(Output(stderr));
+    let store = core_host::store(start);
+    let linked = linked.clone();
+    Box::pin(async move {
+        let mut store = store;
+        let outcome = call(&mut store, &linked).await;
+        release(store);
+        outcome
+    })
 }
 
-/// Per-invocation state, owned by the store.
-pub struct HostState {
-    pub wasi: WasiP1Ctx,
-    pub limiter: crate::invocation::Limiter,
-    pub limits: Limits,
-    pub deadline: Instant,
-    /// The arguments' JSON text (shared with a command's stdin, not copied).
-    pub input: bytes::Bytes,
-    pub response: Option<Vec<u8>>,
-    pub error: Option<Vec<u8>>,
-    pub logs: Arc<LogSink>,
-    pub http_requests: u32,
-    /// The instance's exported memory, set right after instantiation.
-    pub memory: Option<Memory>,
-}
-
-/// Subscriptions one WASI `poll_oneoff` may pass. WASI handles them all in
-/// one host call, in one time slice: 490,000 held a scheduler for 233 ms.
-/// With no files and no sockets, a guest has little to wait on but clocks.
-pub const MAX_POLL_SUBSCRIPTIONS: u32 = 1024;
-
-fn memory_of<'a>(
-    caller: &'a mut Caller<'_, HostState>,
-) -> Result<(&'a mut [u8], &'a mut HostState)> {
-    let memory = caller
-        .data()
-        .memory
-        .ok_or_else(|| fault("host import called before the instance was ready".into()))?;
-    Ok(memory.data_and_store_mut(caller))
-}
-
-/// Copies a guest buffer of at most `cap` bytes, checking the cap before the
-/// bounds and both before allocating.
-fn read_capped(
-    memory: &[u8],
-    what: &'static str,
-    ptr: i32,
-    len: i32,
-    cap: usize,
-) -> Result<Vec<u8>> {
-    let len = addr(len);
-    if len as usize > cap {
-        return Err(fault(format!(
-            "{what}: {len} bytes is over the limit of {cap} bytes"
-        )));
-    }
-    Ok(memory::read(memory, what, addr(ptr), len)
-        .map_err(GuestFault::from)?
-        .to_vec())
-}
-
-/// Everything a guest may import: WASI preview1 (with `poll_oneoff` capped,
-/// then handed to WASI's own implementation) and `fl_imps`.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
-    wasmtime_wasi::p1::add_to_linker_async(linker, |state| &mut state.wasi)?;
-    linker.allow_shadowing(true);
-    linker.func_wrap_async(
-        "wasi_snapshot_preview1",
-        "poll_oneoff",
-        |mut caller: Caller<'_, HostState>, (subs, events, n, nevents): (i32, i32, i32, i32)| {
-            Box::new(async move {
-                if addr(n) > MAX_POLL_SUBSCRIPTIONS {
-                    return Err(fault(format!(
-                        "poll_oneoff: {} subscriptions is over the limit of {MAX_POLL_SUBSCRIPTIONS}",
-                        addr(n)
-                    )));
-                }
-                // as wasmtime-wasi's own glue does: the store's host-call
-                // fuel, the memory, then WASI's poll_oneoff
-                let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
-                // the caller's memory, as the glue finds it (a start function
-                // runs before HostState::memory is set)
-                let Some(wasmtime::Extern::Memory(memory)) = caller.get_export("memory") else {
-                    return Err(fault("poll_oneoff: the module exports no memory".into()));
-                };
-                let (memory, state) = memory.data_and_store_mut(&mut caller);
-                state.wasi.set_hostcall_fuel(fuel);
-                let mut memory = wiggle::GuestMemory::Unshared(memory);
-                wasmtime_wasi::p1::wasi_snapshot_preview1::poll_oneoff(
-                    &mut state.wasi,
-                    &mut memory,
-                    subs,
-                    events,
-                    n,
-                    nevents,
-                )
-                .await
-            })
+async fn call(store: &mut wasmtime::Store<HostState>, linked: &Linked) -> Outcome {
+    let instance = match core_host::instantiate(store, &linked.pre, &linked.memory).await {
+        Ok(instance) => instance,
+        Err(outcome) => return outcome,
+    };
+    let Some(Ok(invoke)) = instance
+        .get_module_export(&mut *store, &linked.export)
+        .and_then(wasmtime::Extern::into_func)
+        .map(|f| f.typed::<i32, i32>(&*store))
+    else {
+        return Outcome::Instantiate(format!("exported {INVOKE} missing"));
+    };
+    let deadline = tokio::time::Instant::from_std(store.data().deadline);
+    let len = store.data().input.len() as i32;
+    let called = tokio::time::timeout_at(deadline, invoke.call_async(&mut *store, len)).await;
+    let Ok(called) = called else {
+        return Outcome::Timeout;
+    };
+    match called {
+        Ok(0) => match store.data_mut().response.take() {
+            Some(response) => Outcome::Response(response),
+            None => Outcome::NoResponse,
         },
-    )?;
-    linker.allow_shadowing(false);
+        Ok(1) => Outcome::ExecError(match store.data_mut().error.take() {
+            Some(text) => String::from_utf8_lossy(&text).into_owned(),
+            None => "the function failed without an error message".into(),
+        }),
+        Ok(other) => Outcome::BadReturn(other),
+        Err(e) => classify(e, false),
+    }
+}
 
+/// The `fl_imps` imports, added to the core modules' linker.
+pub fn add_imports(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         IMPORT_MODULE,
         "__get_input_data",
@@ -206,13 +161,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                     let body = read_capped(memory, "__http_request body", body_ptr, body_len, cap)?;
                     state.http_requests += 1;
                     if state.http_requests > state.limits.max_http_requests {
-                        Err(http::Failure::Refused(format!(
+                        Err(Failure::refused(format!(
                             "more than {} requests in one invocation",
                             state.limits.max_http_requests
                         )))
                     } else {
-                        http::Request::parse(method, &url, &headers, body)
-                            .map_err(http::Failure::Failed)
+                        abi::Request::parse(method, &url, &headers, body)
+                            .map_err(|reason| Failure::new(Why::BadRequest, reason))
                     }
                 };
                 let (deadline, max_body, logs, policy) = {
@@ -221,17 +176,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         state.deadline,
                         state.limits.max_http_body_bytes,
                         state.logs.clone(),
-                        state
-                            .limits
-                            .http_allow
-                            .clone()
-                            .unwrap_or_else(crate::policy::Policy::none),
+                        state.limits.http_allow.clone().unwrap_or_else(Policy::none),
                     )
                 };
                 let outcome = match request {
                     Ok(request) => {
-                        let url = request.url.clone();
-                        http::perform(request, &policy, deadline, max_body)
+                        let url = shown(&request.url);
+                        abi::perform(request, &policy, deadline, max_body)
                             .await
                             .map_err(|failure| (format!("{url}: {failure}"), failure))
                     }
@@ -243,7 +194,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                         (response.status, response.body)
                     }
                     Err((reason, failure)) => {
-                        logs.http(Err(matches!(failure, http::Failure::Refused(_))));
+                        logs.http(Err(failure.is_refused()));
                         logs.line(
                             Stream::Host,
                             format!("http request failed: {reason}").as_bytes(),

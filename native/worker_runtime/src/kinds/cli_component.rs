@@ -1,0 +1,65 @@
+//! Command components: WASI 0.2 components that export `wasi:cli/run`
+//! (any 0.2 minor version), as any program built for `wasm32-wasip2` does.
+//!
+//! A command component reads its arguments on stdin and writes its result
+//! on stdout, as a WASI core command does; `run` returning `err` is an exec
+//! error with the end of stderr ([`crate::stdio::command_outcome`]).
+
+use crate::Error;
+use crate::component_host::{self, Linked};
+use crate::logs::Stream;
+use crate::outcome::{Outcome, ended};
+use crate::stdio::{Output, Stderr, Stdout, command_outcome};
+use crate::store::{Run, Start, release};
+use wasmtime::Engine;
+use wasmtime::component::{Component, ComponentExportIndex};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+
+/// The export that makes a component a command, matched by prefix so that
+/// a guest built against any 0.2 minor version runs.
+pub const CLI_RUN: &str = "wasi:cli/run@0.2.";
+
+/// `run` of `wasi:cli/run`, if the component exports it.
+pub fn recognize(
+    component: &Component,
+    engine: &Engine,
+) -> Option<Result<ComponentExportIndex, Error>> {
+    component_host::find_export(component, engine, CLI_RUN, "run", 0, 1)
+        .map(|found| found.map_err(Error::refused))
+}
+
+/// Starts an invocation: the arguments on stdin, the result on stdout.
+pub fn start(linked: &Linked, mut start: Start) -> Run {
+    let stdout = Stdout::new(start.limits.max_response_bytes);
+    let stderr = Stderr::new(start.log(Stream::Stderr));
+    start
+        .wasi
+        .stdin(MemoryInputPipe::new(start.input.clone()))
+        .stdout(Output(stdout.clone()))
+        .stderr(Output(stderr.clone()));
+    let store = component_host::store(start);
+    let linked = linked.clone();
+    Box::pin(async move {
+        let (mut store, instance) = match component_host::instantiate(store, &linked.pre).await {
+            Ok(instantiated) => instantiated,
+            Err(outcome) => return outcome,
+        };
+        let deadline = tokio::time::Instant::from_std(store.data().outbound.deadline);
+        let outcome = match instance
+            .get_typed_func::<(), (Result<(), ()>,)>(&mut store, linked.export)
+        {
+            Err(e) => Outcome::Instantiate(format!("`run` has the wrong type: {e:#}")),
+            Ok(run) => {
+                let called = tokio::time::timeout_at(deadline, run.call_async(&mut store, ()));
+                let ended = match ended(called.await) {
+                    Ok(Some((Err(()),))) => Err(Outcome::ExecError("run returned an error".into())),
+                    Ok(_) => Ok(()),
+                    Err(failed) => Err(failed),
+                };
+                command_outcome(ended, &stdout, &stderr)
+            }
+        };
+        release(store);
+        outcome
+    })
+}

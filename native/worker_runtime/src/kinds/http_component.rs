@@ -1,0 +1,198 @@
+//! HTTP components: WASI 0.2 components that export
+//! `wasi:http/incoming-handler` (any 0.2 minor version). One that is also
+//! a command is run as a handler, as `wasmtime serve` would.
+//!
+//! The handler gets `POST /` with the arguments as its `application/json`
+//! body. The body of a 2xx response is the result, decoded as a command's
+//! output is; another status is an exec error with the status and the
+//! start of the body. Its stdout goes to the log; a trap's message starts
+//! with the end of its stderr (a Rust panic's text).
+
+use crate::Error;
+use crate::component_host::{self, ComponentState, Linked};
+use crate::logs::Stream;
+use crate::outcome::{Outcome, ended};
+use crate::stdio::{Output, Stderr};
+use crate::store::{Run, Start, elsewhere, release};
+use crate::text::escape;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::convert::Infallible;
+use wasmtime::component::{Component, ComponentExportIndex, Resource};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+
+/// The export that makes a component an HTTP handler, matched by prefix so
+/// that a guest built against any 0.2 minor version runs.
+pub const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2.";
+
+/// `handle` of `wasi:http/incoming-handler`, if the component exports it.
+pub fn recognize(
+    component: &Component,
+    engine: &Engine,
+) -> Option<Result<ComponentExportIndex, Error>> {
+    component_host::find_export(component, engine, HTTP_HANDLER, "handle", 2, 0)
+        .map(|found| found.map_err(Error::refused))
+}
+
+/// Starts an invocation: the arguments as a request's body, the result the
+/// response's.
+pub fn start(linked: &Linked, mut start: Start) -> Run {
+    let stderr = Stderr::new(start.log(Stream::Stderr));
+    let stdout = start.log(Stream::Stdout);
+    start
+        .wasi
+        .stdout(Output(stdout))
+        .stderr(Output(stderr.clone()));
+    let max_response = start.limits.max_response_bytes;
+    let input = start.input.clone();
+    let store = component_host::store(start);
+    let linked = linked.clone();
+    Box::pin(async move {
+        let (store, instance) = match component_host::instantiate(store, &linked.pre).await {
+            Ok(instantiated) => instantiated,
+            Err(outcome) => return outcome,
+        };
+        match serve(store, instance, linked.export, input, max_response).await {
+            Ok(response) => response,
+            Err(Outcome::Exit(status)) => stderr.exec_error(format!("exited with status {status}")),
+            Err(failed) => stderr.explain(failed),
+        }
+    })
+}
+
+type Handle = (
+    Resource<HostIncomingRequest>,
+    Resource<HostResponseOutparam>,
+);
+
+/// Sends the request and reads the response while the handler runs; the
+/// store goes when the handler returns, so a response it never set or
+/// never finished ends too.
+async fn serve(
+    mut store: Store<ComponentState>,
+    instance: wasmtime::component::Instance,
+    handle: ComponentExportIndex,
+    input: Bytes,
+    max_response: usize,
+) -> Result<Outcome, Outcome> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("http://localhost/")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, input.len())
+        .body(
+            Full::new(input)
+                .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }),
+        );
+    let prepared = request
+        .map_err(wasmtime::Error::new)
+        .and_then(|request| {
+            let mut http = store.data_mut().http();
+            let request = http.new_incoming_request::<_>(Scheme::Http, request)?;
+            let out = http.new_response_outparam(tx)?;
+            Ok((request, out))
+        })
+        .and_then(|args| {
+            let func = instance.get_typed_func::<Handle, ()>(&mut store, handle)?;
+            Ok((func, args))
+        });
+    let (func, args) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            release(store);
+            return Err(Outcome::Instantiate(format!("{e:#}")));
+        }
+    };
+    // The deadline is kept here, not around the whole exchange, so that
+    // the store is released (elsewhere, if big) whatever happens.
+    let deadline = tokio::time::Instant::from_std(store.data().outbound.deadline);
+    let guest = async move {
+        let called = tokio::time::timeout_at(deadline, func.call_async(&mut store, args)).await;
+        // The response and its body end with their resources: at once,
+        // even if the store itself is dropped later, elsewhere.
+        drop(std::mem::take(&mut store.data_mut().table));
+        release(store);
+        called
+    };
+    let mut guest = Box::pin(guest);
+    let mut response = Box::pin(response(rx, max_response));
+    tokio::select! {
+        called = &mut guest => {
+            let response = response.await;
+            // a failure of the handler wins over what it answered
+            ended(called).and(response)
+        }
+        answered = &mut response => match answered {
+            // a body over the cap ends the handler now: it might write on
+            // until the deadline, holding its slot
+            Err(Outcome::Trap(over_cap)) => {
+                elsewhere(Box::new(guest));
+                Err(Outcome::Trap(over_cap))
+            }
+            answered => ended(guest.await).and(answered),
+        },
+    }
+}
+
+/// Bytes of a failed response's body quoted in its exec error.
+const QUOTED_BODY: usize = 256;
+
+type Sent = Result<
+    hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+    wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+>;
+
+/// The handler's response: its body if the status is 2xx (at most
+/// `max` bytes), else an exec error with the status and the body's start.
+/// A body over `max` is the one trap it returns.
+async fn response(
+    rx: tokio::sync::oneshot::Receiver<Sent>,
+    max: usize,
+) -> Result<Outcome, Outcome> {
+    let response = match rx.await {
+        Err(_) => return Ok(Outcome::NoResponse),
+        Ok(Err(code)) => {
+            return Err(Outcome::ExecError(format!(
+                "the handler answered with an error: {code:?}"
+            )));
+        }
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Outcome::ExecError(format!(
+                "the response body failed after {} bytes: {e}",
+                bytes.len()
+            ))
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() + data.len() > max {
+                return Err(Outcome::Trap(format!(
+                    "the response body is over the response cap of {max} bytes"
+                )));
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    if !status.is_success() {
+        let start = &bytes[..bytes.len().min(QUOTED_BODY)];
+        let start = escape(start);
+        return Err(Outcome::ExecError(if start.is_empty() {
+            format!("status {}", status.as_u16())
+        } else {
+            format!("status {}: {start}", status.as_u16())
+        }));
+    }
+    Ok(if bytes.iter().all(u8::is_ascii_whitespace) {
+        Outcome::NoResponse
+    } else {
+        Outcome::Output(bytes)
+    })
+}
