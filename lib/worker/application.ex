@@ -17,6 +17,11 @@ defmodule Worker.Application do
     File.mkdir_p!(Worker.Store.dir())
     # before anything writes
     Worker.Store.remove_temporary()
+
+    with {:error, reason} <- Worker.Store.use_artifact_key() do
+      raise "cannot keep the artifact key in #{Worker.Store.dir()}: #{inspect(reason)}"
+    end
+
     Worker.Metrics.init()
     Worker.Stray.init()
     Worker.Gate.init()

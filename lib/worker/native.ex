@@ -28,6 +28,7 @@ defmodule Worker.Native do
   def module_compile(_wasm, _reply_to, _compiler, _timeout_ms, _max_memory_mb), do: err()
   def module_serialize(_module), do: err()
   def module_load(_artifact, _wasm_bytes), do: err()
+  def artifact_key(_path), do: err()
   def engine_fingerprint, do: err()
 
   def invocation_start(_module, _args, _encoded, _limits), do: err()

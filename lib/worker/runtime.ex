@@ -147,12 +147,11 @@ defmodule Worker.Runtime do
   Loads a module from `serialize/1`'s output. `wasm_bytes` is recorded as
   the size of the original binary.
 
-  **The artifact is trusted**: it holds machine code that will run as is.
-  Wasmtime refuses artifacts from another version or configuration, but
-  only the caller can know the bytes are the ones `serialize/1` produced;
-  `Worker.Store` keeps a checksum with each one for that.
-  `{:error, {:invalid_module, reason}}` if Wasmtime refuses it (another
-  version or configuration).
+  An artifact holds machine code that runs as it is, so `serialize/1` seals
+  it with this node's artifact key (`Worker.Store.use_artifact_key/0`), and
+  `load/2` refuses anything else before it reaches Wasmtime: bytes from
+  elsewhere, or damaged, are `{:error, {:invalid_module, reason}}`, and so
+  is an artifact of another Wasmtime version or configuration.
   """
   @spec load(binary(), non_neg_integer()) :: {:ok, Module.t()} | {:error, compile_error()}
   def load(artifact, wasm_bytes) when is_binary(artifact) and is_integer(wasm_bytes),

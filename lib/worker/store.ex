@@ -7,12 +7,15 @@ defmodule Worker.Store do
     * `artifacts/FINGERPRINT/` - compiled modules (`Worker.Runtime.serialize/1`)
       keyed by the SHA-256 of their code, under the engine fingerprint that
       can load them;
+    * `artifact_key` - the key artifacts are sealed with (`use_artifact_key/0`);
     * `node_info` - the node's long name and tag.
 
   Every file is written atomically (temporary file, fsync, rename, then an
   fsync of the directory, so that a power loss cannot undo the rename) and
-  carries a SHA-256 of its contents, checked on every read: a torn, corrupt
-  or foreign file reads as missing and is deleted, never used.
+  is checked on every read: a torn, corrupt or foreign file reads as
+  missing and is deleted, never used. Code and terms carry a SHA-256 of
+  their contents; an artifact carries its seal, which the runtime checks
+  when it loads it (an artifact that fails is deleted by `Worker.Loader`).
   """
 
   @magic "FLW1"
@@ -45,17 +48,36 @@ defmodule Worker.Store do
     :ok
   end
 
-  @doc "Writes the compiled artifact of `code`."
+  @doc """
+  Writes the compiled artifact of `code` as it is: the runtime has sealed
+  it (`Worker.Runtime.serialize/1`), so it needs no checksum of its own.
+  """
   @spec put_artifact(binary(), binary()) :: :ok | {:error, term()}
   def put_artifact(code, artifact) do
-    with {:ok, path} <- artifact_path(code), do: write(path, artifact)
+    with {:ok, path} <- artifact_path(code), do: write_file(path, artifact)
   end
 
-  @doc "Reads the compiled artifact of `code`, if a loadable one is stored."
+  @doc """
+  Reads the compiled artifact of `code`, if one is stored, as it was
+  written: `Worker.Runtime.load/2` checks its seal.
+  """
   @spec get_artifact(binary()) :: {:ok, binary()} | :error
   def get_artifact(code) do
-    with {:ok, path} <- artifact_path(code), do: read(path), else: (_ -> :error)
+    with {:ok, path} <- artifact_path(code), {:ok, artifact} <- File.read(path) do
+      {:ok, artifact}
+    else
+      _ -> :error
+    end
   end
+
+  @doc """
+  Seals artifacts with the key in the data directory (`artifact_key`,
+  made on first use, readable by this user only), so that those written
+  before a restart load after it. Until this is called, the runtime seals
+  them with a key of its own that ends with the VM.
+  """
+  @spec use_artifact_key() :: :ok | {:error, term()}
+  def use_artifact_key, do: Worker.Native.artifact_key(Path.join(dir(), "artifact_key"))
 
   @doc "Deletes the compiled artifact of `code`."
   @spec delete_artifact(binary()) :: :ok
@@ -159,9 +181,11 @@ defmodule Worker.Store do
     end
   end
 
-  defp write(path, payload) do
+  defp write(path, payload),
+    do: write_file(path, [@magic, :crypto.hash(:sha256, payload), payload])
+
+  defp write_file(path, data) do
     tmp = "#{path}.tmp.#{System.unique_integer([:positive])}"
-    data = [@magic, :crypto.hash(:sha256, payload), payload]
 
     result =
       with :ok <- File.mkdir_p(Path.dirname(path)),

@@ -68,8 +68,10 @@ defmodule Worker.PersistenceTest do
         <<head::binary, Bitwise.bxor(byte, 0xFF), rest::binary>>
       end,
       fn _ -> "not an artifact" end,
-      # a valid container whose payload is not a Wasmtime module
-      fn _ -> <<"FLW1", :crypto.hash(:sha256, "foreign")::binary, "foreign">> end
+      # the artifact's own machine code, under a seal made without the key
+      fn <<"FLA1", _mac::binary-size(32), payload::binary>> ->
+        <<"FLA1", :crypto.mac(:hmac, :sha256, "a guess", payload)::binary, payload::binary>>
+      end
     ]
 
     Enum.reduce(damages, node, fn damage, node ->

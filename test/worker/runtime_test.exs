@@ -162,6 +162,35 @@ defmodule Worker.RuntimeTest do
       assert {:ok, %{"payload" => _}} = Runtime.invoke(loaded, %{"name" => "again"})
       assert {:error, {:invalid_module, _}} = Runtime.load("not an artifact", 10)
     end
+
+    test "load/2 runs nothing it did not seal: Wasmtime's own bytes, a flipped byte, a " <>
+           "forged seal" do
+      hello = compile!("hello")
+
+      {:ok, <<"FLA1", mac::binary-size(32), payload::binary>> = artifact} =
+        Runtime.serialize(hello)
+
+      flip = fn bytes, at ->
+        <<head::binary-size(at), byte, rest::binary>> = bytes
+        <<head::binary, Bitwise.bxor(byte, 1), rest::binary>>
+      end
+
+      refused = [
+        # what Wasmtime wrote, unsealed: machine code from anyone
+        payload,
+        flip.(artifact, byte_size(artifact) - 100),
+        flip.(artifact, 10),
+        <<"FLA1", :crypto.mac(:hmac, :sha256, "a guess", payload)::binary, payload::binary>>,
+        binary_part(artifact, 0, 30)
+      ]
+
+      for bytes <- refused do
+        assert {:error, {:invalid_module, reason}} = Runtime.load(bytes, hello.wasm_bytes)
+        assert reason =~ "not sealed with this node's artifact key"
+      end
+
+      assert {:ok, _} = Runtime.load(<<"FLA1", mac::binary, payload::binary>>, 1)
+    end
   end
 
   describe "invoke/3 with the example functions" do

@@ -118,15 +118,25 @@ fn module_serialize<'a>(env: Env<'a>, module: ResourceArc<ModuleResource>) -> Te
 }
 
 /// Loads an artifact from `module_serialize/1`, as `module_compile/5`
-/// replies. The Elixir side verifies the artifact's checksum before calling
-/// this.
+/// replies. Bytes that `module_serialize/1` did not write under this
+/// node's artifact key (`artifact_key/1`) are refused with
+/// `{:error, {:invalid_module, reason}}` before anything runs them.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn module_load<'a>(env: Env<'a>, artifact: Binary, wasm_bytes: usize) -> Term<'a> {
-    // SAFETY: the artifact was written by module_serialize in a runtime with
-    // the same engine fingerprint, and its checksum has been verified.
-    let module = unsafe { worker_runtime::deserialize(artifact.as_slice(), wasm_bytes) };
+    let module = worker_runtime::deserialize(artifact.as_slice(), wasm_bytes);
     // (a term: a module is not unwind-safe, so it cannot be a NIF's return type)
     module.map(Module::from).map_err(Error::from).encode(env)
+}
+
+/// Seals artifacts with the key kept in the file at `path` (made if
+/// missing), so that they load again after a restart: `:ok` or
+/// `{:error, {:runtime_unavailable, reason}}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn artifact_key<'a>(env: Env<'a>, path: Binary<'a>) -> Term<'a> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.as_slice()));
+    let used = worker_runtime::artifact::use_key_file(path).map_err(Error::from);
+    crate::error::status(env, used)
 }
 
 /// The engine's fingerprint, which keys artifacts on disk.

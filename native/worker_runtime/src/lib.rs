@@ -10,8 +10,9 @@
 //! 2. services: [`engine`], [`logs`], [`stdio`], [`store`], [`outbound`];
 //! 3. hosts: [`core_host`] (core modules), [`component_host`] (components);
 //! 4. kinds of function, one file each: [`kinds`];
-//! 5. modules: [`module`] (recognising the kind, compiling, linking,
-//!    artifacts), [`compiler`] (the compiler child process);
+//! 5. modules: [`module`] (recognising the kind, compiling, linking),
+//!    [`artifact`] (sealing what is kept on disk), [`compiler`] (the
+//!    compiler child process);
 //! 6. [`invocation`], the future the embedder polls.
 
 pub mod bulk;
@@ -34,6 +35,7 @@ pub mod core_host;
 
 pub mod kinds;
 
+pub mod artifact;
 pub mod compiler;
 pub mod module;
 

@@ -8,6 +8,7 @@
 //! and a line in each `match` below.
 
 use crate::Error;
+use crate::artifact;
 use crate::bulk;
 use crate::component_host::{self, ComponentState};
 use crate::core_host::{self, HostState};
@@ -222,11 +223,14 @@ fn prepare(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(rewritten.into_owned())
 }
 
-/// Loads an artifact of a module or a component and links it.
+/// Loads Wasmtime's serialized module or component and links it.
 ///
 /// # Safety
 ///
-/// As [`deserialize`].
+/// `artifact` must be Wasmtime's serialization of a module compiled with
+/// this engine's configuration ([`crate::engine::compiler_config`]):
+/// Wasmtime checks the version and configuration, but runs the machine code
+/// it holds as it is.
 pub(crate) unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
     let rt = runtime()?;
     let failed = |e: wasmtime::Error| Error::refused(format!("{e:#}"));
@@ -244,28 +248,29 @@ pub(crate) unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<Compiled
     }
 }
 
-/// The compiled form of a module, to keep on disk (see [`deserialize`]).
+/// The compiled form of a module, to keep on disk and [`deserialize`]
+/// later: sealed with the artifact key ([`crate::artifact`]).
 pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
-    match &module.code {
+    let bytes = match &module.code {
         Code::FunLess(linked) | Code::WasiCommand(linked) => linked.pre.module().serialize(),
         Code::CliComponent(linked) | Code::HttpComponent(linked) => {
             linked.pre.component().serialize()
         }
     }
-    .map_err(|e| Error::Serialize(format!("{e:#}")))
+    .map_err(|e| Error::Serialize(format!("{e:#}")))?;
+    artifact::seal(&bytes)
 }
 
-/// Loads a module from [`serialize`]'s output, without compiling.
-///
-/// # Safety
-///
-/// `bytes` must come from [`serialize`] in a process with the same engine
-/// configuration; Wasmtime checks the version and configuration, but runs
-/// the machine code it contains as is. The caller must verify the bytes'
-/// integrity (the worker stores a checksum with each artifact).
-pub unsafe fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
-    // SAFETY: as documented above, upheld by the caller.
-    unsafe { load(bytes, wasm_bytes) }
+/// Loads a module from [`serialize`]'s output, without compiling. Bytes
+/// that are not an artifact sealed with this process's artifact key are
+/// refused, before Wasmtime reads them.
+pub fn deserialize(bytes: &[u8], wasm_bytes: usize) -> Result<CompiledModule, Error> {
+    let payload = artifact::open(bytes)?;
+    // SAFETY: the payload carries a MAC under the artifact key, which only
+    // serialize (in this process, or one given the same key file) makes:
+    // it is Wasmtime's own output for a module compiled here. Wasmtime
+    // checks that it was made by this version and engine configuration.
+    unsafe { load(payload, wasm_bytes) }
 }
 
 /// A fingerprint of the engine's compiler and configuration: artifacts made

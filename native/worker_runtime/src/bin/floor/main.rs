@@ -114,8 +114,7 @@ fn main() {
     let cold: Vec<f64> = (0..COLD_STARTS)
         .map(|_| {
             let started = Instant::now();
-            // SAFETY: made by serialize just above, in this process.
-            let loaded = unsafe { deserialize(&artifact, wasm.len()) }.expect("deserialize");
+            let loaded = deserialize(&artifact, wasm.len()).expect("deserialize");
             let invocation = Invocation::new(&loaded, input.clone().into_bytes(), limits.clone())
                 .expect("invocation");
             invocation.run_blocking();
