@@ -26,11 +26,10 @@ defmodule Worker.Admission do
   """
   use GenServer
 
-  alias Worker.{Gate, Stray}
+  alias Worker.{Gate, Reply, Stray}
 
-  @overloaded 1
-  @expired 2
-  @cancelled 3
+  @expired 1
+  @cancelled 2
 
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
@@ -42,32 +41,38 @@ defmodule Worker.Admission do
       max = Application.fetch_env!(:worker, :max_concurrency)
       share = Gate.share(max, Application.fetch_env!(:worker, :function_share))
       :persistent_term.put({__MODULE__, :gate}, Gate.new(max, share))
-      :persistent_term.put({__MODULE__, :counters}, :counters.new(3, [:write_concurrency]))
+      :persistent_term.put({__MODULE__, :counters}, :counters.new(2, [:write_concurrency]))
     end
 
     :ok
   end
 
   @doc """
-  Runs `fun` in a slot, or returns `{:error, :overloaded | :queue_timeout
-  | :timeout | :cancelled}`. Options: `:key`, the function's
-  `Worker.Gate.key/1` (none: the slot counts against no share); `:caller`,
-  a process whose death, while this one waits, gives up the wait;
-  `:deadline` (`Worker.Request.deadline/1`), past which it waits no more.
+  A slot for the calling process, waiting in the queue if need be, or
+  `{:error, :overloaded | :queue_timeout | :timeout | :cancelled}`. The
+  slot is held until `leave/1`, or until the process ends. Options:
+  `:key`, the function's `Worker.Gate.key/1` (none: the slot counts against
+  no share); `:caller`, a process whose death, while this one waits, gives
+  up the wait; `:deadline` (`Worker.Request.deadline/1`), past which it
+  waits no more.
   """
-  @spec run((() -> result), keyword()) :: result | {:error, atom()} when result: term()
-  def run(fun, opts \\ []) do
-    case acquire(opts) do
-      {:ok, ticket} ->
-        try do
-          fun.()
-        after
-          Gate.leave(ticket)
-        end
+  @spec enter(keyword()) :: {:ok, Gate.ticket()} | {:error, atom()}
+  def enter(opts \\ []) do
+    case Gate.enter(gate(), 1, opts[:key]) do
+      ticket when is_reference(ticket) ->
+        {:ok, ticket}
 
-      {:error, _} = error ->
-        error
+      # no slot free, someone waits, or the function is at its share
+      _ ->
+        wait(:persistent_term.get({__MODULE__, :server}, nil), opts)
     end
+  end
+
+  @doc "Gives a slot back (once; a second time does nothing)."
+  @spec leave(Gate.ticket()) :: :ok
+  def leave(ticket) do
+    Gate.leave(ticket)
+    :ok
   end
 
   @doc "Slots in use, callers waiting, and requests refused or expired so far."
@@ -85,7 +90,7 @@ defmodule Worker.Admission do
     %{
       running: min(used, max),
       waiting: waiting,
-      overloaded: :counters.get(c, @overloaded),
+      overloaded: Reply.overloaded_counts().admission,
       expired: :counters.get(c, @expired),
       cancelled: :counters.get(c, @cancelled)
     }
@@ -94,18 +99,7 @@ defmodule Worker.Admission do
   defp gate, do: :persistent_term.get({__MODULE__, :gate})
   defp counters, do: :persistent_term.get({__MODULE__, :counters})
 
-  defp acquire(opts) do
-    case Gate.enter(gate(), 1, opts[:key]) do
-      ticket when is_reference(ticket) ->
-        {:ok, ticket}
-
-      # no slot free, someone waits, or the function is at its share
-      _ ->
-        wait(:persistent_term.get({__MODULE__, :server}, nil), opts)
-    end
-  end
-
-  defp wait(nil, _opts), do: refuse(@overloaded, :overloaded)
+  defp wait(nil, _opts), do: Reply.overloaded(:admission)
 
   defp wait(server, opts) do
     ref = Process.monitor(server)
@@ -126,10 +120,10 @@ defmodule Worker.Admission do
           {:ok, ticket}
 
         {^ref, :overloaded} ->
-          refuse(@overloaded, :overloaded)
+          Reply.overloaded(:admission)
 
         {:DOWN, ^ref, _, _, _} ->
-          refuse(@overloaded, :overloaded)
+          Reply.overloaded(:admission)
 
         {:DOWN, ^watch, _, _, _} ->
           cancel(server, ref)

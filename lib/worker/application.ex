@@ -22,11 +22,12 @@ defmodule Worker.Application do
       raise "cannot keep the artifact key in #{Worker.Store.dir()}: #{inspect(reason)}"
     end
 
+    Worker.Reply.init()
     Worker.Metrics.init()
     Worker.Stray.init()
     Worker.Gate.init()
     Worker.Admission.init_gate()
-    Worker.Handler.init_gates()
+    Worker.Job.init_gates()
 
     # Only :worker is registered: any node can send a registered process
     # anything, and every gen_server (supervisors included) exits on some
@@ -37,7 +38,7 @@ defmodule Worker.Application do
       # first, so that /readyz answers 503 until :worker is registered
       Worker.Metrics.Endpoint,
       Worker.NodeInfo,
-      Worker.Functions,
+      Worker.Cache,
       Worker.Admission,
       Worker.Server,
       Worker.Cluster

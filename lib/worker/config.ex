@@ -21,7 +21,6 @@ defmodule Worker.Config do
   | `:compile_max_mb` | `FL_COMPILE_MAX_MB` | 2 048 | 0 and up |
   | `:cache_max_entries` | `FL_CACHE_MAX_ENTRIES` | 256 | 0 and up |
   | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB | 0 and up |
-  | `:max_capacity_mb` | `FL_MAX_CAPACITY_MB` | 512 | 0 and up |
   | `:handler_timeout_ms` | `FL_HANDLER_TIMEOUT_MS` | 30 000 | 0 and up |
   | `:invoke_deadline_ms` | `FL_INVOKE_DEADLINE_MS` | 55 000 | 100 to 59 000 |
   | `:store_deadline_ms` | `FL_STORE_DEADLINE_MS` | 4 500 | 100 to 59 000 |
@@ -67,7 +66,7 @@ defmodule Worker.Config do
   `{:error, :overloaded}` (an invocation past its share of running slots
   waits in the queue instead), and the rest stays for the others. Its
   stores, updates and deletes have room of their own, an eighth of its
-  share of the requests (`Worker.Handler.admit/1`).
+  share of the requests (`Worker.Job.admit/1`).
 
   **Deadlines.** The FunLess Core calls `:worker` with a timeout and does
   not survive it: 60 s for an invocation (`GenServer.call/3` in
@@ -104,7 +103,7 @@ defmodule Worker.Config do
 
   require Logger
 
-  alias Worker.Runtime.Settings
+  alias Worker.Runtime.{Invocation, Settings}
 
   # {key, variable, how to read it}; the order of the table above (its
   # Logger rows are read apart: log_level/1, log_format/1)
@@ -120,7 +119,6 @@ defmodule Worker.Config do
     {:compile_max_mb, "FL_COMPILE_MAX_MB", {:int, 0, :infinity}},
     {:cache_max_entries, "FL_CACHE_MAX_ENTRIES", {:int, 0, :infinity}},
     {:cache_max_bytes, "FL_CACHE_MAX_MB", {:mib, 0, :infinity}},
-    {:max_capacity_mb, "FL_MAX_CAPACITY_MB", {:int, 0, :infinity}},
     {:handler_timeout_ms, "FL_HANDLER_TIMEOUT_MS", {:int, 0, :infinity}},
     {:invoke_deadline_ms, "FL_INVOKE_DEADLINE_MS", {:int, 100, 59_000}},
     {:store_deadline_ms, "FL_STORE_DEADLINE_MS", {:int, 100, 59_000}},
@@ -137,10 +135,10 @@ defmodule Worker.Config do
     {:k8s_selector, "FL_K8S_SELECTOR", :string},
     {:k8s_namespace, "FL_K8S_NAMESPACE", :string},
     {:k8s_interval_ms, "FL_K8S_INTERVAL_MS", {:int, 100, :infinity}},
-    {:invoke_timeout_ms, "FL_INVOKE_TIMEOUT_MS", {:int, 0, 4_294_000_000}},
+    {:invoke_timeout_ms, "FL_INVOKE_TIMEOUT_MS", {:int, 0, Invocation.max_timeout()}},
     {:max_memory_bytes, "FL_MAX_MEMORY_MB", {:mib, 0, :infinity}},
     {:http_allow, "FL_HTTP_ALLOW", :list},
-    {:log_lines_per_s, "FL_LOG_LINES_PER_S", {:int, 0, 4_294_967_295}},
+    {:log_lines_per_s, "FL_LOG_LINES_PER_S", {:int, 0, Invocation.max_log_lines_per_s()}},
     {:metrics_port, "FL_METRICS_PORT", {:int, 0, 65_535}},
     {:metrics_addr, "FL_METRICS_ADDR", :address},
     {:metrics_max_functions, "FL_METRICS_MAX_FUNCTIONS", {:int, 0, :infinity}},
@@ -150,6 +148,12 @@ defmodule Worker.Config do
     {:epoch_tick_us, "FL_EPOCH_TICK_US", {:int, 10, 100_000}},
     {:keep_resident_bytes, "FL_POOL_KEEP_RESIDENT_KB", {:kib, 0, 1_048_576}}
   ]
+
+  # variables the worker read once, and what to set instead
+  @removed %{
+    "FL_MAX_CAPACITY_MB" =>
+      "FL_MEMORY_CAP_MB bounds every function's memory, the Core's capacity included"
+  }
 
   @log_levels ~w(emergency alert critical error warning notice info debug)
 
@@ -270,8 +274,9 @@ defmodule Worker.Config do
 
   @doc """
   Changes a setting at run time. Use this rather than `Application.put_env/3`
-  for the defaults of `Worker.Runtime.invoke/3`, which are cached. (The
-  native runtime's settings cannot change at run time.)
+  for the defaults of `Worker.Runtime.invoke/3` and `Worker.Runtime.compile/1`,
+  which the runtime keeps. (The native runtime's settings cannot change at
+  run time.)
   """
   @spec put(atom(), term()) :: :ok
   def put(key, value) do
@@ -280,38 +285,28 @@ defmodule Worker.Config do
     refresh()
   end
 
-  @doc """
-  `{timeout_ms, max_memory_bytes, http_allow, log_lines_per_s}`: the defaults of
-  `Worker.Runtime.invoke/3`, read on every invocation, so kept in
-  `:persistent_term` rather than looked up in the application environment.
-  """
-  @spec invoke_defaults() ::
-          {non_neg_integer(), non_neg_integer(), [String.t()], non_neg_integer()}
-  def invoke_defaults do
-    case :persistent_term.get({__MODULE__, :invoke}, nil) do
-      nil ->
-        refresh()
-        :persistent_term.get({__MODULE__, :invoke})
-
-      defaults ->
-        defaults
-    end
-  end
-
+  # Hands the runtime the defaults of its invocations and compiles.
   defp refresh do
-    defaults =
-      {get(:invoke_timeout_ms), get(:max_memory_bytes), get(:http_allow), get(:log_lines_per_s)}
+    Invocation.put_defaults(
+      timeout: get(:invoke_timeout_ms),
+      max_memory: get(:max_memory_bytes),
+      http_allow: get(:http_allow),
+      log_lines_per_s: get(:log_lines_per_s)
+    )
 
-    if :persistent_term.get({__MODULE__, :invoke}, nil) != defaults do
-      :persistent_term.put({__MODULE__, :invoke}, defaults)
-    end
-
-    :ok
+    Worker.Runtime.Module.put_compile_limits(
+      timeout_ms: get(:compile_timeout_ms),
+      max_mb: get(:compile_max_mb)
+    )
   end
 
-  # The defaults this module owns; the native runtime's come from it, and
-  # :max_concurrency follows the pool (see apply_defaults/0).
+  # The defaults this module owns; the native runtime's settings come from
+  # it, the defaults of invocations and compiles from the runtime's modules,
+  # and :max_concurrency follows the pool (see apply_defaults/0).
   defp defaults do
+    invoke = Invocation.defaults()
+    {compile_timeout_ms, compile_max_mb} = Worker.Runtime.Module.compile_limits()
+
     [
       data_dir: Path.expand("fl_data"),
       queue_limit: 1_000,
@@ -319,11 +314,10 @@ defmodule Worker.Config do
       max_requests: 4_096,
       function_share: 75,
       handler_max_bytes: 256 * 1024 * 1024,
-      compile_timeout_ms: 60_000,
-      compile_max_mb: 2_048,
+      compile_timeout_ms: compile_timeout_ms,
+      compile_max_mb: compile_max_mb,
       cache_max_entries: 256,
       cache_max_bytes: 512 * 1024 * 1024,
-      max_capacity_mb: 512,
       handler_timeout_ms: 30_000,
       invoke_deadline_ms: 55_000,
       store_deadline_ms: 4_500,
@@ -339,10 +333,10 @@ defmodule Worker.Config do
       k8s_interval_ms: 5_000,
       k8s_api: "https://kubernetes.default.svc",
       k8s_account_dir: Worker.Cluster.Kubernetes.default_account_dir(),
-      invoke_timeout_ms: 30_000,
-      max_memory_bytes: 128 * 1024 * 1024,
-      http_allow: [],
-      log_lines_per_s: 1_000,
+      invoke_timeout_ms: invoke[:timeout],
+      max_memory_bytes: invoke[:max_memory],
+      http_allow: invoke[:http_allow],
+      log_lines_per_s: invoke[:log_lines_per_s],
       metrics_port: 4021,
       metrics_addr: :any,
       metrics_max_functions: 1_000
@@ -366,6 +360,10 @@ defmodule Worker.Config do
 
     if config[:max_concurrency] && config[:pool_instances] do
       concurrency_and_pool(config[:max_concurrency], config[:pool_instances], nil)
+    end
+
+    for {variable, instead} <- @removed, env[variable] not in [nil, ""] do
+      IO.warn("#{variable} is no longer read: #{instead}", [])
     end
 
     config ++ funless_env(config, env)

@@ -29,7 +29,7 @@ defmodule Worker.Function do
   @typedoc """
   * `code` - the Wasm binary, when the Core sent it;
   * `capacity` - the bytes of memory the Core asks the function to run in
-    (`metadata.capacity`), bounded by `FL_MAX_CAPACITY_MB` when it runs.
+    (`metadata.capacity`), bounded by `FL_MEMORY_CAP_MB` when it runs.
   """
   @type t :: %__MODULE__{
           module: String.t(),
@@ -71,10 +71,10 @@ defmodule Worker.Function do
         bad("code must be a binary")
 
       capacity && capacity < @page ->
-        {:error,
-         {:insufficient_capacity,
+        Worker.Reply.insufficient_capacity(
           "capacity #{capacity} is in bytes, as the Core's scheduler reads it, " <>
-            "and no WebAssembly module runs in less than one 64 KiB page"}}
+            "and no WebAssembly module runs in less than one 64 KiB page"
+        )
 
       true ->
         {:ok, %__MODULE__{module: module, name: name, hash: hash, code: code, capacity: capacity}}
@@ -109,5 +109,5 @@ defmodule Worker.Function do
 
   defp capacity(_), do: nil
 
-  defp bad(reason), do: {:error, {:bad_request, reason}}
+  defp bad(reason), do: Worker.Reply.bad_request(reason)
 end

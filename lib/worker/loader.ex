@@ -4,7 +4,7 @@ defmodule Worker.Loader do
   for the code if there is one (no compile), else the code, compiled, with
   its artifact written for next time.
 
-  `Worker.Functions` runs it, in a process of its own per load, for the
+  `Worker.Cache` runs it, in a process of its own per load, for the
   functions its cache does not hold.
   """
 
@@ -23,10 +23,6 @@ defmodule Worker.Loader do
           source: :artifact | {:compiled, integer()}
         }
 
-  @doc "The SHA-256 of a function's code."
-  @spec code_hash(binary()) :: binary()
-  def code_hash(code), do: :crypto.hash(:sha256, code)
-
   @doc """
   Loads a stored function from disk; `{:error, :code_not_found}` when its
   code is not stored.
@@ -34,27 +30,27 @@ defmodule Worker.Loader do
   @spec load(Function.key()) :: {:ok, loaded()} | {:error, term()}
   def load(key) do
     case Store.get_code(key) do
-      {:ok, code} -> load_code(code, code_hash(code))
+      {:ok, code} -> load_code(code, Store.code_hash(code))
       :error -> {:error, :code_not_found}
     end
   end
 
   @doc """
   Loads a function from the code the Core sent (`code_hash` is its
-  `code_hash/1`). The code is written to disk only once it compiled (so
-  that invalid code is never stored), unless this very code is stored
-  already.
+  `Worker.Store.code_hash/1`). The code is written to disk only once it
+  compiled (so that invalid code is never stored), unless this very code
+  is stored already.
   """
   @spec load(Function.key(), binary(), binary()) :: {:ok, loaded()} | {:error, term()}
   def load(key, code, code_hash) do
     with {:ok, loaded} <- load_code(code, code_hash),
-         :ok <- if(Store.get_code(key) == {:ok, code}, do: :ok, else: Store.put_code(key, code)) do
+         :ok <- Store.keep_code(key, code) do
       {:ok, loaded}
     end
   end
 
   defp load_code(code, code_hash) do
-    case load_artifact(code) do
+    case load_artifact(code, code_hash) do
       {:ok, module} ->
         {:ok, %{module: module, code_hash: code_hash, source: :artifact}}
 
@@ -63,20 +59,20 @@ defmodule Worker.Loader do
 
         with {:ok, module} <- Runtime.compile(code) do
           duration = System.monotonic_time() - started
-          save_artifact(code, module)
+          save_artifact(code_hash, module)
           {:ok, %{module: module, code_hash: code_hash, source: {:compiled, duration}}}
         end
     end
   end
 
-  defp load_artifact(code) do
-    with {:ok, artifact} <- Store.get_artifact(code),
+  defp load_artifact(code, code_hash) do
+    with {:ok, artifact} <- Store.get_artifact(code_hash),
          {:ok, module} <- Runtime.load(artifact, byte_size(code)) do
       {:ok, module}
     else
       {:error, reason} ->
         Logger.warning("Worker.Loader: stored artifact refused (#{inspect(reason)}); recompiling")
-        Store.delete_artifact(code)
+        Store.delete_artifact(code_hash)
         :error
 
       :error ->
@@ -84,9 +80,9 @@ defmodule Worker.Loader do
     end
   end
 
-  defp save_artifact(code, module) do
+  defp save_artifact(code_hash, module) do
     with {:ok, artifact} <- Runtime.serialize(module),
-         :ok <- Store.put_artifact(code, artifact) do
+         :ok <- Store.put_artifact(code_hash, artifact) do
       :ok
     else
       error -> Logger.warning("Worker.Loader: cannot save artifact: #{inspect(error)}")

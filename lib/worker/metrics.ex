@@ -10,7 +10,7 @@ defmodule Worker.Metrics do
     * `worker_invocation_duration_seconds` - a histogram;
     * `worker_compiles_total` and `worker_compile_duration_seconds`;
     * `worker_cache_hits_total`, `worker_cache_misses_total`,
-      `worker_cache_evictions_total` (as `Worker.Functions` defines them:
+      `worker_cache_evictions_total` (as `Worker.Cache` defines them:
       a store is neither a hit nor a miss);
     * `worker_invocations_in_flight`;
     * `worker_http_requests_total{outcome}` - `ok`, `failed`, `refused`;
@@ -39,7 +39,7 @@ defmodule Worker.Metrics do
   with room for a row (after deletions free some, or on a restart).
   Concurrent loads may overshoot the cap by the few that check at once.
 
-  **Deletion.** `forget/1` (from `Worker.Functions` when a function is
+  **Deletion.** `forget/1` (from `Worker.Cache` when a function is
   deleted) removes its row at once when nothing of it is in flight;
   otherwise it marks the row deleted, and the invocation that ends last
   removes it. An invocation's end always counts in the row its start
@@ -209,7 +209,7 @@ defmodule Worker.Metrics do
 
   @doc """
   Counts a cache hit, an eviction, or a miss whose load failed
-  (`Worker.Functions`; a miss that loads is counted by `loaded/4`).
+  (`Worker.Cache`; a miss that loads is counted by `loaded/4`).
   """
   @spec cache(function_id(), :hit | :eviction | :miss) :: :ok
   def cache(id, :hit) do
@@ -228,7 +228,7 @@ defmodule Worker.Metrics do
   end
 
   @doc """
-  Counts a load into the cache (`Worker.Functions`): for a fetch that
+  Counts a load into the cache (`Worker.Cache`): for a fetch that
   missed (`:miss`) or a store (`:store`), from an artifact or compiled
   (with the compile's duration, in native time units). It makes the
   function's row (see the moduledoc).

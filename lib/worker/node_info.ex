@@ -34,7 +34,7 @@ defmodule Worker.NodeInfo do
       GenServer.call(server, {:set, long_name, tag}, Worker.Request.time_left(deadline))
     end
   catch
-    :exit, {:timeout, _} -> {:error, :timeout}
+    :exit, {:timeout, _} -> Worker.Reply.timeout()
   end
 
   defp check(nil, _what), do: :ok
@@ -43,12 +43,12 @@ defmodule Worker.NodeInfo do
     if String.valid?(value) and not String.match?(value, ~r/[[:cntrl:]]/u) do
       :ok
     else
-      {:error, {:bad_request, "the #{what} must be UTF-8 text without control characters"}}
+      Worker.Reply.bad_request("the #{what} must be UTF-8 text without control characters")
     end
   end
 
   defp check(_value, what),
-    do: {:error, {:bad_request, "the #{what} must be UTF-8 text of 1 to #{@max_bytes} bytes"}}
+    do: Worker.Reply.bad_request("the #{what} must be UTF-8 text of 1 to #{@max_bytes} bytes")
 
   @impl true
   def init(_opts) do

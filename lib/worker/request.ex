@@ -1,7 +1,7 @@
 defmodule Worker.Request do
   @moduledoc """
   The FunLess Core's requests to `:worker`, read into the jobs
-  `Worker.Handler` runs. Everything a request carries is checked here,
+  `Worker.Job` runs. Everything a request carries is checked here,
   once, before any process is spawned for it.
 
   | request | job |
@@ -107,5 +107,5 @@ defmodule Worker.Request do
   def time_left(:infinity), do: :infinity
   def time_left(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
 
-  defp bad(reason), do: {:error, {:bad_request, reason}}
+  defp bad(reason), do: Worker.Reply.bad_request(reason)
 end

@@ -20,7 +20,7 @@ defmodule Worker.Server do
   checking everything it carries (a bad one is answered at once), and
   gives it the deadline of its reply.
   `:get_info` is answered here, from memory. Every other job gets a
-  process of its own (`Worker.Handler`), which replies to the Core
+  process of its own (`Worker.Job.start/3`), which replies to the Core
   directly; `:worker` never waits on one. Jobs are bounded by the requests
   served at once (`FL_MAX_REQUESTS`), and those of one function by its
   share of them (`FL_FUNCTION_SHARE`); past either, the reply is
@@ -32,7 +32,7 @@ defmodule Worker.Server do
   (`Worker.Stray`). Unknown calls get `{:error, {:bad_request, _}}`.
   """
 
-  alias Worker.{Handler, NodeInfo, Request, Stray}
+  alias Worker.{Job, NodeInfo, Request, Stray}
 
   @doc false
   def child_spec(opts),
@@ -73,29 +73,14 @@ defmodule Worker.Server do
         reply(from, {:ok, name, tag})
 
       {:ok, job} ->
-        spawn_handler(from, job, Request.deadline(job))
+        Job.start(from, job, Request.deadline(job))
 
       {:error, _} = refused ->
         reply(from, refused)
 
       :unknown ->
         Stray.drop("Worker.Server", request)
-        reply(from, {:error, {:bad_request, "unknown request"}})
-    end
-  end
-
-  defp spawn_handler(from, job, deadline) do
-    case Handler.admit(job) do
-      {:ok, ticket} ->
-        try do
-          :erlang.spawn_opt(Handler, :run, [from, ticket, job, deadline], min_heap_size: 1024)
-        rescue
-          # the VM's process table is full
-          SystemLimitError -> reply(from, Handler.overloaded())
-        end
-
-      refused ->
-        reply(from, refused)
+        reply(from, Worker.Reply.bad_request("unknown request"))
     end
   end
 

@@ -49,21 +49,37 @@ defmodule Worker.Store do
   end
 
   @doc """
-  Writes the compiled artifact of `code` as it is: the runtime has sealed
-  it (`Worker.Runtime.serialize/1`), so it needs no checksum of its own.
+  Writes a function's code, unless this very code is stored under its key
+  already (then nothing is written).
+  """
+  @spec keep_code(key(), binary()) :: :ok | {:error, term()}
+  def keep_code(key, code),
+    do: if(get_code(key) == {:ok, code}, do: :ok, else: put_code(key, code))
+
+  @doc """
+  The SHA-256 of a function's code: what artifacts are kept by, and what
+  `Worker.Cache` compares code by.
+  """
+  @spec code_hash(binary()) :: binary()
+  def code_hash(code), do: :crypto.hash(:sha256, code)
+
+  @doc """
+  Writes the compiled artifact of the code whose `code_hash/1` is
+  `code_hash`, as it is: the runtime has sealed it
+  (`Worker.Runtime.serialize/1`), so it needs no checksum of its own.
   """
   @spec put_artifact(binary(), binary()) :: :ok | {:error, term()}
-  def put_artifact(code, artifact) do
-    with {:ok, path} <- artifact_path(code), do: write_file(path, artifact)
+  def put_artifact(code_hash, artifact) do
+    with {:ok, path} <- artifact_path(code_hash), do: write_file(path, artifact)
   end
 
   @doc """
-  Reads the compiled artifact of `code`, if one is stored, as it was
-  written: `Worker.Runtime.load/2` checks its seal.
+  Reads the artifact of the code whose hash is `code_hash`, if one is
+  stored, as it was written: `Worker.Runtime.load/2` checks its seal.
   """
   @spec get_artifact(binary()) :: {:ok, binary()} | :error
-  def get_artifact(code) do
-    with {:ok, path} <- artifact_path(code), {:ok, artifact} <- File.read(path) do
+  def get_artifact(code_hash) do
+    with {:ok, path} <- artifact_path(code_hash), {:ok, artifact} <- File.read(path) do
       {:ok, artifact}
     else
       _ -> :error
@@ -79,10 +95,10 @@ defmodule Worker.Store do
   @spec use_artifact_key() :: :ok | {:error, term()}
   def use_artifact_key, do: Worker.Native.artifact_key(Path.join(dir(), "artifact_key"))
 
-  @doc "Deletes the compiled artifact of `code`."
+  @doc "Deletes the artifact of the code whose hash is `code_hash`."
   @spec delete_artifact(binary()) :: :ok
-  def delete_artifact(code) do
-    with {:ok, path} <- artifact_path(code), do: File.rm(path)
+  def delete_artifact(code_hash) do
+    with {:ok, path} <- artifact_path(code_hash), do: File.rm(path)
     :ok
   end
 
@@ -109,7 +125,7 @@ defmodule Worker.Store do
           {:ok, payload} <- [read(Path.join([dir(), "functions", file]))],
           {_key, code} when is_binary(code) <- [safe_decode(payload)],
           into: MapSet.new(),
-          do: hex(:crypto.hash(:sha256, code))
+          do: hex(code_hash(code))
 
     for artifact <- ls(Path.join(root, current)), artifact not in referenced do
       File.rm(Path.join([root, current, artifact]))
@@ -171,13 +187,13 @@ defmodule Worker.Store do
   end
 
   @doc """
-  Path of the artifact for `code` under this engine's fingerprint (read
-  once, see `Worker.Runtime.fingerprint/0`).
+  Path of the artifact for the code whose hash is `code_hash`, under this
+  engine's fingerprint (read once, see `Worker.Runtime.fingerprint/0`).
   """
   @spec artifact_path(binary()) :: {:ok, Path.t()} | {:error, {:runtime_unavailable, String.t()}}
-  def artifact_path(code) do
+  def artifact_path(code_hash) do
     with {:ok, fingerprint} <- Worker.Runtime.fingerprint() do
-      {:ok, Path.join([dir(), "artifacts", fingerprint, hex(:crypto.hash(:sha256, code))])}
+      {:ok, Path.join([dir(), "artifacts", fingerprint, hex(code_hash)])}
     end
   end
 

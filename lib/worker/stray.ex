@@ -60,7 +60,7 @@ defmodule Worker.Stray do
         when state: term()
   def call(module, request, state) do
     drop(inspect(module), request)
-    {:reply, {:error, {:bad_request, "unknown request"}}, state}
+    {:reply, Worker.Reply.bad_request("unknown request"), state}
   end
 
   @doc "See `call/3`."

@@ -99,7 +99,12 @@ defmodule Worker.Test.Cluster do
   end
 
   @doc "Run on a worker node: a process that holds an admission slot for `ms`."
-  def hold_admission(ms), do: spawn(fn -> Worker.Admission.run(fn -> Process.sleep(ms) end) end)
+  def hold_admission(ms) do
+    spawn(fn ->
+      {:ok, _slot} = Worker.Admission.enter()
+      Process.sleep(ms)
+    end)
+  end
 
   @doc "Run on a worker node: points its `Worker.Cluster` at another DNS name."
   def set_core_dns(name) do

@@ -20,7 +20,7 @@ defmodule Worker.ComponentProtocolTest do
 
   # until the node's compiles are over
   defp await_loads(node) do
-    unless remote(node, Worker.Functions, :loading, []) == [] do
+    unless remote(node, Worker.Cache, :loading, []) == [] do
       Process.sleep(200)
       await_loads(node)
     end
@@ -65,7 +65,7 @@ defmodule Worker.ComponentProtocolTest do
     assert invoke(node, http, %{"name" => "Core"}) == {:ok, %{"message" => "Hello, Core!"}}
     assert invoke(node, cli, %{"name" => "Core"}) == {:ok, "Hello Core!"}
     assert invoke(node, cli, "Ada") == {:ok, "Hello Ada!"}
-    assert %{compiles: 2, artifact_loads: 0} = remote(node, Worker.Functions, :info, [])
+    assert %{compiles: 2, artifact_loads: 0} = remote(node, Worker.Cache, :info, [])
 
     # the code in the invoke message, straight to :worker (args %{}), for
     # functions never stored; the code is kept
@@ -91,7 +91,7 @@ defmodule Worker.ComponentProtocolTest do
     end
 
     # artifacts are by code: the same code under other names is compiled once
-    assert %{compiles: 2, artifact_loads: 4} = remote(node, Worker.Functions, :info, [])
+    assert %{compiles: 2, artifact_loads: 4} = remote(node, Worker.Cache, :info, [])
   end
 
   test "a restarted worker serves stored components from their artifacts, without compiling",
@@ -101,7 +101,7 @@ defmodule Worker.ComponentProtocolTest do
     cli = component("hello_cli")
     assert call(node, {:store_function, http}) == :ok
     assert call(node, {:store_function, cli}) == :ok
-    assert %{compiles: 2, artifact_loads: 0} = remote(node, Worker.Functions, :info, [])
+    assert %{compiles: 2, artifact_loads: 0} = remote(node, Worker.Cache, :info, [])
     assert length(Path.wildcard(Path.join(dir, "artifacts/*/*"))) == 2
 
     # killed right after the replies: nothing was flushed by a clean exit
@@ -111,8 +111,7 @@ defmodule Worker.ComponentProtocolTest do
     assert invoke(node, http, %{"name" => "again"}) == {:ok, %{"message" => "Hello, again!"}}
     assert invoke(node, cli, "again") == {:ok, "Hello again!"}
 
-    assert %{compiles: 0, artifact_loads: 2, misses: 2} =
-             remote(node, Worker.Functions, :info, [])
+    assert %{compiles: 0, artifact_loads: 2, misses: 2} = remote(node, Worker.Cache, :info, [])
 
     # loaded from an artifact, each keeps its kind
     page = rendered!(node)

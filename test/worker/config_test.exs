@@ -20,7 +20,6 @@ defmodule Worker.ConfigTest do
     "FL_COMPILE_MAX_MB" => "16",
     "FL_CACHE_MAX_ENTRIES" => "17",
     "FL_CACHE_MAX_MB" => "18",
-    "FL_MAX_CAPACITY_MB" => "19",
     "FL_HANDLER_TIMEOUT_MS" => "20",
     "FL_INVOKE_DEADLINE_MS" => "3200",
     "FL_STORE_DEADLINE_MS" => "3300",
@@ -66,7 +65,6 @@ defmodule Worker.ConfigTest do
              compile_max_mb: 16,
              cache_max_entries: 17,
              cache_max_bytes: 18 * @mib,
-             max_capacity_mb: 19,
              handler_timeout_ms: 20,
              invoke_deadline_ms: 3200,
              store_deadline_ms: 3300,
@@ -180,6 +178,18 @@ defmodule Worker.ConfigTest do
 
     error = assert_raise ArgumentError, fn -> Config.from_env(%{"LIBCLUSTER_PORT" => "x"}) end
     assert error.message =~ "LIBCLUSTER_PORT"
+  end
+
+  test "a variable no longer read is warned about, saying what to set instead" do
+    warned =
+      ExUnit.CaptureIO.capture_io(:stderr, fn ->
+        refute Keyword.has_key?(
+                 Config.from_env(%{"FL_MAX_CAPACITY_MB" => "19"}),
+                 :max_capacity_mb
+               )
+      end)
+
+    assert warned =~ "FL_MAX_CAPACITY_MB is no longer read: FL_MEMORY_CAP_MB bounds"
   end
 
   test "more concurrency than pool instances stops the boot, naming both" do

@@ -44,7 +44,7 @@ defmodule Worker.DeadlineTest do
     assert ms <= deadline + @slack, "answered after #{ms} ms, deadline #{deadline}"
   end
 
-  defp requests(node), do: remote(node, Worker.Handler, :info, []).requests
+  defp requests(node), do: remote(node, Worker.Job, :info, []).requests
   defp admission(node), do: remote(node, Worker.Admission, :info, [])
 
   test "a run that outlasts the deadline: stopped there, its slot free", %{node: node} do
@@ -89,10 +89,10 @@ defmodule Worker.DeadlineTest do
     assert_on_time(timed(node, {:invoke, slow}), @invoke_deadline)
     # no request waits for the compile, which goes on
     assert requests(node) == 0
-    assert remote(node, Worker.Functions, :loading, []) == [Worker.Test.Core.key(slow)]
+    assert remote(node, Worker.Cache, :loading, []) == [Worker.Test.Core.key(slow)]
 
     # it ends stored and cached: the next invocation needs no code
-    assert eventually(fn -> remote(node, Worker.Functions, :loading, []) == [] end, 30_000, 50)
+    assert eventually(fn -> remote(node, Worker.Cache, :loading, []) == [] end, 30_000, 50)
     assert call(node, {:invoke, Core.without_code(slow), %{}}) == {:error, :no_response}
   end
 
@@ -103,7 +103,7 @@ defmodule Worker.DeadlineTest do
     key = Worker.Test.Core.key(slow)
 
     first = Task.async(fn -> timed(node, {:store_function, slow}) end)
-    assert eventually(fn -> remote(node, Worker.Functions, :loading, []) == [key] end)
+    assert eventually(fn -> remote(node, Worker.Cache, :loading, []) == [key] end)
 
     # the same function with other code waits behind the first load, and so
     # does a delete; each is answered at its own deadline
@@ -118,11 +118,11 @@ defmodule Worker.DeadlineTest do
     assert_on_time(Task.await(second), @store_deadline)
     assert_on_time(Task.await(delete), @store_deadline)
     assert eventually(fn -> requests(node) == 0 end)
-    assert remote(node, Worker.Functions, :loading, []) == [key]
+    assert remote(node, Worker.Cache, :loading, []) == [key]
 
     # what they asked for is done in order once the compile ends: the first
     # load, the second, then the delete
-    assert eventually(fn -> remote(node, Worker.Functions, :loading, []) == [] end, 30_000, 50)
+    assert eventually(fn -> remote(node, Worker.Cache, :loading, []) == [] end, 30_000, 50)
     assert {:error, :code_not_found, _} = call(node, {:invoke, Core.without_code(slow), %{}})
     _ = other
   end

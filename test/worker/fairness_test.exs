@@ -25,7 +25,7 @@ defmodule Worker.FairnessTest do
   # The most requests `node` served at once, sampled every 10 ms until
   # told to stop.
   defp sample_requests(node, peak) do
-    peak = max(peak, remote(node, Worker.Handler, :info, []).requests)
+    peak = max(peak, remote(node, Worker.Job, :info, []).requests)
 
     receive do
       :stop -> peak
@@ -57,7 +57,7 @@ defmodule Worker.FairnessTest do
     # the store compiles for seconds; every delete of the function waits
     # behind it (and is answered by its deadline)
     store = Task.async(fn -> call(node, {:store_function, slow}) end)
-    assert eventually(fn -> remote(node, Worker.Functions, :loading, []) != [] end)
+    assert eventually(fn -> remote(node, Worker.Cache, :loading, []) != [] end)
     probe = prober(node, hello)
 
     delete = {:delete_function, slow.name, slow.module, slow.hash}
@@ -114,12 +114,12 @@ defmodule Worker.FairnessTest do
     # its share (75% of the 4096 requests), besides the store, and the probe
     # from the other Core
     assert peak <= div(3_072, 8) + 2, "#{peak} requests served at once"
-    assert remote(node, Worker.Handler, :info, []).overloaded > 0, inspect(counts)
+    assert remote(node, Worker.Job, :info, []).overloaded > 0, inspect(counts)
 
     assert Task.await(store, 60_000) in [:ok, {:error, :timeout}]
     # and nothing is held once it is over
     assert eventually(
-             fn -> remote(node, Worker.Handler, :info, []).requests == 0 end,
+             fn -> remote(node, Worker.Job, :info, []).requests == 0 end,
              30_000,
              100
            )
@@ -176,7 +176,7 @@ defmodule Worker.FairnessTest do
       for _ <- 1..30,
           do: Task.async(fn -> call(node, {:invoke, Core.without_code(sleep), %{}}) end)
 
-    assert eventually(fn -> remote(node, Worker.Handler, :info, []).requests == 30 end)
+    assert eventually(fn -> remote(node, Worker.Job, :info, []).requests == 30 end)
     assert call(node, {:invoke, Core.without_code(sleep), %{}}) == {:error, :overloaded}
 
     # but it can be stored again, updated and deleted meanwhile

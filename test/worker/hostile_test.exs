@@ -159,7 +159,7 @@ defmodule Worker.HostileTest do
 
     Process.sleep(100)
     json = byte_size(~s({"pad":"#{String.duplicate("x", 1_000)}"}))
-    assert %{requests: 10, handler_bytes: bytes} = remote(node, Worker.Handler, :info, [])
+    assert %{requests: 10, handler_bytes: bytes} = remote(node, Worker.Job, :info, [])
     assert bytes == 10 * json
 
     spin = function("spin", wat!("spin"))
@@ -184,7 +184,7 @@ defmodule Worker.HostileTest do
 
     # a handler that goes frees its slot at once
     Process.exit(hd(handlers), :kill)
-    assert eventually(fn -> remote(node, Worker.Handler, :info, []).requests == 9 end)
+    assert eventually(fn -> remote(node, Worker.Job, :info, []).requests == 9 end)
     assert call(node, {:delete_function, "x", "m", "h"}) == :ok
     assert call(node, :get_info) |> elem(0) == :ok
   end
@@ -200,7 +200,7 @@ defmodule Worker.HostileTest do
 
     assert reason =~ "larger than"
     # refused by :worker itself: no request was started
-    assert remote(node, Worker.Handler, :info, []).requests == 0
+    assert remote(node, Worker.Job, :info, []).requests == 0
   end
 
   test "node info refuses what is not a sane name, and keeps the old one", %{tmp_dir: dir} do

@@ -35,7 +35,7 @@ defmodule Worker.PersistenceTest do
              {:ok, %{"payload" => "Hello again!"}}
 
     # served from the precompiled artifact, without compiling
-    assert %{compiles: 0, artifact_loads: 1} = :erpc.call(node, Worker.Functions, :info, [])
+    assert %{compiles: 0, artifact_loads: 1} = :erpc.call(node, Worker.Cache, :info, [])
     assert call(node, :get_info) == {:ok, "long", "edge"}
     assert {:error, :code_not_found, _} = call(node, {:invoke, %{echo | code: nil}, %{}})
   end
@@ -81,7 +81,7 @@ defmodule Worker.PersistenceTest do
       assert {:ok, %{"payload" => "Hello World!"}} =
                call(node, {:invoke, %{hello | code: nil}, %{}})
 
-      assert %{compiles: 1, artifact_loads: 0} = :erpc.call(node, Worker.Functions, :info, [])
+      assert %{compiles: 1, artifact_loads: 0} = :erpc.call(node, Worker.Cache, :info, [])
       # and a good artifact is written back
       assert File.read!(artifact) |> byte_size() > 1000
       node
@@ -93,7 +93,7 @@ defmodule Worker.PersistenceTest do
     on_exit(fn -> Cluster.stop(peer) end)
     [a, b, c] = for n <- ~w(hello echo error), do: function(n, wasm!(n))
     key = fn f -> {f.module, f.name, f.hash} end
-    cached? = fn f -> :erpc.call(node, :ets, :member, [Worker.Functions, key.(f)]) end
+    cached? = fn f -> :erpc.call(node, :ets, :member, [Worker.Cache, key.(f)]) end
 
     assert call(node, {:store_function, a}) == :ok
     assert call(node, {:store_function, b}) == :ok
@@ -105,7 +105,7 @@ defmodule Worker.PersistenceTest do
 
     assert cached?.(a) and cached?.(c)
     refute cached?.(b)
-    assert %{entries: 2, evictions: 1} = :erpc.call(node, Worker.Functions, :info, [])
+    assert %{entries: 2, evictions: 1} = :erpc.call(node, Worker.Cache, :info, [])
     # evicted from memory, not from disk
     assert {:ok, _} = call(node, {:invoke, %{b | code: nil}, %{}})
   end

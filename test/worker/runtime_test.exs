@@ -126,7 +126,7 @@ defmodule Worker.RuntimeTest do
       assert {:ok, fingerprint} = Runtime.fingerprint()
       assert fingerprint =~ ~r/^[0-9a-f]{16}$/
       assert Runtime.fingerprint() == {:ok, fingerprint}
-      assert :persistent_term.get({Runtime, :fingerprint}) == fingerprint
+      assert :persistent_term.get({Runtime.Module, :fingerprint}) == fingerprint
     end
 
     @tag :tmp_dir
@@ -137,8 +137,9 @@ defmodule Worker.RuntimeTest do
       {:error, {:runtime_unavailable, _}} = Worker.Runtime.fingerprint()
       {:error, {:runtime_unavailable, _}} = Worker.Runtime.compile("(module)")
       Application.put_env(:worker, :data_dir, #{inspect(dir)})
-      :error = Worker.Store.get_artifact("code")
-      {:error, {:runtime_unavailable, _}} = Worker.Store.put_artifact("code", "artifact")
+      :error = Worker.Store.get_artifact(Worker.Store.code_hash("code"))
+      {:error, {:runtime_unavailable, _}} =
+        Worker.Store.put_artifact(Worker.Store.code_hash("code"), "artifact")
       :ok = Worker.Store.prune_artifacts()
       :ok = Worker.Runtime.configure(Worker.Runtime.default_settings())
       {:ok, _} = Worker.Runtime.fingerprint()

@@ -54,7 +54,7 @@ defmodule Worker.ServerTest do
 
     # storing it again neither compiles nor loads it again
     assert call(node, {:store_function, hello}) == :ok
-    assert %{compiles: 1, artifact_loads: 0} = remote(node, Worker.Functions, :info, [])
+    assert %{compiles: 1, artifact_loads: 0} = remote(node, Worker.Cache, :info, [])
   end
 
   test "plain maps work as well as the Core's structs", %{node: node} do
@@ -139,7 +139,7 @@ defmodule Worker.ServerTest do
 
   defp wait_until_loading(node, tries \\ 2_000) do
     cond do
-      remote(node, Worker.Functions, :loading, []) != [] -> true
+      remote(node, Worker.Cache, :loading, []) != [] -> true
       tries == 0 -> false
       true -> wait_until_loading(node, tries - 1)
     end
@@ -220,7 +220,7 @@ defmodule Worker.ServerTest do
     :ok =
       remote(node, Supervisor, :terminate_child, [
         remote(node, Worker.Application, :supervisor, []),
-        Worker.Functions
+        Worker.Cache
       ])
 
     level = remote(node, Logger, :level, [])
@@ -231,7 +231,7 @@ defmodule Worker.ServerTest do
     {:ok, _} =
       remote(node, Supervisor, :restart_child, [
         remote(node, Worker.Application, :supervisor, []),
-        Worker.Functions
+        Worker.Cache
       ])
 
     # a raw message to the process
@@ -269,7 +269,7 @@ defmodule Worker.ServerTest do
     |> Task.await_many(@timeout)
     |> Enum.each(&assert(&1 == {:ok, %{"payload" => "Hello World!"}}))
 
-    assert %{compiles: 1, misses: 1} = remote(fresh, Worker.Functions, :info, [])
+    assert %{compiles: 1, misses: 1} = remote(fresh, Worker.Cache, :info, [])
   end
 
   test "the admission limit answers :overloaded past the queue", %{dir: dir} do

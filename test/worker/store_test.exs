@@ -21,7 +21,7 @@ defmodule Worker.StoreTest do
   defp hex(data), do: Base.encode16(sha256(data), case: :lower)
 
   # the runtime runs in the test VM: both are {:ok, _} there
-  defp artifact_path!(code), do: elem({:ok, _} = Store.artifact_path(code), 1)
+  defp artifact_path!(code), do: elem({:ok, _} = Store.artifact_path(Store.code_hash(code)), 1)
   defp fingerprint!, do: elem({:ok, _} = Worker.Runtime.fingerprint(), 1)
 
   # Every file the store keeps under `dir`, relative to it.
@@ -62,7 +62,7 @@ defmodule Worker.StoreTest do
     test "leaves no temporary file behind", %{tmp_dir: dir} do
       assert Store.put_code(key(1), "v1") == :ok
       assert Store.put_code(key(1), "v2") == :ok
-      assert Store.put_artifact("code", "artifact") == :ok
+      assert Store.put_artifact(Store.code_hash("code"), "artifact") == :ok
       assert Store.put_term("node_info", {"a", "b"}) == :ok
 
       assert files(dir) ==
@@ -185,40 +185,43 @@ defmodule Worker.StoreTest do
       # a file where the directory should go: nothing can be written
       File.write!(Path.join(dir, "artifacts"), "in the way")
       before = files(dir)
-      assert {:error, _} = Store.put_artifact("code", "artifact")
+      assert {:error, _} = Store.put_artifact(Store.code_hash("code"), "artifact")
       assert files(dir) == before
     end
   end
 
   describe "artifacts" do
     test "are kept per code, under the engine fingerprint", %{tmp_dir: dir} do
-      assert Store.put_artifact("code a", "artifact a") == :ok
-      assert Store.put_artifact("code b", "artifact b") == :ok
-      assert Store.get_artifact("code a") == {:ok, "artifact a"}
-      assert Store.get_artifact("code b") == {:ok, "artifact b"}
-      assert Store.get_artifact("code c") == :error
+      assert Store.put_artifact(Store.code_hash("code a"), "artifact a") == :ok
+      assert Store.put_artifact(Store.code_hash("code b"), "artifact b") == :ok
+      assert Store.get_artifact(Store.code_hash("code a")) == {:ok, "artifact a"}
+      assert Store.get_artifact(Store.code_hash("code b")) == {:ok, "artifact b"}
+      assert Store.get_artifact(Store.code_hash("code c")) == :error
 
       assert artifact_path!("code a") ==
                Path.join([dir, "artifacts", fingerprint!(), hex("code a")])
 
-      assert Store.delete_artifact("code a") == :ok
-      assert Store.get_artifact("code a") == :error
-      assert Store.get_artifact("code b") == {:ok, "artifact b"}
-      assert Store.delete_artifact("code a") == :ok
+      assert Store.delete_artifact(Store.code_hash("code a")) == :ok
+      assert Store.get_artifact(Store.code_hash("code a")) == :error
+      assert Store.get_artifact(Store.code_hash("code b")) == {:ok, "artifact b"}
+      assert Store.delete_artifact(Store.code_hash("code a")) == :ok
     end
 
     test "are kept as the runtime sealed them: the store adds nothing to check" do
       hello = compile!("hello")
       {:ok, artifact} = Worker.Runtime.serialize(hello)
-      assert Store.put_artifact("code", artifact) == :ok
+      assert Store.put_artifact(Store.code_hash("code"), artifact) == :ok
       assert File.read!(artifact_path!("code")) == artifact
-      assert Store.get_artifact("code") == {:ok, artifact}
+      assert Store.get_artifact(Store.code_hash("code")) == {:ok, artifact}
     end
 
     test "prune keeps the artifacts of stored code and deletes the rest", %{tmp_dir: dir} do
       assert Store.put_code(key(1), "code one") == :ok
       assert Store.put_code(key(2), "code two") == :ok
-      for code <- ["code one", "code two", "orphan"], do: Store.put_artifact(code, "compiled")
+
+      for code <- ["code one", "code two", "orphan"],
+          do: Store.put_artifact(Store.code_hash(code), "compiled")
+
       assert Store.delete_code(key(2)) == :ok
 
       # artifacts of another engine cannot be loaded here
@@ -228,15 +231,15 @@ defmodule Worker.StoreTest do
 
       # corrupt code refers to nothing
       assert Store.put_code(key(3), "code three") == :ok
-      assert Store.put_artifact("code three", "compiled") == :ok
+      assert Store.put_artifact(Store.code_hash("code three"), "compiled") == :ok
       File.write!(Store.code_path(key(3)), "garbage")
 
       capture_log(fn -> assert Store.prune_artifacts() == :ok end)
 
-      assert Store.get_artifact("code one") == {:ok, "compiled"}
-      assert Store.get_artifact("code two") == :error
-      assert Store.get_artifact("orphan") == :error
-      assert Store.get_artifact("code three") == :error
+      assert Store.get_artifact(Store.code_hash("code one")) == {:ok, "compiled"}
+      assert Store.get_artifact(Store.code_hash("code two")) == :error
+      assert Store.get_artifact(Store.code_hash("orphan")) == :error
+      assert Store.get_artifact(Store.code_hash("code three")) == :error
       refute File.exists?(other)
       assert Store.get_code(key(1)) == {:ok, "code one"}
     end
@@ -271,7 +274,7 @@ defmodule Worker.StoreTest do
 
   test "remove_temporary deletes what interrupted writes left, and nothing else", %{tmp_dir: dir} do
     assert Store.put_code(key(1), "code") == :ok
-    assert Store.put_artifact("code", "artifact") == :ok
+    assert Store.put_artifact(Store.code_hash("code"), "artifact") == :ok
     assert Store.put_term("node_info", :info) == :ok
     kept = files(dir)
 

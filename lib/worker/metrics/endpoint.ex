@@ -188,7 +188,7 @@ defmodule Worker.Metrics.Endpoint do
   defp respond(_method, _path), do: {404, "text/plain", "not found\n"}
 
   # The runtime is configured before the supervision tree starts, and
-  # :worker starts after Worker.Functions: registered, with a runtime that
+  # :worker starts after Worker.Cache: registered, with a runtime that
   # answers, means ready.
   defp ready?,
     do: Process.whereis(:worker) != nil and match?({:ok, _}, Worker.Runtime.fingerprint())

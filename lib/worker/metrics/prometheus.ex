@@ -218,8 +218,7 @@ defmodule Worker.Metrics.Prometheus do
         cancelled: 0
       })
 
-    requests =
-      safe(fn -> Worker.Handler.info() end, %{requests: 0, handler_bytes: 0, overloaded: 0})
+    requests = safe(fn -> Worker.Job.info() end, %{requests: 0, handler_bytes: 0, overloaded: 0})
 
     stray = safe(fn -> Worker.Stray.count() end, 0)
     heartbeats = safe(fn -> Worker.Cluster.heartbeats() end, %{})

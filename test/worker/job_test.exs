@@ -1,4 +1,4 @@
-defmodule Worker.HandlerTest do
+defmodule Worker.JobTest do
   # Request processes of this node's application, reached through :worker
   # as the Core reaches it, without distribution.
   use ExUnit.Case, async: false
@@ -7,7 +7,7 @@ defmodule Worker.HandlerTest do
 
   import Worker.Test.Fixtures
   alias Worker.Test.Helpers
-  alias Worker.Handler
+  alias Worker.Job
 
   setup do
     name = Helpers.unique_name("h")
@@ -23,14 +23,14 @@ defmodule Worker.HandlerTest do
   end
 
   test "a code handler runs the original arguments once it gets the code", context do
-    before = Handler.info()
+    before = Job.info()
 
     assert {:error, :code_not_found, handler} =
              call(:worker, {:invoke, context.without_code, %{"name" => "Handler"}})
 
     # it holds the arguments, and a request slot
-    assert Handler.info().handler_bytes > before.handler_bytes
-    assert Handler.info().requests > before.requests
+    assert Job.info().handler_bytes > before.handler_bytes
+    assert Job.info().requests > before.requests
 
     # calls of any other kind are refused, and it keeps waiting
     assert call(handler, {:store_function, context.hello}) ==
@@ -40,8 +40,8 @@ defmodule Worker.HandlerTest do
 
     assert call(handler, {:invoke, context.hello}) == {:ok, %{"payload" => "Hello Handler!"}}
     await_down(handler)
-    assert Handler.info().handler_bytes == before.handler_bytes
-    assert Handler.info().requests == before.requests
+    assert Job.info().handler_bytes == before.handler_bytes
+    assert Job.info().requests == before.requests
 
     # the code was stored: the next invocation needs none
     assert call(:worker, {:invoke, context.without_code, %{}}) ==
@@ -67,14 +67,14 @@ defmodule Worker.HandlerTest do
     previous = Application.fetch_env!(:worker, :handler_timeout_ms)
     Application.put_env(:worker, :handler_timeout_ms, 50)
     on_exit(fn -> Application.put_env(:worker, :handler_timeout_ms, previous) end)
-    before = Handler.info()
+    before = Job.info()
 
     assert {:error, :code_not_found, handler} =
              call(:worker, {:invoke, context.without_code, %{}})
 
     await_down(handler)
-    assert Handler.info().handler_bytes == before.handler_bytes
-    assert Handler.info().requests == before.requests
+    assert Job.info().handler_bytes == before.handler_bytes
+    assert Job.info().requests == before.requests
   end
 
   test "a WASI command is stored and invoked like any function, through a code handler too" do

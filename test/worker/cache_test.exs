@@ -1,10 +1,10 @@
-defmodule Worker.FunctionsTest do
+defmodule Worker.CacheTest do
   # The cache of this node's application: what it serves, and what it counts.
   use ExUnit.Case, async: false
 
   import Worker.Test.Fixtures
   alias Worker.Test.Helpers
-  alias Worker.{Function, Functions, Store}
+  alias Worker.{Cache, Function, Store}
 
   setup do
     %{hello: unique(wasm!("hello")), name: Helpers.unique_name("f")}
@@ -26,11 +26,11 @@ defmodule Worker.FunctionsTest do
     }
   end
 
-  # what changed in Functions.info/0 while `fun` ran
+  # what changed in Cache.info/0 while `fun` ran
   defp counted(fun) do
-    before = Functions.info()
+    before = Cache.info()
     fun.()
-    later = Functions.info()
+    later = Cache.info()
     keys = [:hits, :misses, :compiles, :artifact_loads, :evictions]
     Map.new(keys, &{&1, later[&1] - before[&1]})
   end
@@ -41,10 +41,10 @@ defmodule Worker.FunctionsTest do
 
     counts =
       counted(fn ->
-        assert Functions.store(f) == :ok
-        assert Functions.store(f) == :ok
-        assert {:ok, module} = Functions.fetch(f)
-        assert {:ok, ^module} = Functions.fetch(%{f | code: nil})
+        assert Cache.store(f) == :ok
+        assert Cache.store(f) == :ok
+        assert {:ok, module} = Cache.fetch(f)
+        assert {:ok, ^module} = Cache.fetch(%{f | code: nil})
       end)
 
     assert counts == %{hits: 2, misses: 0, compiles: 1, artifact_loads: 0, evictions: 0}
@@ -52,15 +52,15 @@ defmodule Worker.FunctionsTest do
 
   test "a hot module is served by its code's hash, without the disk", %{hello: hello, name: name} do
     f = function(name, hello)
-    assert Functions.store(f) == :ok
+    assert Cache.store(f) == :ok
     # the stored copy goes; the cache still knows the code
     File.rm!(Store.code_path(Function.key(f)))
 
-    assert counted(fn -> assert {:ok, _} = Functions.fetch(f) end) ==
+    assert counted(fn -> assert {:ok, _} = Cache.fetch(f) end) ==
              %{hits: 1, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
 
     # a store is the Core asking for the code to be kept: it is written again
-    assert counted(fn -> assert Functions.store(f) == :ok end) ==
+    assert counted(fn -> assert Cache.store(f) == :ok end) ==
              %{hits: 0, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
 
     assert Store.get_code(Function.key(f)) == {:ok, hello}
@@ -68,32 +68,32 @@ defmodule Worker.FunctionsTest do
 
   test "other code under the same key is a miss, and is loaded", %{hello: hello, name: name} do
     f = function(name, hello)
-    assert Functions.store(f) == :ok
+    assert Cache.store(f) == :ok
     other = function(name, unique(wasm!("echo")))
 
     assert %{misses: 1, hits: 0, compiles: 1} =
-             counted(fn -> assert {:ok, _module} = Functions.fetch(other) end)
+             counted(fn -> assert {:ok, _module} = Cache.fetch(other) end)
 
     # and that is what is stored and cached now
     assert Store.get_code(Function.key(f)) == {:ok, other.code}
-    assert %{hits: 1, misses: 0} = counted(fn -> Functions.fetch(%{f | code: nil}) end)
+    assert %{hits: 1, misses: 0} = counted(fn -> Cache.fetch(%{f | code: nil}) end)
   end
 
   test "stored code, not cached: a miss served from the artifact", %{hello: hello, name: name} do
     f = function(name, hello)
     # on disk as a store leaves it, as a restarted worker finds it
-    assert Functions.store(f) == :ok
+    assert Cache.store(f) == :ok
     key = Function.key(f)
-    Functions.delete(key)
+    Cache.delete(key)
     :ok = Store.put_code(key, hello)
 
-    assert counted(fn -> assert {:ok, _} = Functions.fetch(%{f | code: nil}) end) ==
+    assert counted(fn -> assert {:ok, _} = Cache.fetch(%{f | code: nil}) end) ==
              %{hits: 0, misses: 1, compiles: 0, artifact_loads: 1, evictions: 0}
   end
 
   test "a load records the function's kind for the metrics", %{name: name} do
     f = function(name, unique(wasm!("hello_command")))
-    assert Functions.store(f) == :ok
+    assert Cache.store(f) == :ok
 
     page = Worker.Test.Prometheus.parse!(IO.iodata_to_binary(Worker.Metrics.Prometheus.render()))
     labels = %{"module" => "functions_test", "function" => name, "kind" => "wasi_command"}
@@ -103,25 +103,25 @@ defmodule Worker.FunctionsTest do
   test "unknown functions: code_not_found, not a miss (the load with the code is)",
        %{name: name} do
     assert counted(fn ->
-             assert Functions.fetch(function(name, nil)) == {:error, :code_not_found}
+             assert Cache.fetch(function(name, nil)) == {:error, :code_not_found}
            end) == %{hits: 0, misses: 0, compiles: 0, artifact_loads: 0, evictions: 0}
   end
 
   test "invalid code is refused and neither stored nor cached", %{name: name} do
     f = function(name, "not wasm")
-    assert {:error, {:invalid_module, _}} = Functions.store(f)
+    assert {:error, {:invalid_module, _}} = Cache.store(f)
     assert Store.get_code(Function.key(f)) == :error
-    assert Functions.fetch(%{f | code: nil}) == {:error, :code_not_found}
+    assert Cache.fetch(%{f | code: nil}) == {:error, :code_not_found}
   end
 
   test "delete forgets cache and code", %{hello: hello, name: name} do
     f = function(name, hello)
-    assert Functions.store(f) == :ok
-    assert Functions.delete(Function.key(f)) == :ok
+    assert Cache.store(f) == :ok
+    assert Cache.delete(Function.key(f)) == :ok
     assert Store.get_code(Function.key(f)) == :error
-    assert Functions.fetch(%{f | code: nil}) == {:error, :code_not_found}
+    assert Cache.fetch(%{f | code: nil}) == {:error, :code_not_found}
     # deleting what is not there is fine
-    assert Functions.delete(Function.key(f)) == :ok
+    assert Cache.delete(Function.key(f)) == :ok
   end
 
   test "concurrent fetches of one stored function load it once", %{hello: hello, name: name} do
@@ -132,7 +132,7 @@ defmodule Worker.FunctionsTest do
     counts =
       counted(fn ->
         1..20
-        |> Enum.map(fn _ -> Task.async(fn -> Functions.fetch(%{f | code: nil}) end) end)
+        |> Enum.map(fn _ -> Task.async(fn -> Cache.fetch(%{f | code: nil}) end) end)
         |> Task.await_many()
         |> Enum.each(&assert {:ok, _} = &1)
       end)

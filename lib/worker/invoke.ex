@@ -1,13 +1,13 @@
-defmodule Worker.Invocation do
+defmodule Worker.Invoke do
   @moduledoc """
-  Runs one Core invocation: the compiled function from `Worker.Functions`
+  Runs one Core invocation: the compiled function from `Worker.Cache`
   (which may compile it, or answer `{:error, :code_not_found}`), then an
   admission slot (`Worker.Admission`, `FL_MAX_CONCURRENCY`) around the
   invocation itself, then the metrics and the log line of its outcome.
-  `Worker.Handler` calls it, for requests with and without code alike.
+  `Worker.Job` calls it, for requests with and without code alike.
   """
 
-  alias Worker.{Admission, Function, Functions, Metrics, Request, Runtime}
+  alias Worker.{Admission, Cache, Function, Metrics, Reply, Request, Runtime}
 
   require Logger
 
@@ -22,7 +22,7 @@ defmodule Worker.Invocation do
   @spec run(Function.t(), term(), pid() | nil, Request.deadline()) ::
           {:ok, term()} | {:error, term()}
   def run(%Function{} = function, input, caller, deadline \\ :infinity) do
-    with {:ok, module} <- Functions.fetch(function, deadline),
+    with {:ok, module} <- Cache.fetch(function, deadline),
          {:ok, memory_opts} <- memory(function, module),
          do: run(function, module, input, caller, deadline, memory_opts)
   end
@@ -33,32 +33,34 @@ defmodule Worker.Invocation do
     metadata = [fl_module: function.module, fl_function: function.name, fl_invocation: invocation]
     opts = [metadata: metadata, caller: caller] ++ opts
 
-    Admission.run(fn -> invoke(id, module, input, opts, deadline) end,
-      key: Worker.Gate.key(id),
-      caller: caller,
-      deadline: deadline
-    )
-    |> log_outcome(metadata)
-  end
+    case Admission.enter(key: Worker.Gate.key(id), caller: caller, deadline: deadline) do
+      {:ok, slot} ->
+        try do
+          id |> invoke(module, input, opts, deadline) |> log_outcome(metadata)
+        after
+          Admission.leave(slot)
+        end
 
-  # The Core's capacity (bytes), within FL_MAX_CAPACITY_MB, is the
-  # function's memory limit; a capacity below what the module's memory
-  # starts with could only fail to instantiate, so it is refused, saying so.
-  defp memory(%Function{capacity: nil}, _module), do: {:ok, []}
-
-  defp memory(%Function{capacity: capacity}, module) do
-    limit = min(capacity, Application.fetch_env!(:worker, :max_capacity_mb) * 1024 * 1024)
-
-    if limit < module.initial_memory do
-      {:error,
-       {:insufficient_capacity,
-        "this function's memory starts at #{module.initial_memory} bytes, " <>
-          "above its capacity of #{capacity} bytes" <>
-          if(limit < capacity, do: " (#{limit} bytes under FL_MAX_CAPACITY_MB)", else: "")}}
-    else
-      {:ok, [max_memory: limit]}
+      # refused by admission, and counted there: it never ran
+      {:error, _} = refused ->
+        refused
     end
   end
+
+  # The Core's capacity (bytes) is the function's memory limit (the runtime
+  # bounds it by FL_MEMORY_CAP_MB); a capacity below what the module's
+  # memory starts with could only fail to instantiate, so it is refused,
+  # saying so.
+  defp memory(%Function{capacity: nil}, _module), do: {:ok, []}
+
+  defp memory(%Function{capacity: capacity}, module) when capacity < module.initial_memory do
+    Reply.insufficient_capacity(
+      "this function's memory starts at #{module.initial_memory} bytes, " <>
+        "above its capacity of #{capacity} bytes"
+    )
+  end
+
+  defp memory(%Function{capacity: capacity}, _module), do: {:ok, [max_memory: capacity]}
 
   defp invoke(id, module, input, opts, :infinity), do: invoke(id, module, input, opts)
 
@@ -67,10 +69,10 @@ defmodule Worker.Invocation do
     # not started
     case Request.time_left(deadline) do
       0 ->
-        {:error, :timeout}
+        Reply.timeout()
 
       left ->
-        {timeout, _, _, _} = Worker.Config.invoke_defaults()
+        timeout = Worker.Runtime.Invocation.default(:timeout)
         invoke(id, module, input, [timeout: min(timeout, left)] ++ opts)
     end
   end
@@ -113,7 +115,7 @@ defmodule Worker.Invocation do
     result
   end
 
-  # refused by admission, and counted there: it never ran
+  # a run that could not start in time
   defp log_outcome({:error, _} = refused, _metadata), do: refused
 
   defp us(duration), do: System.convert_time_unit(duration, :native, :microsecond)

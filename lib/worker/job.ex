@@ -1,4 +1,4 @@
-defmodule Worker.Handler do
+defmodule Worker.Job do
   @moduledoc """
   A process per Core request: it serves the request, replies to the Core
   itself, and ends.
@@ -15,8 +15,8 @@ defmodule Worker.Handler do
     `{:error, :timeout}`, and nothing is held for the request any more: a
     running invocation is stopped at the deadline; a load goes on, for the
     cache and the store (no request slot waits for it).
-  * An invocation passes the function to `Worker.Functions`, then to
-    `Worker.Invocation`. If the Core's calling process dies, a queued or
+  * An invocation passes the function to `Worker.Cache`, then to
+    `Worker.Invoke`. If the Core's calling process dies, a queued or
     running invocation is cancelled.
   * An invocation of a function this worker has no code for replies
     `{:error, :code_not_found, self()}` and the process becomes the code
@@ -34,7 +34,7 @@ defmodule Worker.Handler do
   `{:error, {:internal, _}}`, and nothing else.
   """
 
-  alias Worker.{Function, Functions, Gate, Invocation, NodeInfo, Request, Stray}
+  alias Worker.{Cache, Function, Gate, Invoke, NodeInfo, Reply, Request, Stray}
 
   require Logger
 
@@ -52,9 +52,6 @@ defmodule Worker.Handler do
       # of their own, so that neither a flood of its invocations keeps them
       # out, nor a flood of them takes its invocations' room
       :persistent_term.put({__MODULE__, :manage_share}, max(div(Gate.info(gate).share, 8), 1))
-      :persistent_term.put({__MODULE__, :overloaded}, :counters.new(1, [:write_concurrency]))
-      # when a refusal of a function over its share was last logged
-      :persistent_term.put({__MODULE__, :warned}, :atomics.new(1, signed: true))
     end
 
     :ok
@@ -63,6 +60,30 @@ defmodule Worker.Handler do
   @doc "The gate of requests being served."
   @spec gate() :: Gate.t()
   def gate, do: :persistent_term.get({__MODULE__, :gate})
+
+  @doc """
+  Serves `job` for the Core's `from` in a process of its own, which
+  replies by `deadline`; `:worker` calls it and goes on. The process
+  starts with a ticket of the request gate (`admit/1`); past the gate, the
+  reply is `{:error, :overloaded}` at once.
+  """
+  @spec start(GenServer.from(), Request.job(), Request.deadline()) :: :ok
+  def start(from, job, deadline) do
+    case admit(job) do
+      {:ok, ticket} ->
+        try do
+          :erlang.spawn_opt(__MODULE__, :run, [from, ticket, job, deadline], min_heap_size: 1024)
+        rescue
+          # the VM's process table is full
+          SystemLimitError -> reply(from, Reply.overloaded(:requests))
+        end
+
+      refused ->
+        reply(from, refused)
+    end
+
+    :ok
+  end
 
   @doc """
   A ticket of the request gate for `job`, held for its function: its
@@ -80,8 +101,8 @@ defmodule Worker.Handler do
       end
 
     case Gate.enter(gate(), 1, key, share) do
-      nil -> overloaded()
-      :share -> overloaded(Request.function_id(job), :requests)
+      nil -> Reply.overloaded(:requests)
+      :share -> Reply.overloaded(:requests, Request.function_id(job))
       ticket -> {:ok, ticket}
     end
   end
@@ -99,41 +120,15 @@ defmodule Worker.Handler do
   def info do
     %{used: used, max: max} = Gate.info(gate())
     %{used: bytes} = Gate.info(:persistent_term.get({__MODULE__, :bytes}))
-    overloaded = :counters.get(:persistent_term.get({__MODULE__, :overloaded}), 1)
+    counts = Reply.overloaded_counts()
+    overloaded = counts.requests + counts.handler_bytes
     %{requests: used, max_requests: max, handler_bytes: bytes, overloaded: overloaded}
   end
 
   @doc false
-  # `{:error, :overloaded}`, counted; for a function over its share of
-  # `bound`, a warning naming both, at most one a second whatever the flood.
-  def overloaded(function_id \\ nil, bound \\ nil) do
-    :counters.add(:persistent_term.get({__MODULE__, :overloaded}), 1, 1)
-    if function_id, do: warn_share(function_id, bound)
-    {:error, :overloaded}
-  end
-
-  @bounds %{
-    requests: "the requests being served (FL_MAX_REQUESTS)",
-    handler_bytes: "the arguments code handlers hold (FL_HANDLER_MAX_MB)"
-  }
-
-  defp warn_share({module, name}, bound) do
-    warned = :persistent_term.get({__MODULE__, :warned})
-    now = System.monotonic_time(:millisecond)
-    last = :atomics.get(warned, 1)
-
-    if now - last >= 1_000 and :atomics.compare_exchange(warned, 1, last, now) == :ok do
-      Logger.warning(
-        "Worker.Handler: #{inspect(module)}/#{inspect(name)} holds its share " <>
-          "(FL_FUNCTION_SHARE) of #{@bounds[bound]}; refusing more of it with :overloaded"
-      )
-    end
-  end
-
-  @doc false
-  # Runs in the process `Worker.Server` spawned; `ticket` is its slot in
-  # the request gate, made by `:worker` and taken over here; `deadline`,
-  # when the reply is due (`Worker.Request.deadline/1`).
+  # The job's process (start/3); `ticket` is its slot in the request gate,
+  # made in `:worker` and taken over here; `deadline`, when the reply is due
+  # (`Worker.Request.deadline/1`).
   def run(from, ticket, job, deadline) do
     # The ticket must stay referenced until the end: a ticket that is
     # garbage is freed at the next collection, and its slot with it.
@@ -143,7 +138,7 @@ defmodule Worker.Handler do
   end
 
   defp serve({caller, _} = from, {:invoke, function, input}, ticket, deadline) do
-    case safely(fn -> Invocation.run(function, input, caller, deadline) end) do
+    case safely(fn -> Invoke.run(function, input, caller, deadline) end) do
       {:error, :code_not_found} -> await_code(from, input, ticket, Function.id(function))
       result -> reply(from, result)
     end
@@ -152,20 +147,20 @@ defmodule Worker.Handler do
   defp serve(from, job, _ticket, deadline),
     do: reply(from, safely(fn -> handle(job, deadline) end))
 
-  defp handle({:store, function}, deadline), do: Functions.store(function, deadline)
+  defp handle({:store, function}, deadline), do: Cache.store(function, deadline)
 
   # Once the new code is stored, the update is done: forgetting the old
   # hash is best done by the deadline, else it happens in its turn.
   defp handle({:update, prev_hash, function}, deadline) do
-    with :ok <- Functions.store(function, deadline) do
+    with :ok <- Cache.store(function, deadline) do
       if prev_hash != function.hash,
-        do: Functions.delete({function.module, function.name, prev_hash}, deadline)
+        do: Cache.delete({function.module, function.name, prev_hash}, deadline)
 
       :ok
     end
   end
 
-  defp handle({:delete, key}, deadline), do: Functions.delete(key, deadline)
+  defp handle({:delete, key}, deadline), do: Cache.delete(key, deadline)
 
   defp handle({:set_node_info, name, tag}, deadline) do
     with {:ok, {name, tag}} <- NodeInfo.set(name, tag, deadline), do: {:ok, name, tag}
@@ -177,10 +172,10 @@ defmodule Worker.Handler do
 
     case Gate.enter(bytes, byte_size(text), Gate.key(function_id)) do
       nil ->
-        reply(from, overloaded())
+        reply(from, Reply.overloaded(:handler_bytes))
 
       :share ->
-        reply(from, overloaded(function_id, :handler_bytes))
+        reply(from, Reply.overloaded(:handler_bytes, function_id))
 
       held ->
         reply(from, {:error, :code_not_found, self()})
@@ -204,7 +199,7 @@ defmodule Worker.Handler do
 
         run = fn ->
           with {:ok, function} <- Function.parse_with_code(function_with_code),
-               do: Invocation.run(function, input, caller, deadline)
+               do: Invoke.run(function, input, caller, deadline)
         end
 
         {_pid, monitor} =
@@ -217,7 +212,7 @@ defmodule Worker.Handler do
 
       {:"$gen_call", {caller, _} = from, other} when is_pid(caller) ->
         Stray.drop("Worker code handler", other)
-        reply(from, {:error, {:bad_request, "expected {:invoke, function_with_code}"}})
+        reply(from, Reply.bad_request("expected {:invoke, function_with_code}"))
         wait_for_code(input, ticket, deadline)
 
       message ->
@@ -249,10 +244,10 @@ defmodule Worker.Handler do
   catch
     kind, reason ->
       Logger.error(
-        "Worker.Handler: request failed: " <> Exception.format(kind, reason, __STACKTRACE__)
+        "Worker.Job: request failed: " <> Exception.format(kind, reason, __STACKTRACE__)
       )
 
-      {:error, {:internal, Exception.format_banner(kind, reason)}}
+      Reply.internal(kind, reason)
   end
 
   defp reply(from, reply), do: GenServer.reply(from, reply)

@@ -1,4 +1,4 @@
-defmodule Worker.Functions do
+defmodule Worker.Cache do
   @moduledoc """
   Compiled functions, by `{module, name, hash}` (`Worker.Function.key/1`):
   an in-memory cache in front of `Worker.Loader` and `Worker.Store`.
@@ -29,7 +29,7 @@ defmodule Worker.Functions do
   alias Worker.{Function, Loader, Metrics, Request, Runtime, Store, Stray}
 
   @table __MODULE__
-  @lru Worker.Functions.LRU
+  @lru Worker.Cache.LRU
   @touch_ms 250
 
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
@@ -48,7 +48,7 @@ defmodule Worker.Functions do
   @spec fetch(Function.t(), Request.deadline()) :: {:ok, Runtime.Module.t()} | {:error, term()}
   def fetch(%Function{code: code} = function, deadline \\ :infinity) do
     key = Function.key(function)
-    code = code && {code, Loader.code_hash(code)}
+    code = code && {code, Store.code_hash(code)}
 
     case cached(key, code) do
       {:ok, module} ->
@@ -69,12 +69,12 @@ defmodule Worker.Functions do
   @spec store(Function.t(), Request.deadline()) :: :ok | {:error, term()}
   def store(%Function{code: code} = function, deadline \\ :infinity) when is_binary(code) do
     key = Function.key(function)
-    code = {code, Loader.code_hash(code)}
+    code = {code, Store.code_hash(code)}
 
     case cached(key, code) do
       {:ok, _module} ->
         {bytes, _hash} = code
-        if Store.get_code(key) == {:ok, bytes}, do: :ok, else: Store.put_code(key, bytes)
+        Store.keep_code(key, bytes)
 
       :miss ->
         with {:ok, _module} <- call({:load, key, code, :store}, deadline), do: :ok
@@ -90,7 +90,7 @@ defmodule Worker.Functions do
   defp call(request, deadline) do
     GenServer.call(server(), request, Request.time_left(deadline))
   catch
-    :exit, {:timeout, _} -> {:error, :timeout}
+    :exit, {:timeout, _} -> Worker.Reply.timeout()
   end
 
   @doc """
