@@ -72,7 +72,7 @@ defmodule Worker.Invoke do
         Reply.timeout()
 
       left ->
-        timeout = Worker.Runtime.Invocation.default(:timeout)
+        timeout = Runtime.Invocation.default(:timeout)
         invoke(id, module, input, [timeout: min(timeout, left)] ++ opts)
     end
   end
@@ -83,7 +83,7 @@ defmodule Worker.Invoke do
 
     {result, stats} =
       try do
-        Runtime.invoke_with_stats(module, input, opts)
+        Runtime.Invocation.invoke_with_stats(module, input, opts)
       catch
         kind, reason ->
           Metrics.invocation(id, :crashed, System.monotonic_time() - started)

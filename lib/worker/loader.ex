@@ -57,7 +57,7 @@ defmodule Worker.Loader do
       :error ->
         started = System.monotonic_time()
 
-        with {:ok, module} <- Runtime.compile(code) do
+        with {:ok, module} <- Runtime.Module.compile(code) do
           duration = System.monotonic_time() - started
           save_artifact(code_hash, module)
           {:ok, %{module: module, code_hash: code_hash, source: {:compiled, duration}}}
@@ -67,7 +67,7 @@ defmodule Worker.Loader do
 
   defp load_artifact(code, code_hash) do
     with {:ok, artifact} <- Store.get_artifact(code_hash),
-         {:ok, module} <- Runtime.load(artifact, byte_size(code)) do
+         {:ok, module} <- Runtime.Module.load(artifact, byte_size(code)) do
       {:ok, module}
     else
       {:error, reason} ->
@@ -81,7 +81,7 @@ defmodule Worker.Loader do
   end
 
   defp save_artifact(code_hash, module) do
-    with {:ok, artifact} <- Runtime.serialize(module),
+    with {:ok, artifact} <- Runtime.Module.serialize(module),
          :ok <- Store.put_artifact(code_hash, artifact) do
       :ok
     else

@@ -47,7 +47,7 @@ defmodule Worker.LogFormat do
   (`\\u2028`): so a line never breaks, whatever its text. Text that is not
   valid UTF-8 (any binary may be logged) has each invalid byte replaced by
   U+FFFD, so every line is valid JSON; the function's own lines are already
-  escaped by the runtime (see the README's limits). `json/4` never fails:
+  escaped by the runtime (see docs/functions.md, logs). `json/4` never fails:
   given something it cannot format, it writes a line saying so.
   """
 

@@ -33,8 +33,11 @@ defmodule Worker.Reply do
   def init do
     unless :persistent_term.get({__MODULE__, :overloaded}, nil) do
       :persistent_term.put({__MODULE__, :overloaded}, :counters.new(3, [:write_concurrency]))
-      # when a refusal of a function over its share was last logged
-      :persistent_term.put({__MODULE__, :warned}, :atomics.new(1, signed: true))
+      # when a refusal of a function over its share was last logged: long
+      # enough ago (monotonic time may be negative, so not 0)
+      warned = :atomics.new(1, signed: true)
+      :atomics.put(warned, 1, System.monotonic_time(:millisecond) - 1_000)
+      :persistent_term.put({__MODULE__, :warned}, warned)
     end
 
     :ok

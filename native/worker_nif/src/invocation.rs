@@ -18,7 +18,7 @@ use crate::atoms;
 use crate::error::{self, Error};
 use crate::module::ModuleResource;
 use crate::reply;
-use crate::slices;
+use crate::stats;
 use crate::terms;
 use crate::wake::{CLOSED, NOTIFIED, POLLING, WakeState};
 use rustler::{Encoder, Env, ResourceArc, Term};
@@ -280,7 +280,7 @@ fn step<'a>(env: Env<'a>, stage: &mut Stage, wake: &Arc<WakeState>) -> Step<'a> 
         invocation.poll(&mut Context::from_waker(&waker))
     }));
     let slice = slice_started.elapsed();
-    slices::record(slice.as_micros() as u64);
+    stats::record_slice(slice.as_micros() as u64);
     let Ok(polled) = polled else {
         *stage = Stage::Closed;
         wake.set(CLOSED);

@@ -2,11 +2,11 @@
 //!
 //! Each file mirrors an Elixir concept: `settings.rs` for
 //! `Worker.Runtime.Settings`, `module.rs` for `Worker.Runtime.Module`,
-//! `invocation.rs` (with `wake.rs`, `reply.rs` and `slices.rs`) for the
-//! invocation loop in `Worker.Runtime`, `terms.rs` for JSON <-> term
-//! conversion (`Worker.JSON`), `store.rs` for `Worker.Store`, `gate.rs` for
-//! `Worker.Gate`; `error.rs` is the one error type, `mailer.rs` the thread
-//! that sends messages for places that cannot.
+//! `invocation.rs` (with `wake.rs` and `reply.rs`) for
+//! `Worker.Runtime.Invocation`, `stats.rs` for `Worker.Runtime.stats/0`,
+//! `terms.rs` for JSON <-> term conversion (`Worker.JSON`), `store.rs` for
+//! `Worker.Store`, `gate.rs` for `Worker.Gate`; `error.rs` is the one error
+//! type, `mailer.rs` the thread that sends messages for places that cannot.
 
 mod atoms;
 mod error;
@@ -16,7 +16,7 @@ mod mailer;
 mod module;
 mod reply;
 mod settings;
-mod slices;
+mod stats;
 mod store;
 mod terms;
 mod wake;

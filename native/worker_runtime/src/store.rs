@@ -52,7 +52,7 @@ impl Start {
         let logs = LogSink::new(limits.log, limits.log_budget.clone());
         let mut wasi = WasiCtxBuilder::new();
         // random_get fills a host buffer of the asked size before copying
-        // it, and traps past this (see README, limits)
+        // it, and traps past this (docs/functions.md, limits)
         wasi.max_random_size(crate::limits::MAX_RANDOM_BYTES)
             .allow_tcp(false)
             .allow_udp(false)

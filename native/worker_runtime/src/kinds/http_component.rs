@@ -196,3 +196,80 @@ async fn response(
         Outcome::Output(bytes)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+
+    /// What `response` makes of a handler that answers `status` with `body`.
+    async fn answered(status: u16, body: &'static [u8], max: usize) -> Result<Outcome, Outcome> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Sent>();
+        let body = Full::new(Bytes::from_static(body))
+            .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
+            .boxed_unsync();
+        let sent = hyper::Response::builder()
+            .status(status)
+            .body(body)
+            .unwrap();
+        let _ = tx.send(Ok(sent));
+        response(rx, max).await
+    }
+
+    #[tokio::test]
+    async fn a_2xx_body_is_the_result_and_blank_is_no_response() {
+        assert_eq!(
+            answered(200, b"{\"a\":1}", 64).await,
+            Ok(Outcome::Output(b"{\"a\":1}".to_vec()))
+        );
+        assert_eq!(answered(201, b"\n ", 64).await, Ok(Outcome::NoResponse));
+        assert_eq!(answered(204, b"", 64).await, Ok(Outcome::NoResponse));
+    }
+
+    #[tokio::test]
+    async fn another_status_is_an_exec_error_quoting_the_body_escaped() {
+        assert_eq!(
+            answered(404, b"not here\n\x1b[31m", 64).await,
+            Err(Outcome::ExecError(
+                "status 404: not here\\n\\x1b[31m".into()
+            ))
+        );
+        assert_eq!(
+            answered(500, b"", 64).await,
+            Err(Outcome::ExecError("status 500".into()))
+        );
+        let long = answered(500, &[b'x'; 1000], 4096).await;
+        let Err(Outcome::ExecError(message)) = long else {
+            panic!("{long:?}")
+        };
+        assert_eq!(message.len(), "status 500: ".len() + QUOTED_BODY);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_traps() {
+        assert_eq!(
+            answered(200, b"12345", 4).await,
+            Err(Outcome::Trap(
+                "the response body is over the response cap of 4 bytes".into()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn no_answer_and_an_error_code() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Sent>();
+        drop(tx);
+        assert_eq!(response(rx, 64).await, Ok(Outcome::NoResponse));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<Sent>();
+        let _ = tx.send(Err(ErrorCode::InternalError(Some("why".into()))));
+        let Err(Outcome::ExecError(message)) = response(rx, 64).await else {
+            panic!("not an exec error")
+        };
+        assert!(
+            message.contains("the handler answered with an error"),
+            "{message}"
+        );
+        assert!(message.contains("why"), "{message}");
+    }
+}

@@ -367,3 +367,114 @@ impl<B: Body<Data = Bytes, Error = Code> + Unpin> Body for Capped<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::LogLimits;
+    use http_body_util::{Empty, Full};
+
+    fn empty() -> WasiBody {
+        Empty::new()
+            .map_err(|never: std::convert::Infallible| -> Code { match never {} })
+            .boxed_unsync()
+    }
+
+    fn outbound(policy: Policy, max_requests: u32) -> Outbound {
+        Outbound {
+            policy: Arc::new(policy),
+            deadline: Instant::now() + std::time::Duration::from_secs(5),
+            max_requests,
+            max_request_bytes: 64,
+            max_body: 64,
+            logs: LogSink::new(LogLimits::default(), None),
+            requests: 0,
+        }
+    }
+
+    /// What the guest sees, and what the log and the counts say.
+    async fn sent(hooks: &mut Outbound, uri: &str) -> Result<(), Code> {
+        let request = http::Request::builder().uri(uri).body(empty()).unwrap();
+        let future = hooks.send_request(request, None, Box::new(async { Ok(()) }));
+        Box::into_pin(future).await.map(drop)
+    }
+
+    #[tokio::test]
+    async fn requests_are_checked_before_anything_leaves() {
+        let mut hooks = outbound(Policy::default(), 10);
+        let refused = [
+            ("http://127.0.0.1:9/", "not public"),
+            ("http://[::1]:9/", "not public"),
+            ("http://localhost:9/", "no public address"),
+        ];
+        for (uri, why) in refused {
+            assert!(matches!(
+                sent(&mut hooks, uri).await,
+                Err(Code::DestinationIpProhibited)
+            ));
+            let line = hooks.logs.drain().pop().expect("a line").text;
+            assert!(line.contains(why), "{uri}: {line}");
+        }
+        let long = format!("http://example.com/{}", "x".repeat(64));
+        assert!(matches!(
+            sent(&mut hooks, &long).await,
+            Err(Code::HttpRequestUriTooLong)
+        ));
+        assert!(matches!(
+            sent(&mut hooks, "http://user:pw@example.com/").await,
+            Err(Code::HttpRequestUriInvalid)
+        ));
+        let line = hooks.logs.drain().pop().expect("a line").text;
+        assert!(!line.contains("pw"), "credentials logged: {line}");
+        let stats = hooks.logs.stats();
+        assert_eq!((stats.http_refused, stats.http_failed), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn past_its_count_an_invocation_sends_nothing_more() {
+        let mut hooks = outbound(Policy::parse(&["127.0.0.1"]).unwrap(), 1);
+        // the first is allowed (and fails: nobody listens on port 9)
+        assert!(!matches!(
+            sent(&mut hooks, "http://127.0.0.1:9/").await,
+            Err(Code::DestinationIpProhibited)
+        ));
+        assert!(matches!(
+            sent(&mut hooks, "http://127.0.0.1:9/").await,
+            Err(Code::DestinationIpProhibited)
+        ));
+        let line = hooks.logs.drain().pop().expect("a line").text;
+        assert!(
+            line.contains("more than 1 requests in one invocation"),
+            "{line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_is_cut_off_past_its_cap() {
+        let body = Full::new(Bytes::from_static(b"0123456789"))
+            .map_err(|never: std::convert::Infallible| -> Code { match never {} });
+        let mut capped = Capped {
+            inner: body,
+            left: 4,
+            over: Code::HttpResponseBodySize,
+        };
+        let frame = capped.frame().await.expect("a frame");
+        assert!(matches!(frame, Err(Code::HttpResponseBodySize(None))));
+
+        let body = Full::new(Bytes::from_static(b"0123"))
+            .map_err(|never: std::convert::Infallible| -> Code { match never {} });
+        let capped = Capped {
+            inner: body,
+            left: 4,
+            over: Code::HttpResponseBodySize,
+        };
+        let bytes = capped.collect().await.expect("within the cap").to_bytes();
+        assert_eq!(&bytes[..], b"0123");
+    }
+
+    #[test]
+    fn the_log_shows_a_uri_without_credentials() {
+        let uri: http::Uri = "https://user:pw@example.com:8443/a?b=c".parse().unwrap();
+        assert_eq!(shown(&uri), "https://example.com:8443/a?b=c");
+    }
+}

@@ -1,4 +1,4 @@
-defmodule Worker.ComponentProtocolTest do
+defmodule WorkerNode.ComponentProtocolTest do
   # WASI 0.2 components (wasi:http/incoming-handler and wasi:cli/run) driven
   # by a stand-in Core on this node over distribution, with the Core's own
   # messages, on worker nodes with real data directories: as FunLess

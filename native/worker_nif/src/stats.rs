@@ -1,4 +1,5 @@
-//! How long guests hold the thread that polls them: a cumulative histogram
+//! `Worker.Runtime.stats/0`: invocations in flight, and how long guests hold
+//! the thread that polls them: a cumulative histogram
 //! of slice lengths, for `Worker.Runtime.stats/0` and the metrics page
 //! (`worker_runtime_slice_seconds`). Reading it changes nothing, so any
 //! number of readers see the same figures.
@@ -45,7 +46,7 @@ fn shard() -> &'static Shard {
 }
 
 /// Counts one slice of `us` microseconds.
-pub fn record(us: u64) {
+pub fn record_slice(us: u64) {
     let shard = shard();
     let bucket = BOUNDS_US.partition_point(|&bound| bound < us);
     shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);

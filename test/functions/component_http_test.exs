@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.ComponentHttpTest do
+defmodule Functions.ComponentHttpTest do
   # Outbound wasi:http from components, under the policy and caps of
   # __http_request (native/worker_runtime/src/outbound.rs): the host
   # resolves, checks, and connects to the checked address itself. One

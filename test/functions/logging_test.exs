@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.LoggingTest do
+defmodule Functions.LoggingTest do
   # What functions print reaches Logger, with metadata, and is bounded.
   use ExUnit.Case, async: false
 

@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.ConcurrencyTest do
+defmodule Functions.ConcurrencyTest do
   # Many processes, one module; guests that misbehave while others run.
   use ExUnit.Case, async: false
 

@@ -1,4 +1,4 @@
-defmodule Worker.DeadlineTest do
+defmodule WorkerNode.DeadlineTest do
   # Every request the Core sends is answered by its deadline, whatever it
   # waits on, because the FunLess Core does not survive its own call
   # timeouts (60 s for an invocation, 5 s for the stores it waits on):

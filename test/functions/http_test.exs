@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.HttpTest do
+defmodule Functions.HttpTest do
   # Outbound HTTP from a function, against a server on loopback.
   use ExUnit.Case, async: true
   @moduletag :capture_log

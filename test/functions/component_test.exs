@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.ComponentTest do
+defmodule Functions.ComponentTest do
   # WASI 0.2 components: commands exporting wasi:cli/run and HTTP handlers
   # exporting wasi:http/incoming-handler (native/worker_runtime/src/component.rs):
   # the examples in functions/components (hello_cli, hello_http), and the

@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.AbiPropertyTest do
+defmodule Functions.AbiPropertyTest do
   # PropEr throws random pointers and lengths at every host import and checks
   # each answer against what the ABI and the bounds say it must be.
   use ExUnit.Case, async: true

@@ -1,6 +1,6 @@
-defmodule Worker.TLSDistributionTest do
+defmodule WorkerNode.TLSDistributionTest do
   # Erlang distribution over TLS (inet_tls_dist) between a Core node and a
-  # worker, as the README says to set it up: both nodes started with
+  # worker, as docs/operations.md says to set it up: both nodes started with
   # `-proto_dist inet_tls -ssl_dist_optfile FILE`, certificates from one
   # private CA, each side checking the other's. On loopback. The nodes are
   # driven through their standard I/O (`:peer`), not distribution, since
@@ -13,7 +13,7 @@ defmodule Worker.TLSDistributionTest do
   @moduletag :tmp_dir
   @moduletag timeout: 120_000
 
-  # The ssl_dist_optfile the README shows, for a node's certificate.
+  # The ssl_dist_optfile docs/operations.md shows, for a node's certificate.
   defp optfile!(dir, name, ca, {cert, key}) do
     path = Path.join(dir, "#{name}.ssl_dist.conf")
 

@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.CommandTest do
+defmodule Functions.CommandTest do
   # WASI commands: core modules that export `_start`, with their arguments
   # on stdin and their result on stdout (native/worker_runtime/src/command.rs):
   # the example functions/hello_command, the test guest probe_command (the

@@ -1,4 +1,4 @@
-defmodule Worker.HostileTest do
+defmodule WorkerNode.HostileTest do
   # A stand-in Core on this node attacks worker nodes over distribution:
   # messages of every shape, killed and abandoned callers, floods, compile
   # bombs. Each test failed before its fix.

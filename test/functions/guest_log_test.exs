@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.GuestLogTest do
+defmodule Functions.GuestLogTest do
   # What a guest logs cannot pass for the worker's own log, nor flood it:
   # checked on the real standard output of a VM of its own.
   use ExUnit.Case, async: true
@@ -6,7 +6,7 @@ defmodule Worker.Runtime.GuestLogTest do
   import Worker.Test.Fixtures
   alias Worker.Runtime
 
-  @root Path.expand("../../..", __DIR__)
+  @root Path.expand("../..", __DIR__)
 
   test "one guest line is one record, with control characters escaped" do
     ebin = Path.join([@root, "_build", "test", "lib", "worker", "ebin"])

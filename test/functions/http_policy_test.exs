@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.HttpPolicyTest do
+defmodule Functions.HttpPolicyTest do
   # Where functions may send requests: public addresses only, unless the
   # caller allow-lists a host; checked on resolved addresses and redirects.
   use ExUnit.Case, async: true

@@ -1,4 +1,4 @@
-defmodule Worker.ReleaseJSONLogsTest do
+defmodule WorkerNode.ReleaseJSONLogsTest do
   # The release started as an operator starts it (`bin/worker start`, in
   # the foreground), with FL_LOG_FORMAT=json: every line of its real
   # stdout and stderr is read and decoded as JSON. The same run checks
@@ -149,7 +149,7 @@ defmodule Worker.ReleaseJSONLogsTest do
 
     {output, status} =
       System.cmd("mix", ["release", "--overwrite", "--path", path],
-        cd: Path.expand("..", __DIR__),
+        cd: Path.expand("../..", __DIR__),
         env: [{"MIX_ENV", "prod"}, {"MIX_BUILD_PATH", build_path}],
         stderr_to_stdout: true
       )

@@ -1,4 +1,4 @@
-defmodule Worker.FairnessTest do
+defmodule WorkerNode.FairnessTest do
   # No function starves its neighbours: a flood of requests aimed at one
   # function takes at most its share (FL_FUNCTION_SHARE, 75%) of each of
   # the worker's bounds, is refused for that function past it, and another

@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.SoakTest do
+defmodule Functions.SoakTest do
   # Twenty thousand invocations of well-behaved and hostile functions, from
   # several processes at once: afterwards the node is as it was.
   use ExUnit.Case, async: false

@@ -1,4 +1,4 @@
-defmodule Worker.Metrics.PrometheusServerTest do
+defmodule Worker.Metrics.PrometheusTest do
   # The tools operators run against a worker: a real Prometheus server
   # (Debian's `prometheus`, installed by scripts/setup) scraping a worker
   # node, `promtool check metrics` on its page, and the Grafana dashboard's

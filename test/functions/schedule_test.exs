@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.ScheduleTest do
+defmodule Functions.ScheduleTest do
   # Nothing the worker does for a guest holds a normal scheduler for long.
   # Synchronous: the runtime's histogram of slices is node-wide.
   use ExUnit.Case, async: false

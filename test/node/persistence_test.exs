@@ -1,4 +1,4 @@
-defmodule Worker.PersistenceTest do
+defmodule WorkerNode.PersistenceTest do
   # What a worker keeps survives SIGKILL: code, compiled artifacts and node
   # info are on disk before the reply, and a restarted worker serves them.
   use ExUnit.Case, async: false

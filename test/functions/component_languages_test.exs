@@ -1,4 +1,4 @@
-defmodule Worker.Runtime.ComponentLanguagesTest do
+defmodule Functions.ComponentLanguagesTest do
   # Components written by others (wstd's own examples, FunLess's way of
   # working) and in other languages: Python (componentize-py) and
   # JavaScript (componentize-js), as the test guests probe_py and probe_js

@@ -1,4 +1,4 @@
-defmodule Worker.ReleaseTest do
+defmodule WorkerNode.ReleaseTest do
   # The BEAM release, built with `MIX_ENV=prod mix release`: started with
   # `bin/worker daemon`, configured by RELEASE_* and FL_* variables, and
   # driven over distribution like a real Core would; and started as the
@@ -14,7 +14,7 @@ defmodule Worker.ReleaseTest do
   @moduletag :tmp_dir
   @moduletag timeout: 300_000
 
-  @root Path.expand("..", __DIR__)
+  @root Path.expand("../..", __DIR__)
 
   setup_all do
     Worker.Test.Cluster.ensure_distributed!()
