@@ -8,49 +8,8 @@ defmodule Worker.Config do
   settings (`configure_runtime/0`). Nothing else reads the environment; the
   application environment set here is what the rest of the worker reads.
 
-  | key | variable | default | range |
-  |---|---|---|---|
-  | `:data_dir` | `FL_DATA_DIR` | `./fl_data` | |
-  | `:max_concurrency` | `FL_MAX_CONCURRENCY` | 4 x schedulers, at most `:pool_instances` | 1 to 100 000 |
-  | `:queue_limit` | `FL_QUEUE_LIMIT` | 1 000 | 0 and up |
-  | `:queue_timeout_ms` | `FL_QUEUE_TIMEOUT_MS` | 10 000 | 0 and up |
-  | `:max_requests` | `FL_MAX_REQUESTS` | 4 096 | 0 and up |
-  | `:function_share` | `FL_FUNCTION_SHARE` | 75 | 1 to 100 (percent) |
-  | `:handler_max_bytes` | `FL_HANDLER_MAX_MB` | 256 MiB | 0 and up |
-  | `:compile_timeout_ms` | `FL_COMPILE_TIMEOUT_MS` | 60 000 | 0 and up |
-  | `:compile_max_mb` | `FL_COMPILE_MAX_MB` | 2 048 | 0 and up |
-  | `:cache_max_entries` | `FL_CACHE_MAX_ENTRIES` | 256 | 0 and up |
-  | `:cache_max_bytes` | `FL_CACHE_MAX_MB` | 512 MiB | 0 and up |
-  | `:handler_timeout_ms` | `FL_HANDLER_TIMEOUT_MS` | 30 000 | 0 and up |
-  | `:invoke_deadline_ms` | `FL_INVOKE_DEADLINE_MS` | 55 000 | 100 to 59 000 |
-  | `:store_deadline_ms` | `FL_STORE_DEADLINE_MS` | 4 500 | 100 to 59 000 |
-  | `:worker_name` | `FL_WORKER_NAME` | the node name | |
-  | `:worker_tag` | `FL_WORKER_TAG` | the long name | |
-  | `:core_nodes` | `FL_CORE_NODES` (comma-separated) | none | |
-  | `:core_dns` | `FL_CORE_DNS` | none | |
-  | `:core_basename` | `FL_CORE_BASENAME` | `core` | |
-  | `:core_dns_interval_ms` | `FL_CORE_DNS_INTERVAL_MS` | 10 000 | 0 and up |
-  | `:discovery` | `FL_DISCOVERY` | `gossip` (none when `FL_CORE_NODES` or `FL_CORE_DNS` is set); `kubernetes` when `DEPLOY_ENV=kubernetes` | `gossip`, `kubernetes` or `none` |
-  | `:gossip_port` | `FL_GOSSIP_PORT` | 45 892, or FunLess's `LIBCLUSTER_PORT` | 1 to 65 535 |
-  | `:gossip_addr` | `FL_GOSSIP_ADDR` | 233.252.1.32 | an IPv4 address: a multicast group, or an address to send to |
-  | `:gossip_if` | `FL_GOSSIP_IF` | 0.0.0.0 | the IPv4 address to listen on |
-  | `:k8s_selector` | `FL_K8S_SELECTOR` | `app=fl-core` | |
-  | `:k8s_namespace` | `FL_K8S_NAMESPACE` | the pod's own | |
-  | `:k8s_interval_ms` | `FL_K8S_INTERVAL_MS` | 5 000 | 100 and up |
-  | `:invoke_timeout_ms` | `FL_INVOKE_TIMEOUT_MS` | 30 000 | 0 to 4 294 000 000 |
-  | `:max_memory_bytes` | `FL_MAX_MEMORY_MB` | 128 MiB | 0 and up |
-  | `:http_allow` | `FL_HTTP_ALLOW` (comma-separated) | none | |
-  | `:log_lines_per_s` | `FL_LOG_LINES_PER_S` (0: no limit) | 1 000 per function | 0 to 4 294 967 295 |
-  | `:metrics_port` | `FL_METRICS_PORT` (0 disables) | 4021 | 0 to 65 535 |
-  | `:metrics_addr` | `FL_METRICS_ADDR` | `:any`: every IPv4 interface | an IPv4 or IPv6 address |
-  | `:metrics_max_functions` | `FL_METRICS_MAX_FUNCTIONS` | 1 000 | 0 and up |
-  | `:pool_instances` | `FL_POOL_INSTANCES` | 1 000, at least `:max_concurrency` | 1 to 100 000 |
-  | `:memory_cap_bytes` | `FL_MEMORY_CAP_MB` | 512 MiB | 1 to 4 096 MiB |
-  | `:max_module_bytes` | `FL_MAX_MODULE_MB` | 64 MiB | 1 to 1 024 MiB |
-  | `:epoch_tick_us` | `FL_EPOCH_TICK_US` | 100 | 10 to 100 000 |
-  | `:keep_resident_bytes` | `FL_POOL_KEEP_RESIDENT_KB` | 1 MiB with `PAGEMAP_SCAN` (Linux 6.7 and later) and no swap, else 0 | 0 to 1 048 576 KiB |
-  | (Logger `:level`) | `FL_LOG_LEVEL` | `info` | a Logger level |
-  | (Logger console format) | `FL_LOG_FORMAT` | `text` | `text` or `json` (`Worker.LogFormat`) |
+  Every variable, its default and its range are in docs/configuration.md,
+  which the tests check against `spec/0`.
 
   Two more keys come from the environment Kubernetes gives a pod:
   `:k8s_api`, from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`
@@ -156,6 +115,30 @@ defmodule Worker.Config do
   }
 
   @log_levels ~w(emergency alert critical error warning notice info debug)
+
+  @doc """
+  Each `FL_*` variable with its key, how it is read (`{:int, min, max}`,
+  `{:mib, min, max}`, `{:kib, min, max}`, `:string`, ...), and its default
+  when it is a fixed number (`nil` otherwise), for the documentation's
+  table. The Logger's two are not included.
+  """
+  @spec spec() :: [{atom(), String.t(), term(), integer() | nil}]
+  def spec do
+    native = Map.from_struct(Worker.Runtime.default_settings())
+    defaults = Map.merge(Map.new(defaults()), native)
+
+    for {key, variable, kind} <- @variables do
+      default =
+        case {kind, defaults[key]} do
+          {{:mib, _, _}, bytes} when is_integer(bytes) -> div(bytes, 1024 * 1024)
+          {{:kib, _, _}, bytes} when is_integer(bytes) -> div(bytes, 1024)
+          {{:int, _, _}, n} when is_integer(n) -> n
+          _ -> nil
+        end
+
+      {key, variable, kind, default}
+    end
+  end
 
   @doc "The `FL_*` variables this module reads, the Logger's included."
   @spec variables() :: [String.t()]

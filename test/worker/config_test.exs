@@ -212,12 +212,53 @@ defmodule Worker.ConfigTest do
     assert Application.fetch_env!(:worker, :http_allow) == []
   end
 
-  test "docs/configuration.md's table lists every variable, and only those" do
+  # docs/configuration.md's table: {variable, default, range} by variable
+  defp documented do
     page = File.read!(Path.expand("../../docs/configuration.md", __DIR__))
     [_, section] = String.split(page, "\n## Settings\n", parts: 2)
     [table | _] = String.split(section, "\n## ", parts: 2)
-    documented = Regex.scan(~r/^\| `(FL_[A-Z0-9_]+)`/m, table) |> Enum.map(&List.last/1)
-    assert Enum.sort(documented) == Enum.sort(Config.variables())
+
+    for [_, variable, default, range] <-
+          Regex.scan(~r/^\| `(FL_[A-Z0-9_]+)` \| ([^|]*) \| ([^|]*) \|/m, table),
+        into: %{},
+        do: {variable, {String.trim(default), String.trim(range)}}
+  end
+
+  # 65535 as the table writes it: 65 535
+  defp number(n) when n < 1_000, do: Integer.to_string(n)
+
+  defp number(n),
+    do: number(div(n, 1_000)) <> " " <> String.pad_leading("#{rem(n, 1_000)}", 3, "0")
+
+  test "docs/configuration.md's table lists every variable, and only those" do
+    assert Enum.sort(Map.keys(documented())) == Enum.sort(Config.variables())
+  end
+
+  test "docs/configuration.md's table gives each number's range and default as Worker.Config has them" do
+    table = documented()
+
+    for {_key, variable, kind, default} <- Config.spec() do
+      {documented_default, documented_range} = table[variable]
+
+      case kind do
+        {_, min, :infinity} when is_integer(min) ->
+          assert documented_range == "#{number(min)} and up", variable
+
+        {_, min, max} when is_integer(min) ->
+          assert documented_range == "#{number(min)} to #{number(max)}", variable
+
+        _ ->
+          :ok
+      end
+
+      # a fixed default is written first, grouped or not (a port is not); a
+      # computed one, in words
+      if default && documented_default =~ ~r/^[0-9]/ do
+        assert String.starts_with?(documented_default, number(default)) or
+                 String.starts_with?(documented_default, Integer.to_string(default)),
+               variable
+      end
+    end
   end
 
   test "the native runtime runs with the settings Worker.Config gave it" do
