@@ -12,14 +12,16 @@
 //! lines are ([`crate::text`]), so that a guest cannot forge log records
 //! through it.
 
-use crate::logs::WasiLog;
+use crate::logs::{self, WasiLog};
 use crate::outcome::{GuestFault, Outcome};
+use crate::store::Start;
 use crate::text::escape;
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// Where what a guest writes goes.
@@ -243,6 +245,21 @@ fn lock(bytes: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
     bytes
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Gives a command (a WASI core command, a command component) its stdio:
+/// the arguments on stdin, a stdout that keeps the result up to the
+/// response cap, and a stderr to the log that keeps its end. The two are
+/// read by [`command_outcome`] when the command ends.
+pub fn attach_command(start: &mut Start) -> (Stdout, Stderr) {
+    let stdout = Stdout::new(start.limits.max_response_bytes);
+    let stderr = Stderr::new(start.log(logs::Stream::Stderr));
+    start
+        .wasi
+        .stdin(MemoryInputPipe::new(start.input.clone()))
+        .stdout(Output(stdout.clone()))
+        .stderr(Output(stderr.clone()));
+    (stdout, stderr)
 }
 
 /// How a command's run ended (a WASI command's `_start`, a component's

@@ -7,13 +7,11 @@
 
 use crate::Error;
 use crate::component_host::{self, Linked};
-use crate::logs::Stream;
 use crate::outcome::{Outcome, ended};
-use crate::stdio::{Output, Stderr, Stdout, command_outcome};
+use crate::stdio::{self, command_outcome};
 use crate::store::{Run, Start, release};
 use wasmtime::Engine;
 use wasmtime::component::{Component, ComponentExportIndex};
-use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 /// The export that makes a component a command, matched by prefix so that
 /// a guest built against any 0.2 minor version runs.
@@ -30,13 +28,7 @@ pub fn recognize(
 
 /// Starts an invocation: the arguments on stdin, the result on stdout.
 pub fn start(linked: &Linked, mut start: Start) -> Run {
-    let stdout = Stdout::new(start.limits.max_response_bytes);
-    let stderr = Stderr::new(start.log(Stream::Stderr));
-    start
-        .wasi
-        .stdin(MemoryInputPipe::new(start.input.clone()))
-        .stdout(Output(stdout.clone()))
-        .stderr(Output(stderr.clone()));
+    let (stdout, stderr) = stdio::attach_command(&mut start);
     let store = component_host::store(start);
     let linked = linked.clone();
     Box::pin(async move {

@@ -8,12 +8,10 @@
 
 use crate::Error;
 use crate::core_host::{self, HostState, Linked};
-use crate::logs::Stream;
 use crate::outcome::{Outcome, ended};
-use crate::stdio::{Output, Stderr, Stdout, command_outcome};
+use crate::stdio::{self, command_outcome};
 use crate::store::{Run, Start, release};
 use wasmtime::{Module, ModuleExport};
-use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 /// The export that makes a core module a WASI command.
 pub const START: &str = "_start";
@@ -27,13 +25,7 @@ pub fn recognize(module: &Module) -> Option<Result<ModuleExport, Error>> {
 
 /// Starts an invocation: the arguments on stdin, the result on stdout.
 pub fn start(linked: &Linked, mut start: Start) -> Run {
-    let stdout = Stdout::new(start.limits.max_response_bytes);
-    let stderr = Stderr::new(start.log(Stream::Stderr));
-    start
-        .wasi
-        .stdin(MemoryInputPipe::new(start.input.clone()))
-        .stdout(Output(stdout.clone()))
-        .stderr(Output(stderr.clone()));
+    let (stdout, stderr) = stdio::attach_command(&mut start);
     let store = core_host::store(start);
     let linked = linked.clone();
     Box::pin(async move {
