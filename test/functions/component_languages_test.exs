@@ -30,7 +30,7 @@ defmodule Functions.ComponentLanguagesTest do
     test "is an HTTP component (it exports wasi:cli/run too) and answers POST /",
          %{wstd: wstd} do
       assert wstd.kind == :http_component
-      assert Runtime.invoke(wstd, %{"name" => "Ada"}) == {:ok, "Hello, wasi:http/proxy world!"}
+      assert Runtime.invoke(wstd, %{"name" => "Ada"}) == {:ok, "Hello, wasi:http/proxy world!\n"}
     end
   end
 

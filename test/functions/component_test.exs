@@ -168,6 +168,15 @@ defmodule Functions.ComponentTest do
       assert Runtime.invoke(http, %{}) == {:ok, %{"message" => "Hello, World!"}}
     end
 
+    test "a 2xx body that is not JSON comes back byte for byte; an empty one is no response",
+         %{http: http} do
+      for body <- ["Hello, Ada!\n", "two lines\r\n\r\n", " \n", "\t"] do
+        assert Runtime.invoke(http, %{"status" => 200, "body" => body}) == {:ok, body}
+      end
+
+      assert Runtime.invoke(http, %{"status" => 201, "body" => ""}) == {:error, :no_response}
+    end
+
     test "another status is an exec error with the status and the start of the body",
          %{http: http} do
       assert {:error, {:exec_error, message}} = Runtime.invoke(http, %{"status" => 500})

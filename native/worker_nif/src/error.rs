@@ -76,7 +76,7 @@ impl Encoder for Error {
                 Outcome::Exit(code) => (atoms::exit(), code).encode(env),
                 Outcome::Instantiate(m) => tagged(atoms::instantiate(), m),
                 // not made by reply::result; a response is no error
-                Outcome::Response(_) | Outcome::Output(_) => {
+                Outcome::Response(_) | Outcome::Output(_) | Outcome::Body(_) => {
                     tagged(atoms::panic(), "a response reported as an error")
                 }
             },

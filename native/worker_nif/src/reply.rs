@@ -63,7 +63,8 @@ pub fn failed(env: Env, error: Error) -> Term {
 pub fn result(env: Env, outcome: Outcome) -> Result<Term, Error> {
     match outcome {
         Outcome::Response(bytes) => response(env, &bytes),
-        Outcome::Output(bytes) => output(env, &bytes),
+        Outcome::Output(bytes) => output(env, &bytes, worker_runtime::stdio::text),
+        Outcome::Body(bytes) => output(env, &bytes, |body| std::str::from_utf8(body).ok()),
         ended => Err(Error::Ended(ended)),
     }
 }
@@ -71,7 +72,7 @@ pub fn result(env: Env, outcome: Outcome) -> Result<Term, Error> {
 /// Bytes of the response or output an outcome carries, to decode.
 pub fn decoded_bytes(outcome: &Outcome) -> usize {
     match outcome {
-        Outcome::Response(bytes) | Outcome::Output(bytes) => bytes.len(),
+        Outcome::Response(bytes) | Outcome::Output(bytes) | Outcome::Body(bytes) => bytes.len(),
         _ => 0,
     }
 }
@@ -81,12 +82,17 @@ fn response<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
     terms::from_json(env, bytes).map_err(Error::InvalidResponse)
 }
 
-/// A WASI command's output: JSON decoded (with the same decoder as a
-/// response), else its UTF-8 text as a binary, less one trailing newline.
-fn output<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
+/// A command's output or a handler's body: JSON decoded (with the same
+/// decoder as a response), else its UTF-8 `text` as a binary (a command's
+/// less one trailing newline, a body as sent).
+fn output<'a>(
+    env: Env<'a>,
+    bytes: &[u8],
+    text: fn(&[u8]) -> Option<&str>,
+) -> Result<Term<'a>, Error> {
     match terms::from_json(env, bytes) {
         Ok(term) => Ok(term),
-        Err(_) => match worker_runtime::stdio::text(bytes) {
+        Err(_) => match text(bytes) {
             Some(text) => Ok(text.encode(env)),
             None => Err(Error::InvalidResponse(
                 "the output is neither JSON nor UTF-8 text".into(),

@@ -22,7 +22,8 @@ pub enum Outcome {
     /// The deadline passed.
     Timeout,
     /// `__invoke` returned 0 without calling `__insert_response`; a command
-    /// or handler that answered nothing but whitespace.
+    /// that wrote nothing but whitespace; a handler that answered 2xx with
+    /// an empty body, or never answered.
     NoResponse,
     /// `__invoke` returned something other than 0 or 1.
     BadReturn(i32),
@@ -30,10 +31,14 @@ pub enum Outcome {
     Exit(i32),
     /// Instantiation failed (for example, memory over the limit).
     Instantiate(String),
-    /// A command returned (or exited 0), or a handler answered 2xx: what it
-    /// wrote, which the embedder decodes (JSON, else UTF-8 text, see
-    /// `stdio::text`).
+    /// A command returned (or exited 0): what it wrote on stdout, which the
+    /// embedder decodes (JSON, else UTF-8 text less one trailing newline,
+    /// see `stdio::text`).
     Output(Vec<u8>),
+    /// An HTTP handler answered 2xx with a body that is not empty: the body
+    /// as sent, which the embedder decodes (JSON, else UTF-8 text, byte
+    /// for byte).
+    Body(Vec<u8>),
 }
 
 /// A guest broke the ABI (a bad pointer, an oversized buffer, a write past

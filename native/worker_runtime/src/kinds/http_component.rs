@@ -190,10 +190,10 @@ async fn response(
             format!("status {}: {start}", status.as_u16())
         }));
     }
-    Ok(if bytes.iter().all(u8::is_ascii_whitespace) {
+    Ok(if bytes.is_empty() {
         Outcome::NoResponse
     } else {
-        Outcome::Output(bytes)
+        Outcome::Body(bytes)
     })
 }
 
@@ -217,12 +217,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_2xx_body_is_the_result_and_blank_is_no_response() {
+    async fn a_2xx_body_is_the_result_as_sent_and_empty_is_no_response() {
         assert_eq!(
             answered(200, b"{\"a\":1}", 64).await,
-            Ok(Outcome::Output(b"{\"a\":1}".to_vec()))
+            Ok(Outcome::Body(b"{\"a\":1}".to_vec()))
         );
-        assert_eq!(answered(201, b"\n ", 64).await, Ok(Outcome::NoResponse));
+        assert_eq!(
+            answered(200, b"Hello!\n", 64).await,
+            Ok(Outcome::Body(b"Hello!\n".to_vec()))
+        );
+        assert_eq!(
+            answered(201, b"\n ", 64).await,
+            Ok(Outcome::Body(b"\n ".to_vec()))
+        );
         assert_eq!(answered(204, b"", 64).await, Ok(Outcome::NoResponse));
     }
 

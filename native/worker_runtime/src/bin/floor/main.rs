@@ -142,7 +142,7 @@ fn main() {
         String::new()
     };
     let outcome = match &results[0].1 {
-        Outcome::Response(r) | Outcome::Output(r) => {
+        Outcome::Response(r) | Outcome::Output(r) | Outcome::Body(r) => {
             format!(
                 "response:{}",
                 String::from_utf8_lossy(r).replace([' ', '\n'], "")
