@@ -11,7 +11,7 @@ use crate::Error;
 use crate::limits::{Limiter, Limits};
 use crate::logs::LogSink;
 use crate::memory::{self, addr};
-use crate::outcome::{GuestFault, Outcome, classify, fault};
+use crate::outcome::{GuestFault, Outcome, classify, ended, fault};
 use crate::store::{Limited, Start};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,12 +23,26 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
 
 /// A core module linked once: what each of its invocations instantiates,
-/// the export its kind calls, and its memory.
+/// the export its kind calls, its memory, and its `_initialize` if it has
+/// one.
 #[derive(Clone)]
 pub struct Linked {
     pub pre: InstancePre<HostState>,
     pub export: ModuleExport,
     pub memory: ModuleExport,
+    pub initialize: Option<ModuleExport>,
+}
+
+/// The export of a WASI reactor that sets up its runtime (C constructors,
+/// Go's runtime), to be called once per instance before anything else.
+pub const INITIALIZE: &str = "_initialize";
+
+/// `_initialize`, if the module exports it, checked for its type.
+pub fn find_initialize(module: &Module) -> std::result::Result<Option<ModuleExport>, Error> {
+    find_func(module, INITIALIZE, "() -> ()", |params, results| {
+        params.is_empty() && results.is_empty()
+    })
+    .transpose()
 }
 
 /// The function `name`, if the module exports it; `Err` if it is not a
@@ -188,22 +202,38 @@ pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
 /// Instantiates `pre` under the deadline, and finds its exported memory.
 pub async fn instantiate(
     store: &mut Store<HostState>,
-    pre: &InstancePre<HostState>,
-    memory: &ModuleExport,
+    linked: &Linked,
 ) -> std::result::Result<Instance, Outcome> {
     // The epoch callback enforces the deadline while wasm runs (a start
     // function included); this timer enforces it while the guest is
     // suspended in a host call (a WASI sleep).
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
-    let instance = match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut *store)).await
-    {
+    let instantiated = tokio::time::timeout_at(deadline, linked.pre.instantiate_async(&mut *store));
+    let instance = match instantiated.await {
         Ok(Ok(instance)) => instance,
         Ok(Err(e)) => return Err(classify(e, true)),
         Err(_) => return Err(Outcome::Timeout),
     };
-    let Some(Extern::Memory(found)) = instance.get_module_export(&mut *store, memory) else {
+    let Some(Extern::Memory(found)) = instance.get_module_export(&mut *store, &linked.memory)
+    else {
         return Err(Outcome::Instantiate("exported memory missing".into()));
     };
     store.data_mut().memory = Some(found);
+    // A reactor (what Go and C build when a module exports functions) is
+    // initialized before its entry point, as the WASI application ABI says:
+    // without it Go's runtime traps with "call _initialize first".
+    if let Some(initialize) = &linked.initialize {
+        let Some(Ok(initialize)) = instance
+            .get_module_export(&mut *store, initialize)
+            .and_then(Extern::into_func)
+            .map(|f| f.typed::<(), ()>(&*store))
+        else {
+            return Err(Outcome::Instantiate(format!(
+                "exported {INITIALIZE} missing"
+            )));
+        };
+        let called = tokio::time::timeout_at(deadline, initialize.call_async(&mut *store, ()));
+        ended(called.await)?;
+    }
     Ok(instance)
 }

@@ -308,6 +308,7 @@ fn link_component(component: Component, wasm_bytes: usize) -> Result<CompiledMod
 /// Checks a core module's exports and memory, and links its imports once.
 fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
     let (export, code) = recognize_module(&module)?;
+    let initialize = core_host::find_initialize(&module)?;
     let (memory, initial_memory) = match module.get_export(MEMORY) {
         Some(ExternType::Memory(ty)) => {
             if ty.is_64() || ty.is_shared() {
@@ -341,6 +342,7 @@ fn link(module: Module, wasm_bytes: usize) -> Result<CompiledModule, Error> {
         pre,
         export,
         memory,
+        initialize,
     });
     Ok(CompiledModule {
         native_bytes: image.end as usize - image.start as usize,

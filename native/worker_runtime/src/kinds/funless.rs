@@ -48,7 +48,7 @@ pub fn start(linked: &Linked, mut start: Start) -> Run {
 }
 
 async fn call(store: &mut wasmtime::Store<HostState>, linked: &Linked) -> Outcome {
-    let instance = match core_host::instantiate(store, &linked.pre, &linked.memory).await {
+    let instance = match core_host::instantiate(store, linked).await {
         Ok(instance) => instance,
         Err(outcome) => return outcome,
     };

@@ -44,7 +44,7 @@ async fn call(
     store: &mut wasmtime::Store<HostState>,
     linked: &Linked,
 ) -> Result<Result<(), Outcome>, Outcome> {
-    let instance = core_host::instantiate(store, &linked.pre, &linked.memory).await?;
+    let instance = core_host::instantiate(store, linked).await?;
     let Some(Ok(run)) = instance
         .get_module_export(&mut *store, &linked.export)
         .and_then(wasmtime::Extern::into_func)
