@@ -14,7 +14,10 @@ defmodule Worker.Test.Fixtures do
     * `functions`, a cargo workspace: `"hello"`, `"http"` (FunLess modules)
       and `"hello_command"` (a WASI command);
     * `test/guests`, a cargo workspace: `"echo"`, `"error"`, `"logger"`
-      (FunLess modules) and `"probe_command"` (hello_command with hooks).
+      (FunLess modules) and `"probe_command"` (hello_command with hooks);
+    * `functions/go`, built by `scripts/go-guests` with the Go that
+      `scripts/setup` installs: `"hello_go"` (a FunLess module, a WASI
+      reactor) and `"hello_go_command"` (a WASI command).
 
   Components (WASI 0.2), named as `component_path/1` takes them:
 
@@ -48,14 +51,15 @@ defmodule Worker.Test.Fixtures do
 
   @example_modules ~w(hello http hello_command)
   @guest_modules ~w(echo error logger probe_command)
+  @go_modules ~w(hello_go hello_go_command)
   @example_components ~w(hello_http fetch_http hello_cli)
   @guest_components_built ~w(probe_http probe_cli probe_fetch echo_http echo_cli hostile_http)
   @componentized_examples ~w(hello_py hello_js)
   @componentized_guests ~w(probe_py probe_js)
 
   @doc """
-  Builds the wasm32-wasip1 examples and test guests (incrementally); raises
-  with cargo's output on failure.
+  Builds the wasm32-wasip1 examples and test guests, Rust and Go
+  (incrementally); raises with the build's output on failure.
   """
   def build_functions! do
     for {what, workspace} <- [{"example functions", @functions}, {"test guests", @guests}] do
@@ -67,7 +71,7 @@ defmodule Worker.Test.Fixtures do
       )
     end
 
-    :ok
+    run!("building the Go functions", "bash", [script("go-guests")])
   end
 
   @doc "The Wasm binary of a module or command, e.g. `wasm!(\"hello\")`."
@@ -79,6 +83,9 @@ defmodule Worker.Test.Fixtures do
 
   def wasm_path(name) when name in @guest_modules,
     do: Path.join(MixCargo.release_dir(@guests, "wasm32-wasip1"), name <> ".wasm")
+
+  def wasm_path(name) when name in @go_modules,
+    do: Path.join([MixCargo.target_dir(@functions), "go", name <> ".wasm"])
 
   @doc """
   Builds the components (incrementally): `functions/components` and

@@ -1,0 +1,3 @@
+module example.com/hello_go
+
+go 1.24
