@@ -18,7 +18,7 @@ defmodule Worker.Bench.Distribution do
   """
 
   import Worker.Bench.Measure,
-    only: [alternating_latency: 3, alternating_rates: 4, durations: 2]
+    only: [alternating_cpu: 5, alternating_latency: 3, alternating_rates: 4, durations: 2]
 
   import Worker.Bench.Report, only: [fmt: 1, info: 1, met: 1]
 
@@ -73,6 +73,11 @@ defmodule Worker.Bench.Distribution do
     info("over distribution: throughput, #{ms} ms per point, #{rounds} rounds")
     rates = alternating_rates(calls, [1, 2, 8, 64], ms, rounds)
 
+    info("over distribution: CPU of both nodes, #{n} calls per path and count, #{rounds} rounds")
+    os_pids = [System.pid(), :erpc.call(node, System, :pid, [])]
+    cpu_calls = Keyword.take(calls, [:bare, :invoke])
+    cpu = alternating_cpu(cpu_calls, [1, 64], n, rounds, os_pids)
+
     {:ok, reply} = GenServer.call(worker, {:invoke, function, args}, 60_000)
 
     sizes = %{
@@ -82,7 +87,7 @@ defmodule Worker.Bench.Distribution do
 
     Process.exit(bare, :kill)
     Process.exit(spawner, :kill)
-    report(latency, rates, sizes, worker_args)
+    report(latency, rates, cpu, sizes, worker_args)
   end
 
   # The function as the Core sends it to invoke: its `%Data.FunctionStruct{}`
@@ -148,7 +153,7 @@ defmodule Worker.Bench.Distribution do
     {peer, node, data}
   end
 
-  defp report(latency, rates, sizes, worker_args) do
+  defp report(latency, rates, cpu, sizes, worker_args) do
     bare = latency.bare.median
     sequential = latency.invoke.median / bare
     at_64 = rates[{:invoke, 64}] / rates[{:bare, 64}]
@@ -185,9 +190,22 @@ defmodule Worker.Bench.Distribution do
     |---:|---:|---:|---:|---:|
     #{Enum.map_join([1, 2, 8, 64], "\n", fn c -> "| #{c} | #{round(rates[{:bare, c}])} | #{round(rates[{:spawner, c}])} | #{round(rates[{:invoke, c}])} | #{fmt(rates[{:invoke, c}] / rates[{:bare, c}])} |" end)}
 
+    CPU seconds per 10,000 calls, in the Core's VM + the worker's (every
+    thread, the BEAM's busy waiting included):
+
+    | Core callers | bare calls | invocations | invocations / bare calls |
+    |---:|---:|---:|---:|
+    #{Enum.map_join([1, 64], "\n", fn c -> "| #{c} | #{cpu_cell(cpu[{:bare, c}])} | #{cpu_cell(cpu[{:invoke, c}])} | #{fmt(Enum.sum(cpu[{:invoke, c}]) / Enum.sum(cpu[{:bare, c}]))} |" end)}
+
     - sequential invocation / bare call: #{fmt(sequential)}× (target at most 1.3×: #{met(sequential <= 1.3)})
     - invocations / bare calls at 64 callers: #{fmt(at_64)}× (target at least 0.75×: #{met(at_64 >= 0.75)})
     - what crosses the link (external term format): the request #{sizes.request} bytes, the reply #{sizes.reply} bytes
     """
+  end
+
+  # CPU µs per call in each VM, as seconds per 10,000 calls: "total (core + worker)"
+  defp cpu_cell([core, worker]) do
+    s = fn us -> fmt(us * 10_000 / 1_000_000) end
+    "#{s.(core + worker)} (#{s.(core)} + #{s.(worker)})"
   end
 end

@@ -9,6 +9,8 @@ defmodule Worker.Bench.Measure do
     * paths in turns, so that the drift of a shared machine hits them
       alike: `alternating_latency/3` and `alternating_rates/4`, from
       `durations/2` and `rate_ms/3`;
+    * CPU: `alternating_cpu/5` (CPU µs per call of paths in turns, in the
+      OS processes named, from `cpu_ns/1`);
     * memory: `rss/0` (resident bytes of this VM), `collect_all/0` (a
       settled baseline) and `in_flight/3` (the resident bytes while many
       invocations are suspended).
@@ -137,6 +139,58 @@ defmodule Worker.Bench.Measure do
       fun.()
       call_until(fun, until, n + 1)
     end
+  end
+
+  ## CPU
+
+  @doc """
+  CPU µs per call of each path at each number of callers, in each OS
+  process of `os_pids` (this VM's and a peer node's, say; every thread,
+  busy waiting included): a list in the order of `os_pids`, each the
+  median of `rounds` turns of `n` calls shared by the callers. Within a
+  round the paths follow each other at each count.
+  """
+  def alternating_cpu(calls, counts, n, rounds, os_pids) do
+    Enum.reduce(1..rounds, %{}, fn _, acc ->
+      for callers <- counts, {name, call} <- calls, reduce: acc do
+        acc ->
+          before = Enum.map(os_pids, &cpu_ns/1)
+          shared_calls(callers, div(n, callers), call)
+          used = Enum.zip_with(Enum.map(os_pids, &cpu_ns/1), before, &(&1 - &2))
+          per_call = Enum.map(used, &(&1 / (div(n, callers) * callers) / 1000))
+          Map.update(acc, {name, callers}, [per_call], &[per_call | &1])
+      end
+    end)
+    |> Map.new(fn {key, samples} ->
+      medians =
+        samples
+        |> Enum.zip_with(& &1)
+        |> Enum.map(&Enum.at(Enum.sort(&1), div(length(&1), 2)))
+
+      {key, medians}
+    end)
+  end
+
+  # `callers` processes, each making `each` calls; returns when all are done.
+  defp shared_calls(callers, each, fun) do
+    1..callers
+    |> Enum.map(fn _ -> Task.async(fn -> for _ <- 1..each, do: fun.() end) end)
+    |> Task.await_many(:infinity)
+  end
+
+  @doc """
+  CPU time the OS process `os_pid` has used, in ns: the sum over its
+  threads (`/proc/PID/task/*/schedstat`), which is exact where
+  `/proc/PID/stat` counts in ticks of 10 ms.
+  """
+  def cpu_ns(os_pid) do
+    Path.wildcard("/proc/#{os_pid}/task/*/schedstat")
+    |> Enum.reduce(0, fn path, acc ->
+      case File.read(path) do
+        {:ok, text} -> acc + (text |> String.split() |> hd() |> String.to_integer())
+        {:error, _} -> acc
+      end
+    end)
   end
 
   ## Memory
