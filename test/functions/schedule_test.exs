@@ -52,6 +52,44 @@ defmodule Functions.ScheduleTest do
     assert length(first.slice_buckets) == length(first.slice_bounds_us)
   end
 
+  test "the ticker looks once a millisecond while no guest runs, and ticks while one does" do
+    sleeper = compile!({:wat, "wasi_sleep"})
+    spin = compile!({:wat, "spin"})
+
+    # in flight but asleep in WASI: no slice runs
+    asleep = Task.async(fn -> Runtime.invoke(sleeper, %{}, timeout: 2_000) end)
+    Process.sleep(100)
+    looking = ticker_wakeups(fn -> Process.sleep(500) end)
+
+    # spinning: slices back to back, each ended by a tick
+    ticking =
+      ticker_wakeups(fn ->
+        assert Runtime.invoke(spin, %{}, timeout: 500) == {:error, :timeout}
+      end)
+
+    assert Task.await(asleep) == {:error, :timeout}
+    # 500 ms: 500 looks at 1 ms; ticking at 100 µs, 5,000 ticks
+    assert looking < 1_000
+    assert ticking > 1_500
+  end
+
+  # Times the epoch ticker's thread (fl-epoch) went to sleep while `fun` ran.
+  defp ticker_wakeups(fun) do
+    [status] =
+      for dir <- Path.wildcard("/proc/self/task/*"),
+          File.read(Path.join(dir, "comm")) == {:ok, "fl-epoch\n"},
+          do: Path.join(dir, "status")
+
+    switches = fn ->
+      [_, n] = Regex.run(~r/\nvoluntary_ctxt_switches:\s+(\d+)/, File.read!(status))
+      String.to_integer(n)
+    end
+
+    before = switches.()
+    fun.()
+    switches.() - before
+  end
+
   # Slices longer than `limit_us` between two reads of the histogram.
   defp slices_over(limit_us, before, later) do
     at = fn stats ->

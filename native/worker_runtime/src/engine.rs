@@ -12,20 +12,27 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch advances while invocations run, by default. A guest
+/// How often the epoch advances while guests run, by default. A guest
 /// yields at the first tick after it has run for half a tick, so this is
-/// about the longest a guest holds the thread that polls it (see
-/// `store`). The BEAM switches processes every few tens of
-/// microseconds of work, so a guest should not hold a scheduler much longer
-/// either.
+/// about the longest a guest holds the thread that polls it after its
+/// first slice (see `store`, and [`FIRST_SLICE`] for the first). The BEAM
+/// switches processes every few tens of microseconds of work, so a guest
+/// should not hold a scheduler much longer either.
 pub const DEFAULT_TICK: Duration = Duration::from_micros(100);
 
-/// The ticker keeps ticking this long after the last invocation ends, so
+/// The ticker keeps waking this long after the last invocation ends, so
 /// that back-to-back invocations never pay for waking it.
 const LINGER: Duration = Duration::from_millis(200);
+
+/// How often the ticker looks for a guest running while none was at its
+/// last look: the longest a guest's first slice lasts, when the tick is
+/// shorter. Most invocations end within their first slice, long before
+/// this: while they do, the ticker wakes a tenth as often as it ticks.
+/// The BEAM asks a NIF call to return within about a millisecond.
+const FIRST_SLICE: Duration = Duration::from_millis(1);
 
 /// Process-wide settings, given once by the embedder ([`configure`]): the
 /// worker's `Worker.Config` reads them from `FL_*` variables and checks
@@ -233,12 +240,37 @@ impl Runtime {
         }
         Running(self.ticker.active.clone())
     }
+
+    /// Marks a slice as running (a guest polled on this thread) until the
+    /// guard is dropped: the epoch advances every tick while any is.
+    pub fn slice(&self) -> InSlice<'_> {
+        self.ticker.slices.fetch_add(1, Ordering::Relaxed);
+        InSlice(&self.ticker.slices)
+    }
 }
 
-/// Advances the engine epoch every tick while invocations run, and sleeps
-/// once none has run for [`LINGER`], so an idle worker costs nothing.
+/// A slice in progress ([`Runtime::slice`]).
+pub struct InSlice<'a>(&'a AtomicUsize);
+
+impl Drop for InSlice<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Advances the engine epoch while guests run, and sleeps once no
+/// invocation has existed for [`LINGER`], so an idle worker costs nothing.
+///
+/// A guest yields at the first epoch after it has run half a tick (see
+/// `store`), and the epoch advances only when a slice is in progress: the
+/// ticker looks every [`FIRST_SLICE`] while none was at its last look, and
+/// every tick while one was. So a guest's first slice lasts up to
+/// [`FIRST_SLICE`] (or a tick, if longer), the next ones about a tick; and
+/// the invocations that end within their first slice, nearly all, cost
+/// the ticker a wake-up a millisecond instead of one a tick.
 struct Ticker {
     active: Arc<AtomicUsize>,
+    slices: Arc<AtomicUsize>,
     parked: Arc<AtomicBool>,
     thread: Thread,
 }
@@ -246,38 +278,41 @@ struct Ticker {
 impl Ticker {
     fn start(engine: Engine, tick: Duration) -> Result<Ticker, String> {
         let active = Arc::new(AtomicUsize::new(0));
+        let slices = Arc::new(AtomicUsize::new(0));
         let parked = Arc::new(AtomicBool::new(false));
-        let (seen, parking) = (active.clone(), parked.clone());
-        let linger_ticks = (LINGER.as_micros() / tick.as_micros().max(1)) as u64;
+        let (seen, in_slice, parking) = (active.clone(), slices.clone(), parked.clone());
+        let look = tick.max(FIRST_SLICE);
         let handle = thread::Builder::new()
             .name("fl-epoch".into())
             .spawn(move || {
                 raise_priority();
-                let mut idle_ticks = 0u64;
+                let mut last_active = Instant::now();
+                let mut ticking = false;
                 loop {
                     if seen.load(Ordering::SeqCst) > 0 {
-                        idle_ticks = 0;
-                    } else {
-                        idle_ticks += 1;
-                        if idle_ticks > linger_ticks {
-                            // Dekker-style handshake with `running`: either
-                            // it sees `parked` and unparks us, or we see its
-                            // increment and do not park.
-                            parking.store(true, Ordering::SeqCst);
-                            if seen.load(Ordering::SeqCst) == 0 {
-                                thread::park();
-                            }
-                            parking.store(false, Ordering::SeqCst);
-                            idle_ticks = 0;
+                        last_active = Instant::now();
+                    } else if last_active.elapsed() > LINGER {
+                        // Dekker-style handshake with `running`: either
+                        // it sees `parked` and unparks us, or we see its
+                        // increment and do not park.
+                        parking.store(true, Ordering::SeqCst);
+                        if seen.load(Ordering::SeqCst) == 0 {
+                            thread::park();
                         }
+                        parking.store(false, Ordering::SeqCst);
+                        last_active = Instant::now();
                     }
-                    thread::sleep(tick);
-                    engine.increment_epoch();
+                    thread::sleep(if ticking { tick } else { look });
+                    ticking = in_slice.load(Ordering::Relaxed) > 0;
+                    if ticking {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
         Ok(Ticker {
             active,
+            slices,
             parked,
             thread: handle.thread().clone(),
         })

@@ -67,6 +67,7 @@ impl Invocation {
             Err(e) => return Poll::Ready(Outcome::Instantiate(e.to_string())),
         };
         let _tokio = rt.tokio.enter();
+        let _slice = rt.slice();
         self.slice.start();
         let Some(future) = self.future.as_mut() else {
             return Poll::Ready(Outcome::Instantiate("the invocation is over".into()));
