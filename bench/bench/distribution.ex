@@ -22,7 +22,7 @@ defmodule Worker.Bench.Distribution do
 
   import Worker.Bench.Report, only: [fmt: 1, info: 1, met: 1]
 
-  alias Worker.Bench.{Beam, Guests, Local}
+  alias Worker.Bench.{Beam, Floor, Guests, Local}
 
   @doc "Measures at `scale` (1.0, or 0.1 for `--quick`); returns the section."
   def run(scale, worker_args) do
@@ -78,6 +78,12 @@ defmodule Worker.Bench.Distribution do
     cpu_calls = Keyword.take(calls, [:bare, :invoke])
     cpu = alternating_cpu(cpu_calls, [1, 64], n, rounds, os_pids)
 
+    # the floor's own invocation after the idle gap a sequential Core leaves
+    gap_us = round(latency.invoke.median)
+    info("the floor: hello #{gap_us} µs after the last invocation, and back to back")
+    Floor.build!()
+    floor_gap = {gap_us, Floor.after_gap!("hello", ~s({"name":"FunLess"}), gap_us)}
+
     {:ok, reply} = GenServer.call(worker, {:invoke, function, args}, 60_000)
 
     sizes = %{
@@ -87,7 +93,7 @@ defmodule Worker.Bench.Distribution do
 
     Process.exit(bare, :kill)
     Process.exit(spawner, :kill)
-    report(latency, rates, cpu, sizes, worker_args)
+    report(latency, rates, cpu, floor_gap, sizes, worker_args)
   end
 
   # The function as the Core sends it to invoke: its `%Data.FunctionStruct{}`
@@ -153,7 +159,7 @@ defmodule Worker.Bench.Distribution do
     {peer, node, data}
   end
 
-  defp report(latency, rates, cpu, sizes, worker_args) do
+  defp report(latency, rates, cpu, {gap_us, {after_gap, steady}}, sizes, worker_args) do
     bare = latency.bare.median
     sequential = latency.invoke.median / bare
     at_64 = rates[{:invoke, 64}] / rates[{:bare, 64}]
@@ -197,6 +203,7 @@ defmodule Worker.Bench.Distribution do
     |---:|---:|---:|---:|
     #{Enum.map_join([1, 64], "\n", fn c -> "| #{c} | #{cpu_cell(cpu[{:bare, c}])} | #{cpu_cell(cpu[{:invoke, c}])} | #{fmt(Enum.sum(cpu[{:invoke, c}]) / Enum.sum(cpu[{:bare, c}]))} |" end)}
 
+    - the floor (no BEAM) of hello, one invocation #{gap_us} µs after the last (the gap of a sequential Core): #{fmt(after_gap)} µs of CPU, #{fmt(after_gap / steady)}× one back to back (#{fmt(steady)} µs)
     - sequential invocation / bare call: #{fmt(sequential)}× (target at most 1.3×: #{met(sequential <= 1.3)})
     - invocations / bare calls at 64 callers: #{fmt(at_64)}× (target at least 0.75×: #{met(at_64 >= 0.75)})
     - what crosses the link (external term format): the request #{sizes.request} bytes, the reply #{sizes.reply} bytes

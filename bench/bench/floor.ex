@@ -22,6 +22,32 @@ defmodule Worker.Bench.Floor do
   `iterations` times from `threads` threads, with `env` set.
   """
   def run!(name, json, iterations, threads, env \\ []) do
+    fields = floor!(name, json, iterations, threads, env)
+
+    %{
+      median: String.to_float(fields["median_us"]),
+      p99: String.to_float(fields["p99_us"]),
+      ops: String.to_integer(fields["ops_per_s"]),
+      cold_us: String.to_integer(fields["cold_us"]),
+      baseline:
+        fields["baseline_median_us"] &&
+          %{
+            median: String.to_float(fields["baseline_median_us"]),
+            p99: String.to_float(fields["baseline_p99_us"])
+          }
+    }
+  end
+
+  @doc """
+  CPU µs of one invocation of `name` started `gap_us` after the last one
+  ended, and of one back to back, in the floor: `{after_gap, back_to_back}`.
+  """
+  def after_gap!(name, json, gap_us) do
+    fields = floor!(name, json, 1_000, 1, [{"FLOOR_GAP_US", Integer.to_string(gap_us)}])
+    {String.to_float(fields["after_gap_cpu_us"]), String.to_float(fields["back_to_back_cpu_us"])}
+  end
+
+  defp floor!(name, json, iterations, threads, env) do
     path =
       cond do
         name == "noop" -> Guests.noop()
@@ -36,22 +62,8 @@ defmodule Worker.Bench.Floor do
         env: env
       )
 
-    fields =
-      out
-      |> String.split()
-      |> Map.new(fn kv -> List.to_tuple(String.split(kv, "=", parts: 2)) end)
-
-    %{
-      median: String.to_float(fields["median_us"]),
-      p99: String.to_float(fields["p99_us"]),
-      ops: String.to_integer(fields["ops_per_s"]),
-      cold_us: String.to_integer(fields["cold_us"]),
-      baseline:
-        fields["baseline_median_us"] &&
-          %{
-            median: String.to_float(fields["baseline_median_us"]),
-            p99: String.to_float(fields["baseline_p99_us"])
-          }
-    }
+    out
+    |> String.split()
+    |> Map.new(fn kv -> List.to_tuple(String.split(kv, "=", parts: 2)) end)
   end
 end

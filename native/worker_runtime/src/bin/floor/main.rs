@@ -14,6 +14,13 @@
 //! Wasmtime embedding ([`baseline`]), measured in the same run, one thread:
 //! `baseline_median_us`, `baseline_p99_us`.
 //!
+//! With `FLOOR_GAP_US` set, it measures instead the CPU time of one
+//! invocation started that long after the last one ended, against back to
+//! back (one thread, 3 rounds of 1,000 each, the median round): `gap_us`,
+//! `after_gap_cpu_us`, `back_to_back_cpu_us`. On a shared VM an
+//! invocation after an idle gap costs several times one back to back
+//! (caches and TLBs cold), which bounds any path that waits between calls.
+//!
 //! The runtime's settings come from the same `FL_*` variables the worker
 //! reads (`FL_POOL_INSTANCES`, `FL_MEMORY_CAP_MB`, `FL_MAX_MODULE_MB`,
 //! `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB`), unchecked: this is
@@ -59,6 +66,43 @@ fn settings_from_env() -> Settings {
     }
 }
 
+/// CPU time this thread has used, in µs.
+fn thread_cpu_us() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, valid here.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
+}
+
+/// Prints the CPU µs of `one` invocation started `gap` after the last
+/// ended, and back to back: the median of 3 rounds of 1,000 each.
+fn after_gap(gap: Duration, one: impl Fn()) {
+    const N: usize = 1_000;
+    let mut rounds: Vec<(f64, f64)> = (0..3)
+        .map(|_| {
+            let mut gapped = 0.0;
+            for _ in 0..N {
+                std::thread::sleep(gap);
+                let started = thread_cpu_us();
+                one();
+                gapped += thread_cpu_us() - started;
+            }
+            let started = thread_cpu_us();
+            (0..N).for_each(|_| one());
+            (gapped / N as f64, (thread_cpu_us() - started) / N as f64)
+        })
+        .collect();
+    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (gapped, steady) = rounds[1];
+    println!(
+        "gap_us={} after_gap_cpu_us={gapped:.2} back_to_back_cpu_us={steady:.2}",
+        gap.as_micros()
+    );
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(path) = args.next() else {
@@ -91,6 +135,18 @@ fn main() {
     };
 
     run(iterations / 10);
+    if let Some(gap) = std::env::var("FLOOR_GAP_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let one = || {
+            Invocation::new(&module, input.clone().into_bytes(), limits.clone())
+                .expect("invocation")
+                .run_blocking();
+        };
+        after_gap(Duration::from_micros(gap), one);
+        return;
+    }
     let started = Instant::now();
     let results: Vec<(Vec<f64>, Outcome)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
