@@ -219,21 +219,33 @@ pub async fn instantiate(
         return Err(Outcome::Instantiate("exported memory missing".into()));
     };
     store.data_mut().memory = Some(found);
-    // A reactor (what Go and C build when a module exports functions) is
-    // initialized before its entry point, as the WASI application ABI says:
-    // without it Go's runtime traps with "call _initialize first".
-    if let Some(initialize) = &linked.initialize {
-        let Some(Ok(initialize)) = instance
-            .get_module_export(&mut *store, initialize)
-            .and_then(Extern::into_func)
-            .map(|f| f.typed::<(), ()>(&*store))
-        else {
-            return Err(Outcome::Instantiate(format!(
-                "exported {INITIALIZE} missing"
-            )));
-        };
-        let called = tokio::time::timeout_at(deadline, initialize.call_async(&mut *store, ()));
-        ended(called.await)?;
-    }
     Ok(instance)
+}
+
+/// Calls the instance's `_initialize`, if the module exports one, under the
+/// deadline: a reactor (what Go and C build when a module exports
+/// functions) is initialized once per instance before its entry point, as
+/// the WASI application ABI says; without it Go's runtime traps with "call
+/// _initialize first". `Ok(None)` if it exited with status 0, which ends
+/// the run as it would in the entry point; a failure is the entry point's
+/// kind of failure too.
+pub async fn initialize(
+    store: &mut Store<HostState>,
+    linked: &Linked,
+    instance: &Instance,
+) -> std::result::Result<Option<()>, Outcome> {
+    let Some(initialize) = &linked.initialize else {
+        return Ok(Some(()));
+    };
+    let Some(Ok(initialize)) = instance
+        .get_module_export(&mut *store, initialize)
+        .and_then(Extern::into_func)
+        .map(|f| f.typed::<(), ()>(&*store))
+    else {
+        return Err(Outcome::Instantiate(format!(
+            "exported {INITIALIZE} missing"
+        )));
+    };
+    let deadline = tokio::time::Instant::from_std(store.data().deadline);
+    ended(tokio::time::timeout_at(deadline, initialize.call_async(&mut *store, ())).await)
 }

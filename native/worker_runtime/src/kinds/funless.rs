@@ -52,6 +52,11 @@ async fn call(store: &mut wasmtime::Store<HostState>, linked: &Linked) -> Outcom
         Ok(instance) => instance,
         Err(outcome) => return outcome,
     };
+    match core_host::initialize(store, linked, &instance).await {
+        Ok(Some(())) => {}
+        Ok(None) => return Outcome::Exit(0),
+        Err(outcome) => return outcome,
+    }
     let Some(Ok(invoke)) = instance
         .get_module_export(&mut *store, &linked.export)
         .and_then(wasmtime::Extern::into_func)

@@ -45,6 +45,13 @@ async fn call(
     linked: &Linked,
 ) -> Result<Result<(), Outcome>, Outcome> {
     let instance = core_host::instantiate(store, linked).await?;
+    // _initialize ends the run as _start would: exit 0 is its end, a
+    // failure carries stderr and the status
+    match core_host::initialize(store, linked, &instance).await {
+        Ok(Some(())) => {}
+        Ok(None) => return Ok(Ok(())),
+        Err(failed) => return Ok(Err(failed)),
+    }
     let Some(Ok(run)) = instance
         .get_module_export(&mut *store, &linked.export)
         .and_then(wasmtime::Extern::into_func)
