@@ -11,7 +11,8 @@ defmodule Worker.Runtime do
       there (`Worker.Runtime.Module`);
     * `invoke/3` creates a fresh instance for each call and runs it in the
       calling process, in slices of about one epoch tick (100 µs,
-      `FL_EPOCH_TICK_US`): the guest runs on a stack of its own, yields at
+      `FL_EPOCH_TICK_US`; up to 1 ms for a slice that starts while no other
+      runs): the guest runs on a stack of its own, yields at
       every slice, and never holds a scheduler for long. While it waits on
       outbound HTTP it costs nothing (`Worker.Runtime.Invocation`).
 

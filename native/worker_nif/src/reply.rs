@@ -95,7 +95,7 @@ fn output<'a>(
         Err(_) => match text(bytes) {
             Some(text) => Ok(text.encode(env)),
             None => Err(Error::InvalidResponse(
-                "the output is neither JSON nor UTF-8 text".into(),
+                "the output (or body) is neither JSON nor UTF-8 text".into(),
             )),
         },
     }

@@ -27,12 +27,12 @@ pub const DEFAULT_TICK: Duration = Duration::from_micros(100);
 /// that back-to-back invocations never pay for waking it.
 const LINGER: Duration = Duration::from_millis(200);
 
-/// How often the ticker looks for a guest running while none was at its
-/// last look: the longest a guest's first slice lasts, when the tick is
+/// How often the ticker looks for a guest running once none has run for
+/// this long: the longest a slice that starts then lasts, when the tick is
 /// shorter. Most invocations end within their first slice, long before
 /// this: while they do, the ticker wakes a tenth as often as it ticks.
 /// The BEAM asks a NIF call to return within about a millisecond.
-const FIRST_SLICE: Duration = Duration::from_millis(1);
+pub const FIRST_SLICE: Duration = Duration::from_millis(1);
 
 /// Process-wide settings, given once by the embedder ([`configure`]): the
 /// worker's `Worker.Config` reads them from `FL_*` variables and checks
@@ -262,12 +262,13 @@ impl Drop for InSlice<'_> {
 /// invocation has existed for [`LINGER`], so an idle worker costs nothing.
 ///
 /// A guest yields at the first epoch after it has run half a tick (see
-/// `store`), and the epoch advances only when a slice is in progress: the
-/// ticker looks every [`FIRST_SLICE`] while none was at its last look, and
-/// every tick while one was. So a guest's first slice lasts up to
-/// [`FIRST_SLICE`] (or a tick, if longer), the next ones about a tick; and
-/// the invocations that end within their first slice, nearly all, cost
-/// the ticker a wake-up a millisecond instead of one a tick.
+/// `store`). The ticker looks for a slice in progress every
+/// [`FIRST_SLICE`]; once it has seen one, it ticks every tick until
+/// [`FIRST_SLICE`] has passed without one. So a slice that starts after a
+/// quiet millisecond lasts up to [`FIRST_SLICE`] (or a tick, if longer),
+/// and every slice of a guest that keeps running, yielding in between,
+/// about a tick; the invocations that end within their first slice,
+/// nearly all, cost the ticker a wake-up a millisecond, not one a tick.
 struct Ticker {
     active: Arc<AtomicUsize>,
     slices: Arc<AtomicUsize>,
@@ -287,7 +288,8 @@ impl Ticker {
             .spawn(move || {
                 raise_priority();
                 let mut last_active = Instant::now();
-                let mut ticking = false;
+                // Ticks until this instant, and looks after it.
+                let mut tick_until = Instant::now();
                 loop {
                     if seen.load(Ordering::SeqCst) > 0 {
                         last_active = Instant::now();
@@ -302,10 +304,11 @@ impl Ticker {
                         parking.store(false, Ordering::SeqCst);
                         last_active = Instant::now();
                     }
+                    let ticking = Instant::now() < tick_until;
                     thread::sleep(if ticking { tick } else { look });
-                    ticking = in_slice.load(Ordering::Relaxed) > 0;
-                    if ticking {
+                    if in_slice.load(Ordering::Relaxed) > 0 {
                         engine.increment_epoch();
+                        tick_until = Instant::now() + look;
                     }
                 }
             })

@@ -4,8 +4,9 @@
 //! The guest runs on a Wasmtime fiber with its own stack, so it can be
 //! polled from any thread, whatever that thread's stack size. Each epoch
 //! tick makes the guest yield ([`crate::store`]), so one `poll` returns
-//! within about one tick: the embedder decides where and when to poll
-//! again. Dropping the invocation at any point frees everything.
+//! within about one tick, or a millisecond for a slice that starts while
+//! no other runs ([`crate::engine`]'s ticker): the embedder decides where
+//! and when to poll again. Dropping the invocation at any point frees everything.
 
 use crate::Error;
 use crate::engine::{Running, runtime};
@@ -59,7 +60,8 @@ impl Invocation {
         })
     }
 
-    /// Runs the guest for at most about one tick. Enters the runtime's Tokio
+    /// Runs the guest for at most about one tick (a millisecond, if no
+    /// slice ran just before). Enters the runtime's Tokio
     /// context, which outbound HTTP and WASI timers need.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         let rt = match runtime() {

@@ -3,7 +3,8 @@
 //!
 //! A store yields at each epoch tick once its slice has run half a tick, so
 //! one poll of an invocation returns within about one tick
-//! ([`DEFAULT_TICK`](crate::engine::DEFAULT_TICK)), and traps at the
+//! ([`DEFAULT_TICK`](crate::engine::DEFAULT_TICK)), or the ticker's first
+//! look ([`FIRST_SLICE`](crate::engine::FIRST_SLICE)), and traps at the
 //! deadline. Its [`Limiter`] bounds its instances, tables and memories. A
 //! store that grew big is dropped on a thread of its own ([`release`]),
 //! never on the thread that polled the guest.

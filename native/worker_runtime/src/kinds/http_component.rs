@@ -3,8 +3,8 @@
 //! a command is run as a handler, as `wasmtime serve` would.
 //!
 //! The handler gets `POST /` with the arguments as its `application/json`
-//! body. The body of a 2xx response is the result, decoded as a command's
-//! output is; another status is an exec error with the status and the
+//! body. The body of a 2xx response is the result, JSON decoded or else
+//! UTF-8 text byte for byte ([`Outcome::Body`]); another status is an exec error with the status and the
 //! start of the body. Its stdout goes to the log; a trap's message starts
 //! with the end of its stderr (a Rust panic's text).
 
