@@ -203,7 +203,7 @@ defmodule Worker.Bench.Distribution do
     |---:|---:|---:|---:|
     #{Enum.map_join([1, 64], "\n", fn c -> "| #{c} | #{cpu_cell(cpu[{:bare, c}])} | #{cpu_cell(cpu[{:invoke, c}])} | #{fmt(Enum.sum(cpu[{:invoke, c}]) / Enum.sum(cpu[{:bare, c}]))} |" end)}
 
-    - the floor (no BEAM) of hello, one invocation #{gap_us} µs after the last (the gap of a sequential Core): #{fmt(after_gap)} µs of CPU, #{fmt(after_gap / steady)}× one back to back (#{fmt(steady)} µs)
+    - the floor (no BEAM) of hello, one invocation #{gap_us} µs after the last (the gap of a sequential Core): #{fmt(after_gap)} µs of the calling thread's CPU, #{fmt(after_gap / steady)}× one back to back (#{fmt(steady)} µs)
     - sequential invocation / bare call: #{fmt(sequential)}× (target at most 1.3×: #{met(sequential <= 1.3)})
     - invocations / bare calls at 64 callers: #{fmt(at_64)}× (target at least 0.75×: #{met(at_64 >= 0.75)})
     - what crosses the link (external term format): the request #{sizes.request} bytes, the reply #{sizes.reply} bytes

@@ -154,10 +154,11 @@ defmodule Worker.Bench.Measure do
     Enum.reduce(1..rounds, %{}, fn _, acc ->
       for callers <- counts, {name, call} <- calls, reduce: acc do
         acc ->
+          each = max(div(n, callers), 1)
           before = Enum.map(os_pids, &cpu_ns/1)
-          shared_calls(callers, div(n, callers), call)
+          shared_calls(callers, each, call)
           used = Enum.zip_with(Enum.map(os_pids, &cpu_ns/1), before, &(&1 - &2))
-          per_call = Enum.map(used, &(&1 / (div(n, callers) * callers) / 1000))
+          per_call = Enum.map(used, &(&1 / (each * callers) / 1000))
           Map.update(acc, {name, callers}, [per_call], &[per_call | &1])
       end
     end)
@@ -180,8 +181,10 @@ defmodule Worker.Bench.Measure do
 
   @doc """
   CPU time the OS process `os_pid` has used, in ns: the sum over its
-  threads (`/proc/PID/task/*/schedstat`), which is exact where
-  `/proc/PID/stat` counts in ticks of 10 ms.
+  threads alive now (`/proc/PID/task/*/schedstat`), which is exact where
+  `/proc/PID/stat` counts in ticks of 10 ms. A thread that ends between
+  two readings takes its time with it: the BEAM's threads and the
+  runtime's live as long as the node.
   """
   def cpu_ns(os_pid) do
     Path.wildcard("/proc/#{os_pid}/task/*/schedstat")

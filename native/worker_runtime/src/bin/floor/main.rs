@@ -14,9 +14,9 @@
 //! Wasmtime embedding ([`baseline`]), measured in the same run, one thread:
 //! `baseline_median_us`, `baseline_p99_us`.
 //!
-//! With `FLOOR_GAP_US` set, it measures instead the CPU time of one
-//! invocation started that long after the last one ended, against back to
-//! back (one thread, 3 rounds of 1,000 each, the median round): `gap_us`,
+//! With `FLOOR_GAP_US` set, it measures instead the CPU time (of the
+//! calling thread) of one invocation started that long after the last one
+//! ended, against back to back (one thread, 3 rounds of 1,000 each, the median round): `gap_us`,
 //! `after_gap_cpu_us`, `back_to_back_cpu_us`. On a shared VM an
 //! invocation after an idle gap costs several times one back to back
 //! (caches and TLBs cold), which bounds any path that waits between calls.
@@ -135,10 +135,11 @@ fn main() {
     };
 
     run(iterations / 10);
-    if let Some(gap) = std::env::var("FLOOR_GAP_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Ok(gap) = std::env::var("FLOOR_GAP_US") {
+        let gap = gap.trim().parse().unwrap_or_else(|_| {
+            eprintln!("floor: FLOOR_GAP_US={gap:?} is not a number of µs");
+            std::process::exit(2)
+        });
         let one = || {
             Invocation::new(&module, input.clone().into_bytes(), limits.clone())
                 .expect("invocation")
