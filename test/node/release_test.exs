@@ -294,8 +294,18 @@ defmodule WorkerNode.ReleaseTest do
         args: args
       ])
 
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-    on_exit(fn -> System.cmd("kill", ["-9", "#{os_pid}"], stderr_to_stdout: true) end)
+    # nil when the program has already exited (the entrypoint refusing to
+    # start does so at once): its output and exit status are in the mailbox
+    os_pid =
+      case Port.info(port, :os_pid) do
+        {:os_pid, os_pid} -> os_pid
+        nil -> nil
+      end
+
+    if os_pid do
+      on_exit(fn -> System.cmd("kill", ["-9", "#{os_pid}"], stderr_to_stdout: true) end)
+    end
+
     %{port: port, os_pid: os_pid}
   end
 
