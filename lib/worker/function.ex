@@ -104,8 +104,13 @@ defmodule Worker.Function do
   defp text?(value),
     do: is_binary(value) and byte_size(value) <= @max_name and String.valid?(value)
 
+  # Beyond any memory the runtime allows (FL_MEMORY_CAP_MB bounds it) a
+  # larger capacity means nothing more, and the runtime takes a u64: a
+  # bignum from the Core is that ceiling, not a failed invocation.
+  @max_capacity 0xFFFF_FFFF_FFFF_FFFF
+
   defp capacity(%{metadata: %{capacity: capacity}}) when is_integer(capacity) and capacity > 0,
-    do: capacity
+    do: min(capacity, @max_capacity)
 
   defp capacity(_), do: nil
 

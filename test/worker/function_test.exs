@@ -53,6 +53,12 @@ defmodule Worker.FunctionTest do
       fun = %{@core_struct | metadata: %{capacity: capacity}}
       assert {:ok, %Function{capacity: ^capacity}} = Function.parse(fun)
     end
+
+    # what the runtime can take (a u64), however large the Core's number
+    for capacity <- [1 <<< 64, 1 <<< 200] do
+      fun = %{@core_struct | metadata: %{capacity: capacity}}
+      assert {:ok, %Function{capacity: 0xFFFF_FFFF_FFFF_FFFF}} = Function.parse(fun)
+    end
   end
 
   test "refuses what is not text, empty or too long, with the field named" do

@@ -46,6 +46,12 @@ defmodule Worker.InvokeTest do
     big = %{grow | capacity: 1 <<< 30}
     assert Invoke.run(big, cap_pages, self()) == {:ok, -1}
     assert Invoke.run(big, cap_pages - 1, self()) == {:ok, 1}
+
+    # the largest capacity a request can carry (Function.parse bounds a
+    # bignum to it) is the same ceiling, not an internal error
+    huge = %{grow | capacity: 0xFFFF_FFFF_FFFF_FFFF}
+    assert Invoke.run(huge, cap_pages, self()) == {:ok, -1}
+    assert Invoke.run(huge, cap_pages - 1, self()) == {:ok, 1}
   end
 
   test "a capacity below what the module's memory starts with is refused, saying so" do
