@@ -237,32 +237,31 @@ defmodule Worker.Runtime.Invocation do
       watch: nil
     }
 
-    {reply, loop} = start(ref, args, {timeout, max_memory, http_allow, log_rate}, loop)
-    drive(reply, loop)
+    drive(start(ref, args, {timeout, max_memory, http_allow, log_rate}), loop)
   end
 
-  # Arguments too large to encode on a normal scheduler come back as
-  # :dirty; they are encoded on a dirty one, then the invocation starts.
   # Large arguments start on a dirty scheduler: copying them in, and the
   # first slice, in which the guest copies them into its memory, are not a
-  # normal scheduler's work. The slices after run on a normal one, as any
-  # (one that runs long moves the rest back to dirty ones).
-  defp start(ref, {:json, text}, limits, loop) when byte_size(text) > @dirty_input_bytes,
-    do: {Native.invocation_start_dirty(ref, text, limits), loop}
+  # normal scheduler's work. Arguments too large to encode on a normal
+  # scheduler come back as :dirty and are encoded on a dirty one first. The
+  # slices after run on a normal scheduler, as any (one that runs long moves
+  # the rest back to dirty ones).
+  defp start(ref, {:json, text}, limits) when byte_size(text) > @dirty_input_bytes,
+    do: Native.invocation_start_dirty(ref, text, limits)
 
-  defp start(ref, {:json, text}, limits, loop) when is_binary(text),
-    do: {Native.invocation_start(ref, text, true, limits), loop}
+  defp start(ref, {:json, text}, limits) when is_binary(text),
+    do: Native.invocation_start(ref, text, true, limits)
 
-  defp start(ref, args, limits, loop) do
+  defp start(ref, args, limits) do
     case Native.invocation_start(ref, args, false, limits) do
       :dirty ->
         case Native.args_encode_dirty(args) do
-          {:ok, text} -> start(ref, {:json, text}, limits, loop)
-          {:error, _} = error -> {{:done, error, [], nil}, loop}
+          {:ok, text} -> start(ref, {:json, text}, limits)
+          {:error, _} = error -> {:done, error, [], nil}
         end
 
       reply ->
-        {reply, loop}
+        reply
     end
   end
 
