@@ -53,13 +53,18 @@ fn random_key() -> Result<[u8; KEY_BYTES], Error> {
 
 /// Seals artifacts with the key in `path` from now on, making the file (a
 /// new random key, mode 0600) when it is missing or is not a key. Artifacts
-/// sealed with another key no longer load.
+/// sealed with another key no longer load. A file that is there but cannot
+/// be read is an error, and the key in use stays: replacing it would make
+/// every artifact stale for a fault that may pass.
 pub fn use_key_file(path: &Path) -> Result<(), Error> {
     let failed = |what: &str, e: std::io::Error| {
         Error::Unavailable(format!("artifact key {}: {what}: {e}", path.display()))
     };
     let bytes = match std::fs::read(path) {
         Ok(bytes) if bytes.len() == KEY_BYTES => bytes,
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(failed("cannot read it", e));
+        }
         Ok(_) | Err(_) => {
             let key = random_key()?;
             write_key(path, &key).map_err(|e| failed("cannot write it", e))?;
@@ -169,6 +174,14 @@ mod tests {
         use_key_file(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap().len(), KEY_BYTES);
         assert!(open(&resealed).is_err());
+        // a key file that cannot be read is an error, and the key in use stays
+        let kept = seal(b"machine code").unwrap();
+        let unreadable = dir.join("a_directory");
+        std::fs::create_dir_all(&unreadable).unwrap();
+        let refused = use_key_file(&unreadable).unwrap_err().to_string();
+        assert!(refused.contains("cannot read it"), "{refused}");
+        assert!(unreadable.is_dir());
+        assert_eq!(open(&kept).unwrap(), b"machine code");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
