@@ -474,4 +474,142 @@ mod tests {
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"user:secret"), "dXNlcjpzZWNyZXQ=");
     }
+
+    /// A loopback server that answers each request with `answer(n, head)`
+    /// (n counts from 0 over every connection) and keeps every request's
+    /// head and body.
+    async fn server(
+        answer: impl Fn(usize, &str) -> String + Send + Sync + 'static,
+    ) -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (answer, kept) = (Arc::new(answer), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (answer, kept) = (answer.clone(), kept.clone());
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                        while buffer.len() < end + 4 + length {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body = buffer[end + 4..end + 4 + length].to_vec();
+                        buffer.drain(..end + 4 + length);
+                        let n = {
+                            let mut kept = kept.lock().unwrap();
+                            kept.push((head.clone(), body));
+                            kept.len() - 1
+                        };
+                        let reply = answer(n, &head);
+                        if stream.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    fn redirect_to(status: &str, location: &str) -> String {
+        format!("HTTP/1.1 {status}\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn redirects_keep_credentials_at_home_and_drop_the_body_where_browsers_do() {
+        let (other, elsewhere) =
+            server(|_, _| "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone".to_string()).await;
+        let (home, seen) = server(move |n, _| match n {
+            0 => redirect_to("302 Found", "/same"),
+            _ => redirect_to(
+                "307 Temporary Redirect",
+                &format!("http://127.0.0.1:{other}/far"),
+            ),
+        })
+        .await;
+        let request = Request::parse(
+            1,
+            format!("http://user:secret@127.0.0.1:{home}/start").as_bytes(),
+            b"Content-Type: text/plain\nCookie: c=1",
+            b"payload".to_vec(),
+        )
+        .unwrap();
+        let policy = Arc::new(Policy::parse(&["127.0.0.1"]).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let response = perform(request, &policy, deadline, 1024).await.unwrap();
+        assert_eq!(
+            (response.status, response.body.as_slice()),
+            (200, &b"done"[..])
+        );
+
+        let seen = seen.lock().unwrap().clone();
+        let (first, body) = &seen[0];
+        // credentials from the URL go as basic authentication, not in the URL
+        assert!(first.starts_with("post /start http/1.1"), "{first}");
+        assert!(
+            first.contains("authorization: basic dxnlcjpzzwnyzxq="),
+            "{first}"
+        );
+        assert!(!first.contains("secret"), "{first}");
+        assert_eq!(body, b"payload");
+        // a 302 turns a POST into a GET without its body, at the same origin
+        // with its credentials and cookies
+        let (second, body) = &seen[1];
+        assert!(second.starts_with("get /same http/1.1"), "{second}");
+        assert!(!second.contains("content-type"), "{second}");
+        assert!(second.contains("authorization: basic"), "{second}");
+        assert!(second.contains("cookie: c=1"), "{second}");
+        assert!(body.is_empty());
+        // another origin (another port) gets neither
+        let far = &elsewhere.lock().unwrap()[0].0;
+        assert!(far.starts_with("get /far http/1.1"), "{far}");
+        assert!(!far.contains("authorization"), "{far}");
+        assert!(!far.contains("cookie"), "{far}");
+    }
+
+    #[tokio::test]
+    async fn a_307_keeps_the_method_and_body_and_the_sixth_redirect_is_refused() {
+        let (port, seen) =
+            server(|n, _| redirect_to("307 Temporary Redirect", &format!("/{}", n + 1))).await;
+        let request = Request::parse(
+            1,
+            format!("http://127.0.0.1:{port}/0").as_bytes(),
+            b"",
+            b"payload".to_vec(),
+        )
+        .unwrap();
+        let policy = Arc::new(Policy::parse(&["127.0.0.1"]).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let refused = perform(request, &policy, deadline, 1024).await.unwrap_err();
+        assert!(refused.is_refused(), "{refused:?}");
+        assert!(
+            refused.reason.contains("more than 5 redirects"),
+            "{refused:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), MAX_REDIRECTS + 1);
+        for (n, (head, body)) in seen.iter().enumerate() {
+            assert!(head.starts_with(&format!("post /{n} http/1.1")), "{head}");
+            assert_eq!(body, b"payload");
+        }
+    }
 }
