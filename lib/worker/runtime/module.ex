@@ -1,6 +1,6 @@
 defmodule Worker.Runtime.Module do
   @moduledoc """
-  A compiled function, from `compile/1` (or `load/2`), of one of four
+  A compiled function, from `compile/1` (or `load/2`), of one of five
   kinds, told by its exports:
 
     * `:funless` - a FunLess module, exporting `__invoke`;
@@ -8,6 +8,8 @@ defmodule Worker.Runtime.Module do
       arguments on stdin, its result on stdout;
     * `:cli_component` - a WASI 0.2 component exporting `wasi:cli/run`:
       stdin and stdout, as a command;
+    * `:cli_component_p3` - the same in WASI 0.3 (`wasi:cli/run@0.3`,
+      whose `run` is async);
     * `:http_component` - a WASI 0.2 component exporting
       `wasi:http/incoming-handler`: its arguments are the body of a
       `POST /`, its result the body of the response.
@@ -30,7 +32,8 @@ defmodule Worker.Runtime.Module do
   defstruct [:ref, :kind, :wasm_bytes, :native_bytes, :initial_memory]
 
   @typedoc "What kind of function a module is, told by its exports."
-  @type kind :: :funless | :wasi_command | :cli_component | :http_component
+  @type kind ::
+          :funless | :wasi_command | :cli_component | :cli_component_p3 | :http_component
 
   @typedoc """
   * `kind` - see `t:kind/0`;

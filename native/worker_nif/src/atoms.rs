@@ -31,6 +31,7 @@ rustler::atoms! {
     funless,
     wasi_command,
     cli_component,
+    cli_component_p3,
     http_component,
     fl_wake = "$fl_wake",
     fl_gate_free = "$fl_gate_free",

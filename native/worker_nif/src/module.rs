@@ -26,7 +26,7 @@ impl rustler::Resource for ModuleResource {}
 #[module = "Worker.Runtime.Module"]
 pub struct Module {
     r#ref: ResourceArc<ModuleResource>,
-    /// `:funless`, `:wasi_command`, `:cli_component` or `:http_component`
+    /// `:funless`, `:wasi_command`, `:cli_component`, `:cli_component_p3` or `:http_component`
     kind: rustler::Atom,
     wasm_bytes: usize,
     native_bytes: usize,
@@ -40,6 +40,7 @@ impl From<CompiledModule> for Module {
                 Kind::FunLess => atoms::funless(),
                 Kind::WasiCommand => atoms::wasi_command(),
                 Kind::CliComponent => atoms::cli_component(),
+                Kind::CliComponentP3 => atoms::cli_component_p3(),
                 Kind::HttpComponent => atoms::http_component(),
             },
             wasm_bytes: module.wasm_bytes,

@@ -163,7 +163,11 @@ pub fn compiler_config() -> Config {
         // memory.fill and memory.copy preemptible and Spectre-safe, works on
         // 32-bit memories, and a 64-bit one would bypass it. Nothing a
         // FunLess function is built for uses them.
-        .wasm_memory64(false);
+        .wasm_memory64(false)
+        // WASI 0.3 components: their async exports, streams and futures.
+        // Wasmtime calls this support incomplete, and its fixes after
+        // 48.0.8 cannot be had here: see SECURITY.md.
+        .wasm_component_model_async(true);
     config
 }
 

@@ -36,6 +36,9 @@ pub enum Kind {
     /// A WASI 0.2 component exporting `wasi:cli/run`: stdin and stdout, as
     /// a command ([`cli_component`]).
     CliComponent,
+    /// A WASI 0.3 component exporting `wasi:cli/run@0.3`, as
+    /// [`Kind::CliComponent`] ([`cli_component`]).
+    CliComponentP3,
     /// A WASI 0.2 component exporting `wasi:http/incoming-handler`: the
     /// arguments are a request's body, the result a response's
     /// ([`http_component`]).
@@ -59,6 +62,7 @@ pub(crate) enum Code {
     FunLess(core_host::Linked),
     WasiCommand(core_host::Linked),
     CliComponent(component_host::Linked),
+    CliComponentP3(component_host::Linked),
     HttpComponent(component_host::Linked),
 }
 
@@ -69,6 +73,7 @@ impl Code {
             Code::FunLess(linked) => funless::start(linked, start),
             Code::WasiCommand(linked) => wasi_command::start(linked, start),
             Code::CliComponent(linked) => cli_component::start(linked, start),
+            Code::CliComponentP3(linked) => cli_component::start_p3(linked, start),
             Code::HttpComponent(linked) => http_component::start(linked, start),
         }
     }
@@ -78,6 +83,7 @@ impl Code {
             Code::FunLess(_) => Kind::FunLess,
             Code::WasiCommand(_) => Kind::WasiCommand,
             Code::CliComponent(_) => Kind::CliComponent,
+            Code::CliComponentP3(_) => Kind::CliComponentP3,
             Code::HttpComponent(_) => Kind::HttpComponent,
         }
     }
@@ -116,12 +122,16 @@ fn recognize_component(
     if let Some(found) = cli_component::recognize(component, engine) {
         return found.map(|export| (export, Code::CliComponent as ComponentCode));
     }
+    if let Some(found) = cli_component::recognize_p3(component, engine) {
+        return found.map(|export| (export, Code::CliComponentP3 as ComponentCode));
+    }
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     Err(Error::refused(format!(
-        "component does not export `{}x` (an HTTP handler) or `{}x` (a command); it exports {}",
+        "component does not export `{}x` (an HTTP handler) or `{}x` or `{}x` (a command); it exports {}",
         http_component::HTTP_HANDLER,
         cli_component::CLI_RUN,
+        cli_component::CLI_RUN_P3,
         listed(names.into_iter())
     )))
 }
@@ -253,7 +263,7 @@ pub(crate) unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<Compiled
 pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
     let bytes = match &module.code {
         Code::FunLess(linked) | Code::WasiCommand(linked) => linked.pre.module().serialize(),
-        Code::CliComponent(linked) | Code::HttpComponent(linked) => {
+        Code::CliComponent(linked) | Code::CliComponentP3(linked) | Code::HttpComponent(linked) => {
             linked.pre.component().serialize()
         }
     }

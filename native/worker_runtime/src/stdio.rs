@@ -25,9 +25,9 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// Where what a guest writes goes.
-pub trait Sink: Clone + Send + Sync + 'static {
-    /// Takes what the guest wrote. An error fails the write, and the guest
-    /// traps with that message.
+pub trait Sink: Clone + Send + Sync + Unpin + 'static {
+    /// Takes what the guest wrote. An error fails the write: the guest traps
+    /// with that message (WASI 0.3 reports it to the guest instead).
     fn put(&self, bytes: &[u8]) -> Result<(), String>;
 }
 
@@ -57,7 +57,11 @@ impl<S: Sink> StdoutStream for Output<S> {
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
+        Box::new(AsyncStream {
+            sink: self.0.clone(),
+            taken: 0,
+            yielded: false,
+        })
     }
 }
 
@@ -127,17 +131,41 @@ impl std::future::Future for YieldNow {
     }
 }
 
-impl<S: Sink> tokio::io::AsyncWrite for Output<S> {
+/// The stream a WASI 0.3 guest writes to (its `write-via-stream`): as
+/// [`Stream`], [`SLICE_BYTES`] between two yields of the invocation, so
+/// that a megabyte written at once is taken in steps. A sink's refusal
+/// (stdout past the response cap) is an I/O error, which WASI 0.3 reports
+/// to the guest; [`command_outcome`] fails the command for it all the
+/// same.
+struct AsyncStream<S> {
+    sink: S,
+    taken: usize,
+    yielded: bool,
+}
+
+impl<S: Sink> tokio::io::AsyncWrite for AsyncStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let buf = &buf[..buf.len().min(SLICE_BYTES)];
+        let this = self.get_mut();
+        if this.taken >= SLICE_BYTES {
+            if !this.yielded {
+                // as YieldNow: pending once, woken, so the slice ends
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.taken = 0;
+            this.yielded = false;
+        }
+        let n = buf.len().min(SLICE_BYTES - this.taken);
+        this.taken += n;
         Poll::Ready(
-            self.0
-                .put(buf)
-                .map(|()| buf.len())
+            this.sink
+                .put(&buf[..n])
+                .map(|()| n)
                 .map_err(std::io::Error::other),
         )
     }
@@ -170,6 +198,7 @@ const RUST_HINT: &str = "note: run with `RUST_BACKTRACE";
 pub struct Stdout {
     bytes: Arc<Mutex<Vec<u8>>>,
     max: usize,
+    over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Stdout {
@@ -177,12 +206,24 @@ impl Stdout {
         Stdout {
             bytes: Arc::default(),
             max,
+            over: Arc::default(),
         }
     }
 
     /// What was written.
     pub fn take(&self) -> Vec<u8> {
         std::mem::take(&mut lock(&self.bytes))
+    }
+
+    /// The refusal of a write past the cap, if there was one.
+    fn overflow(&self) -> Option<String> {
+        self.over
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.over_cap())
+    }
+
+    fn over_cap(&self) -> String {
+        format!("the output is over the response cap of {} bytes", self.max)
     }
 }
 
@@ -272,7 +313,14 @@ pub fn attach_command(start: &mut Start) -> (Stdout, Stderr) {
 /// | the same, having written nothing but whitespace | `NoResponse` |
 /// | exits with a status from 1 to 125 (or its `run` returns `err`) | `ExecError`, with the status and the end of stderr |
 /// | traps (a Rust panic is a trap; so is `proc_exit` with a status of 126 or more) | `Trap`, after the end of stderr (a panic's text) |
+/// | wrote past the response cap, and went on (WASI 0.3 reports the refused write to the guest) | `Trap`, as the write itself does in WASI 0.2 and preview 1 |
 pub fn command_outcome(ended: Result<(), Outcome>, stdout: &Stdout, stderr: &Stderr) -> Outcome {
+    let ended = match (ended, stdout.overflow()) {
+        (Ok(()) | Err(Outcome::Exit(_) | Outcome::ExecError(_)), Some(over)) => {
+            Err(Outcome::Trap(over))
+        }
+        (ended, _) => ended,
+    };
     match ended {
         Ok(()) => {
             let output = stdout.take();
@@ -303,10 +351,8 @@ impl Sink for Stdout {
     fn put(&self, bytes: &[u8]) -> Result<(), String> {
         let mut kept = lock(&self.bytes);
         if kept.len() + bytes.len() > self.max {
-            return Err(format!(
-                "the output is over the response cap of {} bytes",
-                self.max
-            ));
+            self.over.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(self.over_cap());
         }
         kept.extend_from_slice(bytes);
         Ok(())
@@ -369,6 +415,18 @@ mod tests {
                 .unwrap_err()
                 .contains("over the response cap of 4 bytes")
         );
+        // a command that went on after the refusal, and returned, fails
+        let outcome = command_outcome(Ok(()), &out, &stderr());
+        assert!(
+            matches!(&outcome, Outcome::Trap(m) if m.contains("over the response cap of 4 bytes")),
+            "{outcome:?}"
+        );
+        let fine = Stdout::new(4);
+        assert!(fine.put(b"1234").is_ok());
+        assert!(matches!(
+            command_outcome(Ok(()), &fine, &stderr()),
+            Outcome::Output(_)
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Command components: WASI 0.2 components that export `wasi:cli/run`
-//! (any 0.2 minor version), as any program built for `wasm32-wasip2` does.
+//! Command components: components that export `wasi:cli/run`, WASI 0.2
+//! (any 0.2 minor version, as any program built for `wasm32-wasip2` does)
+//! or WASI 0.3 (0.3.x, whose `run` is async).
 //!
 //! A command component reads its arguments on stdin and writes its result
 //! on stdout, as a WASI core command does; `run` returning `err` is an exec
@@ -17,7 +18,10 @@ use wasmtime::component::{Component, ComponentExportIndex};
 /// a guest built against any 0.2 minor version runs.
 pub const CLI_RUN: &str = "wasi:cli/run@0.2.";
 
-/// `run` of `wasi:cli/run`, if the component exports it.
+/// The same for WASI 0.3: any 0.3 patch version, not a release candidate.
+pub const CLI_RUN_P3: &str = "wasi:cli/run@0.3.";
+
+/// `run` of `wasi:cli/run@0.2`, if the component exports it.
 pub fn recognize(
     component: &Component,
     engine: &Engine,
@@ -26,8 +30,42 @@ pub fn recognize(
         .map(|found| found.map_err(Error::refused))
 }
 
-/// Starts an invocation: the arguments on stdin, the result on stdout.
-pub fn start(linked: &Linked, mut start: Start) -> Run {
+/// `run` of `wasi:cli/run@0.3`, if the component exports it. One built
+/// against a release candidate of 0.3 (`0.3.0-rc-...`) is refused, saying
+/// so: its imports are not the ones this worker provides.
+pub fn recognize_p3(
+    component: &Component,
+    engine: &Engine,
+) -> Option<Result<ComponentExportIndex, Error>> {
+    let found = component_host::find_export(component, engine, CLI_RUN_P3, "run", 0, 1)?;
+    let ty = component.component_type();
+    let candidate = ty
+        .exports(engine)
+        .map(|(name, _)| name)
+        .find(|name| name.starts_with(CLI_RUN_P3) && name.contains("-rc"));
+    Some(match candidate {
+        Some(name) => Err(Error::refused(format!(
+            "the component exports {}, from a release candidate of WASI 0.3; \
+             this worker runs WASI 0.3.0 and later 0.3 releases: build it against one",
+            crate::text::listed(std::iter::once(name))
+        ))),
+        None => found.map_err(Error::refused),
+    })
+}
+
+/// Starts an invocation of a WASI 0.2 command: the arguments on stdin, the
+/// result on stdout.
+pub fn start(linked: &Linked, start: Start) -> Run {
+    run(linked, start, false)
+}
+
+/// Starts an invocation of a WASI 0.3 command, as [`start`] does; its
+/// `run` is called as an async export, in the store's event loop.
+pub fn start_p3(linked: &Linked, start: Start) -> Run {
+    run(linked, start, true)
+}
+
+fn run(linked: &Linked, mut start: Start, p3: bool) -> Run {
     let (stdout, stderr) = stdio::attach_command(&mut start);
     let store = component_host::store(start);
     let linked = linked.clone();
@@ -42,8 +80,17 @@ pub fn start(linked: &Linked, mut start: Start) -> Run {
         {
             Err(e) => Outcome::Instantiate(format!("`run` has the wrong type: {e:#}")),
             Ok(run) => {
-                let called = tokio::time::timeout_at(deadline, run.call_async(&mut store, ()));
-                let ended = match ended(called.await) {
+                let called = if p3 {
+                    let called = store.run_concurrent(async move |accessor| {
+                        run.call_concurrent(accessor, ()).await
+                    });
+                    tokio::time::timeout_at(deadline, called)
+                        .await
+                        .map(|result| result.and_then(|returned| returned))
+                } else {
+                    tokio::time::timeout_at(deadline, run.call_async(&mut store, ())).await
+                };
+                let ended = match ended(called) {
                     Ok(Some((Err(()),))) => Err(Outcome::ExecError("run returned an error".into())),
                     Ok(_) => Ok(()),
                     Err(failed) => Err(failed),
