@@ -161,6 +161,7 @@ defmodule Functions.ScheduleTest do
   test "a guest's flood of output, alone and four at once, holds no scheduler 10 ms" do
     logger = compile!("logger")
     {:ok, hostile} = Runtime.compile(component!("hostile_http"))
+    {:ok, p3} = Runtime.compile(component!("probe_cli_p3"))
     # 1 MiB of 16-byte lines, in one write
     message = String.duplicate("flood line 0123\n", 65_536)
 
@@ -168,7 +169,12 @@ defmodule Functions.ScheduleTest do
       {"stderr of a WASI preview 1 module, one fd_write",
        fn -> Runtime.invoke(logger, %{"lines" => 0, "message" => message}) end},
       {"stderr of a component", fn -> Runtime.invoke(hostile, %{"stderr" => 1 <<< 20}) end},
-      {"stdout of a component", fn -> Runtime.invoke(hostile, %{"stdout" => 1 <<< 20}) end}
+      {"stdout of a component", fn -> Runtime.invoke(hostile, %{"stdout" => 1 <<< 20}) end},
+      # 1 MiB of 7-byte lines, then 1 MiB of output, each in one write to
+      # WASI 0.3's stream
+      {"stderr of a WASI 0.3 command",
+       fn -> Runtime.invoke(p3, %{"stderr_lines" => 150_000}) end},
+      {"stdout of a WASI 0.3 command", fn -> Runtime.invoke(p3, %{"stdout_kb" => 1024}) end}
     ]
 
     for {label, run} <- cases, callers <- [1, 4] do

@@ -19,15 +19,16 @@ defmodule Worker.Test.Fixtures do
       `scripts/setup` installs: `"hello_go"` (a FunLess module, a WASI
       reactor) and `"hello_go_command"` (a WASI command).
 
-  Components (WASI 0.2), named as `component_path/1` takes them:
+  Components (WASI 0.2, and 0.3 where named so), named as
+  `component_path/1` takes them:
 
     * `functions/components`, a cargo workspace built for wasm32-wasip2:
       `"hello_http"` and `"fetch_http"` (wasi:http/incoming-handler),
-      `"hello_cli"` (wasi:cli/run);
+      `"hello_cli"` (wasi:cli/run), `"hello_cli_p3"` (wasi:cli/run@0.3);
     * `test/guests/components`, a cargo workspace built for wasm32-wasip2:
       `"probe_http"`, `"probe_fetch"`, `"echo_http"`, `"hostile_http"`
       (wasi:http/incoming-handler), `"probe_cli"`, `"echo_cli"`
-      (wasi:cli/run);
+      (wasi:cli/run), `"probe_cli_p3"` (wasi:cli/run@0.3);
     * `"hello_py"` (functions/python/hello_py, wasi:cli/run), `"hello_js"`
       (functions/js/hello_js, wasi:http/incoming-handler), and their test
       copies with hooks, `"probe_py"` (test/guests/python/probe_py) and
@@ -38,7 +39,9 @@ defmodule Worker.Test.Fixtures do
       `"wstd_http_server_proxy"` (both export wasi:http/incoming-handler
       and wasi:cli/run), `"wstd_http_client"`, `"wstd_complex_http_client"`
       (wasi:cli/run, URL from argv), `"wstd_tcp_echo_server"`,
-      `"wstd_tcp_stream_client"` (wasi:cli/run, importing wasi:sockets).
+      `"wstd_tcp_stream_client"` (wasi:cli/run, importing wasi:sockets);
+      and wasip3's, `"wasip3_cli-command"` (wasi:cli/run@0.3, prints
+      "Hello, WASI!").
   """
 
   alias Worker.MixCargo
@@ -52,8 +55,9 @@ defmodule Worker.Test.Fixtures do
   @example_modules ~w(hello http hello_command)
   @guest_modules ~w(echo error logger probe_command)
   @go_modules ~w(hello_go hello_go_command)
-  @example_components ~w(hello_http fetch_http hello_cli)
-  @guest_components_built ~w(probe_http probe_cli probe_fetch echo_http echo_cli hostile_http)
+  @example_components ~w(hello_http fetch_http hello_cli hello_cli_p3)
+  @guest_components_built ~w(probe_http probe_cli probe_fetch echo_http echo_cli hostile_http
+                             probe_cli_p3)
   @componentized_examples ~w(hello_py hello_js)
   @componentized_guests ~w(probe_py probe_js)
 
@@ -110,11 +114,11 @@ defmodule Worker.Test.Fixtures do
   end
 
   @doc """
-  Builds wstd's own examples (incrementally) with `scripts/foreign-guests`;
-  raises with its output on failure.
+  Builds wstd's and wasip3's own examples (incrementally) with
+  `scripts/foreign-guests`; raises with its output on failure.
   """
   def build_foreign_components! do
-    run!("building wstd's examples", "bash", [script("foreign-guests")])
+    run!("building wstd's and wasip3's examples", "bash", [script("foreign-guests")])
   end
 
   @doc "The binary of a component, e.g. `component!(\"hello_http\")`."
@@ -133,7 +137,10 @@ defmodule Worker.Test.Fixtures do
   def component_path(name) when name in @componentized_guests,
     do: Path.join([MixCargo.target_dir(@guest_components), "componentized", name <> ".wasm"])
 
-  def component_path("wstd_" <> _ = name),
+  def component_path("wstd_" <> _ = name), do: foreign_path(name)
+  def component_path("wasip3_" <> _ = name), do: foreign_path(name)
+
+  defp foreign_path(name),
     do: Path.join([MixCargo.target_dir(@guest_components), "foreign", name <> ".wasm"])
 
   defp script(name), do: Path.join([@root, "scripts", name])
