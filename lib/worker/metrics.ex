@@ -123,7 +123,14 @@ defmodule Worker.Metrics do
   # the function's kind once loaded (see @kinds); not a counter
   @kind @deleted + 1
   @row_size @kind
-  @kinds %{funless: 1, wasi_command: 2, cli_component: 3, http_component: 4, cli_component_p3: 5}
+  @kinds %{
+    funless: 1,
+    wasi_command: 2,
+    cli_component: 3,
+    http_component: 4,
+    cli_component_p3: 5,
+    http_component_p3: 6
+  }
 
   @outcome_at Map.new(Enum.with_index(@outcomes, @first_outcome))
   @outcome_samples for {outcome, at} <- Enum.with_index(@outcomes, @first_outcome),

@@ -88,7 +88,7 @@ defmodule Worker.Metrics.Prometheus do
       [
         header(
           "worker_function_info",
-          "Functions with figures of their own, with their kind (funless, wasi_command, cli_component, cli_component_p3, http_component).",
+          "Functions with figures of their own, with their kind (funless, wasi_command, cli_component, cli_component_p3, http_component, http_component_p3).",
           "gauge"
         )
         | for {labels, row} <- rows, kind = @kind_labels[elem(row, @kind - 1)] do

@@ -1,6 +1,6 @@
 defmodule Worker.Runtime.Module do
   @moduledoc """
-  A compiled function, from `compile/1` (or `load/2`), of one of five
+  A compiled function, from `compile/1` (or `load/2`), of one of six
   kinds, told by its exports:
 
     * `:funless` - a FunLess module, exporting `__invoke`;
@@ -12,7 +12,9 @@ defmodule Worker.Runtime.Module do
       whose `run` is async);
     * `:http_component` - a WASI 0.2 component exporting
       `wasi:http/incoming-handler`: its arguments are the body of a
-      `POST /`, its result the body of the response.
+      `POST /`, its result the body of the response;
+    * `:http_component_p3` - the same in WASI 0.3 (`wasi:http/handler@0.3`,
+      whose `handle` is async).
 
   It wraps a native resource: a module compiled and linked once, which any
   number of processes may invoke at the same time. The compiled code stays
@@ -33,7 +35,12 @@ defmodule Worker.Runtime.Module do
 
   @typedoc "What kind of function a module is, told by its exports."
   @type kind ::
-          :funless | :wasi_command | :cli_component | :cli_component_p3 | :http_component
+          :funless
+          | :wasi_command
+          | :cli_component
+          | :cli_component_p3
+          | :http_component
+          | :http_component_p3
 
   @typedoc """
   * `kind` - see `t:kind/0`;

@@ -33,6 +33,7 @@ rustler::atoms! {
     cli_component,
     cli_component_p3,
     http_component,
+    http_component_p3,
     fl_wake = "$fl_wake",
     fl_gate_free = "$fl_gate_free",
     share,

@@ -26,7 +26,7 @@ impl rustler::Resource for ModuleResource {}
 #[module = "Worker.Runtime.Module"]
 pub struct Module {
     r#ref: ResourceArc<ModuleResource>,
-    /// `:funless`, `:wasi_command`, `:cli_component`, `:cli_component_p3` or `:http_component`
+    /// `:funless`, `:wasi_command`, `:cli_component`, `:cli_component_p3`, `:http_component` or `:http_component_p3`
     kind: rustler::Atom,
     wasm_bytes: usize,
     native_bytes: usize,
@@ -42,6 +42,7 @@ impl From<CompiledModule> for Module {
                 Kind::CliComponent => atoms::cli_component(),
                 Kind::CliComponentP3 => atoms::cli_component_p3(),
                 Kind::HttpComponent => atoms::http_component(),
+                Kind::HttpComponentP3 => atoms::http_component_p3(),
             },
             wasm_bytes: module.wasm_bytes,
             native_bytes: module.native_bytes,

@@ -1,10 +1,10 @@
-//! The host of WASI 0.2 components (commands and HTTP handlers): their
-//! store's state, WASI 0.2 with no filesystem, environment, arguments or
-//! sockets, and outbound `wasi:http` under the invocation's policy
-//! ([`crate::outbound::wasi_http`]).
+//! The host of components (commands and HTTP handlers, WASI 0.2 and 0.3):
+//! their store's state, WASI 0.2 and 0.3 with no filesystem, environment,
+//! arguments or sockets, and outbound `wasi:http` (0.2 and 0.3) under the
+//! invocation's policy ([`crate::outbound::wasi_http`]).
 //!
-//! A component's kind is told by its exports, any 0.2 minor version
-//! ([`find_export`]).
+//! A component's kind is told by its exports, any 0.2 minor version or
+//! 0.3 release ([`find_export`], [`find_p3_export`]).
 
 use crate::limits::Limiter;
 use crate::outbound::wasi_http::Outbound;
@@ -87,13 +87,14 @@ impl ComponentState {
     }
 }
 
-/// WASI 0.2 (cli, clocks, random, io, and filesystem and sockets with
-/// nothing to reach) and wasi:http, its outbound requests through
-/// [`Outbound`].
+/// WASI 0.2 and 0.3 (cli, clocks, random, io, and filesystem and sockets
+/// with nothing to reach) and wasi:http's types and client, its outbound
+/// requests through [`Outbound`].
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Ok(linker)
 }
@@ -158,9 +159,36 @@ pub fn find_export(
             Ok(index)
         }
         Some(_) => Err(format!(
-            "`{func}` of the component's `{name}` export is not the function WASI 0.2 defines"
+            "`{func}` of the component's `{name}` export is not the function WASI defines"
         )),
         None => Err(format!("the component's `{name}` export has no `{func}`")),
+    })
+}
+
+/// As [`find_export`], for a WASI 0.3 interface (`prefix` ends `@0.3.`);
+/// a component built against a release candidate of 0.3 (`0.3.0-rc-...`)
+/// is refused, saying so: its imports are not the ones this host provides.
+pub fn find_p3_export(
+    component: &Component,
+    engine: &Engine,
+    prefix: &str,
+    func: &str,
+    params: usize,
+    results: usize,
+) -> Option<Result<ComponentExportIndex, String>> {
+    let found = find_export(component, engine, prefix, func, params, results)?;
+    let ty = component.component_type();
+    let candidate = ty
+        .exports(engine)
+        .map(|(name, _)| name)
+        .find(|name| name.starts_with(prefix) && name.contains("-rc"));
+    Some(match candidate {
+        Some(name) => Err(format!(
+            "the component exports {}, from a release candidate of WASI 0.3; \
+             this worker runs WASI 0.3.0 and later 0.3 releases: build it against one",
+            crate::text::listed(std::iter::once(name))
+        )),
+        None => found,
     })
 }
 

@@ -43,6 +43,9 @@ pub enum Kind {
     /// arguments are a request's body, the result a response's
     /// ([`http_component`]).
     HttpComponent,
+    /// A WASI 0.3 component exporting `wasi:http/handler@0.3`, as
+    /// [`Kind::HttpComponent`] ([`http_component`]).
+    HttpComponentP3,
 }
 
 /// A compiled and linked function, ready to instantiate from any thread.
@@ -64,6 +67,7 @@ pub(crate) enum Code {
     CliComponent(component_host::Linked),
     CliComponentP3(component_host::Linked),
     HttpComponent(component_host::Linked),
+    HttpComponentP3(component_host::Linked),
 }
 
 impl Code {
@@ -75,6 +79,7 @@ impl Code {
             Code::CliComponent(linked) => cli_component::start(linked, start),
             Code::CliComponentP3(linked) => cli_component::start_p3(linked, start),
             Code::HttpComponent(linked) => http_component::start(linked, start),
+            Code::HttpComponentP3(linked) => http_component::start_p3(linked, start),
         }
     }
 
@@ -85,6 +90,7 @@ impl Code {
             Code::CliComponent(_) => Kind::CliComponent,
             Code::CliComponentP3(_) => Kind::CliComponentP3,
             Code::HttpComponent(_) => Kind::HttpComponent,
+            Code::HttpComponentP3(_) => Kind::HttpComponentP3,
         }
     }
 }
@@ -119,6 +125,9 @@ fn recognize_component(
     if let Some(found) = http_component::recognize(component, engine) {
         return found.map(|export| (export, Code::HttpComponent as ComponentCode));
     }
+    if let Some(found) = http_component::recognize_p3(component, engine) {
+        return found.map(|export| (export, Code::HttpComponentP3 as ComponentCode));
+    }
     if let Some(found) = cli_component::recognize(component, engine) {
         return found.map(|export| (export, Code::CliComponent as ComponentCode));
     }
@@ -128,8 +137,9 @@ fn recognize_component(
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     Err(Error::refused(format!(
-        "component does not export `{}x` (an HTTP handler) or `{}x` or `{}x` (a command); it exports {}",
+        "component does not export `{}x` or `{}x` (an HTTP handler) or `{}x` or `{}x` (a command); it exports {}",
         http_component::HTTP_HANDLER,
+        http_component::HTTP_HANDLER_P3,
         cli_component::CLI_RUN,
         cli_component::CLI_RUN_P3,
         listed(names.into_iter())
@@ -263,9 +273,10 @@ pub(crate) unsafe fn load(artifact: &[u8], wasm_bytes: usize) -> Result<Compiled
 pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
     let bytes = match &module.code {
         Code::FunLess(linked) | Code::WasiCommand(linked) => linked.pre.module().serialize(),
-        Code::CliComponent(linked) | Code::CliComponentP3(linked) | Code::HttpComponent(linked) => {
-            linked.pre.component().serialize()
-        }
+        Code::CliComponent(linked)
+        | Code::CliComponentP3(linked)
+        | Code::HttpComponent(linked)
+        | Code::HttpComponentP3(linked) => linked.pre.component().serialize(),
     }
     .map_err(|e| Error::Serialize(format!("{e:#}")))?;
     artifact::seal(&bytes)

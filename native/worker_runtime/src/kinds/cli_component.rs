@@ -30,27 +30,14 @@ pub fn recognize(
         .map(|found| found.map_err(Error::refused))
 }
 
-/// `run` of `wasi:cli/run@0.3`, if the component exports it. One built
-/// against a release candidate of 0.3 (`0.3.0-rc-...`) is refused, saying
-/// so: its imports are not the ones this worker provides.
+/// `run` of `wasi:cli/run@0.3`, if the component exports it (one built
+/// against a release candidate is refused).
 pub fn recognize_p3(
     component: &Component,
     engine: &Engine,
 ) -> Option<Result<ComponentExportIndex, Error>> {
-    let found = component_host::find_export(component, engine, CLI_RUN_P3, "run", 0, 1)?;
-    let ty = component.component_type();
-    let candidate = ty
-        .exports(engine)
-        .map(|(name, _)| name)
-        .find(|name| name.starts_with(CLI_RUN_P3) && name.contains("-rc"));
-    Some(match candidate {
-        Some(name) => Err(Error::refused(format!(
-            "the component exports {}, from a release candidate of WASI 0.3; \
-             this worker runs WASI 0.3.0 and later 0.3 releases: build it against one",
-            crate::text::listed(std::iter::once(name))
-        ))),
-        None => found.map_err(Error::refused),
-    })
+    component_host::find_p3_export(component, engine, CLI_RUN_P3, "run", 0, 1)
+        .map(|found| found.map_err(Error::refused))
 }
 
 /// Starts an invocation of a WASI 0.2 command: the arguments on stdin, the

@@ -1,6 +1,8 @@
 //! HTTP components: WASI 0.2 components that export
-//! `wasi:http/incoming-handler` (any 0.2 minor version). One that is also
-//! a command is run as a handler, as `wasmtime serve` would.
+//! `wasi:http/incoming-handler` (any 0.2 minor version), and WASI 0.3
+//! components that export `wasi:http/handler` (0.3.x, whose `handle` is
+//! async). One that is also a command is run as a handler, as `wasmtime
+//! serve` would.
 //!
 //! The handler gets `POST /` with the arguments as its `application/json`
 //! body. The body of a 2xx response is the result, JSON decoded or else
@@ -23,10 +25,24 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode as P3ErrorCode;
 
 /// The export that makes a component an HTTP handler, matched by prefix so
 /// that a guest built against any 0.2 minor version runs.
 pub const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2.";
+
+/// The same for WASI 0.3: any 0.3 patch version, not a release candidate.
+pub const HTTP_HANDLER_P3: &str = "wasi:http/handler@0.3.";
+
+/// `handle` of `wasi:http/handler@0.3`, if the component exports it (one
+/// built against a release candidate is refused).
+pub fn recognize_p3(
+    component: &Component,
+    engine: &Engine,
+) -> Option<Result<ComponentExportIndex, Error>> {
+    component_host::find_p3_export(component, engine, HTTP_HANDLER_P3, "handle", 1, 1)
+        .map(|found| found.map_err(Error::refused))
+}
 
 /// `handle` of `wasi:http/incoming-handler`, if the component exports it.
 pub fn recognize(
@@ -39,7 +55,17 @@ pub fn recognize(
 
 /// Starts an invocation: the arguments as a request's body, the result the
 /// response's.
-pub fn start(linked: &Linked, mut start: Start) -> Run {
+pub fn start(linked: &Linked, start: Start) -> Run {
+    run(linked, start, false)
+}
+
+/// Starts an invocation of a WASI 0.3 handler, as [`start`] does; its
+/// `handle` is called as an async export, in the store's event loop.
+pub fn start_p3(linked: &Linked, start: Start) -> Run {
+    run(linked, start, true)
+}
+
+fn run(linked: &Linked, mut start: Start, p3: bool) -> Run {
     let stderr = Stderr::new(start.log(Stream::Stderr));
     let stdout = start.log(Stream::Stdout);
     start
@@ -55,7 +81,12 @@ pub fn start(linked: &Linked, mut start: Start) -> Run {
             Ok(instantiated) => instantiated,
             Err(outcome) => return outcome,
         };
-        match serve(store, instance, linked.export, input, max_response).await {
+        let served = if p3 {
+            serve_p3(store, instance, linked.export, input, max_response).await
+        } else {
+            serve(store, instance, linked.export, input, max_response).await
+        };
+        match served {
             Ok(response) => response,
             Err(Outcome::Exit(status)) => stderr.exec_error(format!("exited with status {status}")),
             Err(failed) => stderr.explain(failed),
@@ -79,16 +110,7 @@ async fn serve(
     max_response: usize,
 ) -> Result<Outcome, Outcome> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let request = http::Request::builder()
-        .method(http::Method::POST)
-        .uri("http://localhost/")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, input.len())
-        .body(
-            Full::new(input)
-                .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }),
-        );
-    let prepared = request
+    let prepared = request(input)
         .map_err(wasmtime::Error::new)
         .and_then(|request| {
             let mut http = store.data_mut().http();
@@ -138,6 +160,108 @@ async fn serve(
     }
 }
 
+/// The request a handler gets: `POST http://localhost/`, the arguments as
+/// its JSON body.
+fn request(
+    input: Bytes,
+) -> http::Result<
+    http::Request<
+        impl http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+    >,
+> {
+    http::Request::builder()
+        .method(http::Method::POST)
+        .uri("http://localhost/")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, input.len())
+        .body(
+            Full::new(input)
+                .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }),
+        )
+}
+
+type HandleP3 = (Resource<wasmtime_wasi_http::p3::Request>,);
+type HandledP3 = (Result<Resource<wasmtime_wasi_http::p3::Response>, P3ErrorCode>,);
+
+/// A WASI 0.3 handler's exchange, in the store's event loop: the request
+/// goes in, the response comes back, and its body is read while the guest
+/// goes on writing it. The deadline is around the whole of it; the store
+/// goes when it ends, the guest's tasks still running or not.
+async fn serve_p3(
+    mut store: Store<ComponentState>,
+    instance: wasmtime::component::Instance,
+    handle: ComponentExportIndex,
+    input: Bytes,
+    max_response: usize,
+) -> Result<Outcome, Outcome> {
+    let prepared = request(input)
+        .map_err(wasmtime::Error::new)
+        .and_then(|request| {
+            let func = instance.get_typed_func::<HandleP3, HandledP3>(&mut store, handle)?;
+            Ok((func, request))
+        });
+    let (func, request) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            release(store);
+            return Err(Outcome::Instantiate(format!("{e:#}")));
+        }
+    };
+    let deadline = tokio::time::Instant::from_std(store.data().outbound.deadline);
+    let exchange = store.run_concurrent(async move |accessor| {
+        let (parts, body) = request.into_parts();
+        let headers = accessor.with(|mut store| {
+            wasmtime_wasi_http::FieldMap::new_immutable(
+                store.data_mut().http().hooks,
+                parts.headers,
+            )
+        });
+        let (request, request_io) = wasmtime_wasi_http::p3::Request::new(
+            parts.method,
+            parts.uri.scheme().cloned(),
+            parts.uri.authority().cloned(),
+            parts.uri.path_and_query().cloned(),
+            headers,
+            None,
+            body,
+        );
+        let request = accessor
+            .with(|mut store| store.data_mut().http().table.push(request))
+            .map_err(|e| Outcome::Instantiate(format!("{e:#}")))?;
+        let (response,) = func
+            .call_concurrent(accessor, (request,))
+            .await
+            .map_err(|e| called_out(Err(e)))?;
+        let response = response.map_err(|code| {
+            Outcome::ExecError(format!("the handler answered with an error: {code:?}"))
+        })?;
+        let response = accessor
+            .with(|mut store| {
+                let response = store.data_mut().http().table.delete(response)?;
+                response.into_http(&mut store, request_io)
+            })
+            .map_err(|e| Outcome::Trap(format!("{e:#}")))?;
+        let (parts, body) = response.into_parts();
+        read_body(parts.status, body, max_response).await
+    });
+    let exchanged = tokio::time::timeout_at(deadline, exchange).await;
+    release(store);
+    match exchanged {
+        Err(_) => Err(Outcome::Timeout),
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Err(called_out(Err(e))),
+    }
+}
+
+/// The outcome of a handler's call that failed (a trap, an exit, the
+/// deadline's interrupt).
+fn called_out(called: wasmtime::Result<()>) -> Outcome {
+    match ended(Ok(called)) {
+        Ok(_) => Outcome::NoResponse,
+        Err(failed) => failed,
+    }
+}
+
 /// Bytes of a failed response's body quoted in its exec error.
 const QUOTED_BODY: usize = 256;
 
@@ -163,7 +287,17 @@ async fn response(
         Ok(Ok(response)) => response,
     };
     let status = response.status();
-    let mut body = response.into_body();
+    read_body(status, response.into_body(), max).await
+}
+
+/// A response's body, if `status` is 2xx (at most `max` bytes), else an
+/// exec error with the status and the body's start. A body over `max` is
+/// the one trap it returns.
+async fn read_body<B>(status: http::StatusCode, mut body: B, max: usize) -> Result<Outcome, Outcome>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut bytes = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
