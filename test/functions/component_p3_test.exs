@@ -1,21 +1,26 @@
 defmodule Functions.ComponentP3Test do
-  # WASI 0.3 commands: components exporting wasi:cli/run@0.3, whose `run` is
-  # async (native/worker_runtime/src/kinds/cli_component.rs): the example
-  # (functions/components/hello_cli_p3), the test guest with hooks
-  # (test/guests/components/probe_cli_p3), and the wasip3 crate's own
-  # example (scripts/foreign-guests).
+  # WASI 0.3 components: commands exporting wasi:cli/run@0.3 and HTTP
+  # handlers exporting wasi:http/handler@0.3, whose entry points are async
+  # (native/worker_runtime/src/kinds/cli_component.rs, http_component.rs):
+  # the examples (functions/components/hello_cli_p3, hello_http_p3), the
+  # test guests with hooks (test/guests/components/probe_cli_p3,
+  # probe_http_p3), and the wasip3 crate's own examples
+  # (scripts/foreign-guests).
   use ExUnit.Case, async: true
 
   import ExUnit.CaptureLog
   import Worker.Test.Fixtures
   alias Worker.Runtime
+  alias Worker.Test.HttpServer
 
   @moduletag :capture_log
 
   setup_all do
     %{
       hello: compile_component!("hello_cli_p3"),
-      cli: compile_component!("probe_cli_p3")
+      cli: compile_component!("probe_cli_p3"),
+      hello_http: compile_component!("hello_http_p3"),
+      http: compile_component!("probe_http_p3")
     }
   end
 
@@ -26,14 +31,16 @@ defmodule Functions.ComponentP3Test do
 
   # A component exporting `wasi:cli/run` at `version`, whose `run` returns
   # ok and prints nothing.
-  defp minimal_command(version) do
+  defp minimal_command(version), do: minimal_component("wasi:cli/run@#{version}")
+
+  defp minimal_component(export) do
     """
     (component
       (core module $m (func (export "f") (result i32) i32.const 0))
       (core instance $i (instantiate $m))
       (func $f (result (result)) (canon lift (core func $i "f")))
       (instance $inst (export "run" (func $f)))
-      (export "wasi:cli/run@#{version}" (instance $inst)))
+      (export "#{export}" (instance $inst)))
     """
   end
 
@@ -48,6 +55,20 @@ defmodule Functions.ComponentP3Test do
              Runtime.compile(minimal_command("0.3.0-rc-2025-09-16"))
 
     assert reason =~ "`wasi:cli/run@0.3.0-rc-2025-09-16`, from a release candidate of WASI 0.3"
+  end
+
+  test "a 0.3 handler's `handle` must take one request and give one result" do
+    # `run`'s shape under the handler's name
+    assert {:error, {:invalid_module, reason}} =
+             Runtime.compile(
+               String.replace(
+                 minimal_component("wasi:http/handler@0.3.0"),
+                 ~s("run"),
+                 ~s("handle")
+               )
+             )
+
+    assert reason =~ "`handle` of the component's `wasi:http/handler@0.3.0` export is not"
   end
 
   test "the example and the wasip3 crate's own example run", %{hello: hello} do
@@ -133,5 +154,103 @@ defmodule Functions.ComponentP3Test do
     assert {:ok, loaded} = Runtime.load(artifact, hello.wasm_bytes)
     assert loaded.kind == :cli_component_p3
     assert Runtime.invoke(loaded, "again") == {:ok, "Hello again!"}
+  end
+
+  describe "a WASI 0.3 HTTP handler" do
+    test "gets the arguments as a POST body; a 2xx body is the result", %{hello_http: hello} do
+      assert hello.kind == :http_component_p3
+      assert Runtime.invoke(hello, %{"name" => "Ada"}) == {:ok, %{"message" => "Hello, Ada!"}}
+      assert Runtime.invoke(hello, "Core") == {:ok, %{"message" => "Hello, Core!"}}
+
+      {:ok, foreign} = Runtime.compile(component!("wasip3_http-proxy"))
+      assert foreign.kind == :http_component_p3
+      assert Runtime.invoke(foreign, %{}) == {:ok, "Hello, WASI!"}
+    end
+
+    test "another status or an error code is an exec error; a panic a trap", %{http: http} do
+      assert Runtime.invoke(http, %{"status" => 404, "text" => "not here"}) ==
+               {:error, {:exec_error, "status 404: not here"}}
+
+      assert {:error, {:exec_error, "the handler answered with an error: " <> code}} =
+               Runtime.invoke(http, %{"error_code" => "it broke"})
+
+      assert code =~ "it broke"
+      assert {:error, {:trap, message}} = Runtime.invoke(http, %{"panic" => "the sky fell"})
+      assert message =~ "the sky fell"
+
+      assert {:error, {:exec_error, "exited with status 3"}} =
+               Runtime.invoke(http, %{"exit_code" => 3})
+    end
+
+    test "a body over the response cap traps at once, however it is written", %{http: http} do
+      assert {:ok, body} = Runtime.invoke(http, %{"body_kb" => 1024})
+      assert body == String.duplicate("x", 1024 * 1024)
+      started = System.monotonic_time(:millisecond)
+
+      for args <- [%{"body_kb" => 5 * 1024}, %{"endless" => true}] do
+        assert {:error, {:trap, message}} = Runtime.invoke(http, args, timeout: 20_000)
+        assert message =~ "the response body is over the response cap of 4194304 bytes"
+      end
+
+      # not at the deadline: as soon as the cap is passed
+      assert System.monotonic_time(:millisecond) - started < 5_000
+    end
+
+    test "the timeout stops it spinning or waiting; memory is bounded", %{http: http} do
+      assert Runtime.invoke(http, %{"spin" => true}, timeout: 100) == {:error, :timeout}
+      assert Runtime.invoke(http, %{"sleep_ms" => 60_000}, timeout: 100) == {:error, :timeout}
+      assert Runtime.invoke(http, %{"sleep_ms" => 1}) == {:ok, %{"slept_ms" => 1}}
+      assert Runtime.invoke(http, %{"grow_mb" => 16}) == {:ok, %{"grew_mb" => 16}}
+
+      assert {:error, {:trap, _}} =
+               Runtime.invoke(http, %{"grow_mb" => 16}, max_memory: 8 * 1024 * 1024)
+    end
+
+    test "stderr goes to the log", %{http: http} do
+      log = capture_log(fn -> Runtime.invoke(http, %{"stderr" => "a word on stderr"}) end)
+      assert log =~ "a word on stderr"
+    end
+
+    test "a caller that dies takes its invocation with it", %{http: http} do
+      caller = spawn(fn -> Process.sleep(:infinity) end)
+      test = self()
+
+      spawn(fn ->
+        send(test, {:result, Runtime.invoke(http, %{"sleep_ms" => 60_000}, caller: caller)})
+      end)
+
+      Process.sleep(100)
+      Process.exit(caller, :kill)
+      assert_receive {:result, {:error, :cancelled}}, 2_000
+    end
+
+    test "outbound wasi:http@0.3 is under the address policy: loopback refused unless allowed",
+         %{http: http} do
+      port = URI.parse(HttpServer.start!()).port
+
+      for {_label, url} <- HttpServer.non_public_urls() do
+        url = String.replace(url, "PORT", Integer.to_string(port))
+
+        {result, stats} = Runtime.invoke_with_stats(http, %{"fetch" => url}, timeout: 5_000)
+        assert {:ok, %{"error" => error}} = result, "#{url}: #{inspect(result)}"
+        assert error =~ "DestinationIpProhibited", url
+        assert stats.http_refused == 1
+        refute_received {:http_request, _}
+      end
+
+      url = "http://127.0.0.1:#{port}/text/allowed"
+
+      assert Runtime.invoke(http, %{"fetch" => url}, http_allow: ["127.0.0.1"]) ==
+               {:ok, %{"status" => 200, "body" => "allowed"}}
+
+      assert_received {:http_request, %{method: "GET", path: "/text/allowed"}}
+    end
+
+    test "its artifact loads as a 0.3 handler", %{hello_http: hello} do
+      assert {:ok, artifact} = Runtime.serialize(hello)
+      assert {:ok, loaded} = Runtime.load(artifact, hello.wasm_bytes)
+      assert loaded.kind == :http_component_p3
+      assert Runtime.invoke(loaded, "again") == {:ok, %{"message" => "Hello, again!"}}
+    end
   end
 end

@@ -1,6 +1,6 @@
 defmodule WorkerNode.ComponentProtocolTest do
-  # WASI 0.2 components (wasi:http/incoming-handler and wasi:cli/run), and a
-  # WASI 0.3 command (wasi:cli/run@0.3), driven
+  # WASI 0.2 components (wasi:http/incoming-handler and wasi:cli/run), and
+  # WASI 0.3 ones (wasi:http/handler@0.3, wasi:cli/run@0.3), driven
   # by a stand-in Core on this node over distribution, with the Core's own
   # messages, on worker nodes with real data directories: as FunLess
   # functions are in server_test and persistence_test.
@@ -95,18 +95,22 @@ defmodule WorkerNode.ComponentProtocolTest do
     assert %{compiles: 2, artifact_loads: 4} = remote(node, Worker.Cache, :info, [])
   end
 
-  test "a restarted worker serves stored components (a WASI 0.3 command too) from their artifacts, without compiling",
+  test "a restarted worker serves stored components (WASI 0.3 ones too) from their artifacts, without compiling",
        %{tmp_dir: dir} do
     node = start!(dir)
     http = component("hello_http")
     cli = component("hello_cli")
     p3 = component("hello_cli_p3")
-    assert call(node, {:store_function, http}) == :ok
-    assert call(node, {:store_function, cli}) == :ok
-    assert call(node, {:store_function, p3}) == :ok
+    http_p3 = component("hello_http_p3")
+
+    for f <- [http, cli, p3, http_p3] do
+      assert call(node, {:store_function, f}) == :ok
+    end
+
     assert invoke(node, p3, "Core") == {:ok, "Hello Core!"}
-    assert %{compiles: 3, artifact_loads: 0} = remote(node, Worker.Cache, :info, [])
-    assert length(Path.wildcard(Path.join(dir, "artifacts/*/*"))) == 3
+    assert invoke(node, http_p3, "Core") == {:ok, %{"message" => "Hello, Core!"}}
+    assert %{compiles: 4, artifact_loads: 0} = remote(node, Worker.Cache, :info, [])
+    assert length(Path.wildcard(Path.join(dir, "artifacts/*/*"))) == 4
 
     # killed right after the replies: nothing was flushed by a clean exit
     Cluster.kill!(node)
@@ -115,8 +119,9 @@ defmodule WorkerNode.ComponentProtocolTest do
     assert invoke(node, http, %{"name" => "again"}) == {:ok, %{"message" => "Hello, again!"}}
     assert invoke(node, cli, "again") == {:ok, "Hello again!"}
     assert invoke(node, p3, "again") == {:ok, "Hello again!"}
+    assert invoke(node, http_p3, "again") == {:ok, %{"message" => "Hello, again!"}}
 
-    assert %{compiles: 0, artifact_loads: 3, misses: 3} = remote(node, Worker.Cache, :info, [])
+    assert %{compiles: 0, artifact_loads: 4, misses: 4} = remote(node, Worker.Cache, :info, [])
 
     # loaded from an artifact, each keeps its kind
     page = rendered!(node)
@@ -124,6 +129,7 @@ defmodule WorkerNode.ComponentProtocolTest do
     assert kind(page, http) == "http_component"
     assert kind(page, cli) == "cli_component"
     assert kind(page, p3) == "cli_component_p3"
+    assert kind(page, http_p3) == "http_component_p3"
   end
 
   test "the metrics page shows a loaded component's kind and its invocations", %{tmp_dir: dir} do

@@ -24,11 +24,13 @@ defmodule Worker.Test.Fixtures do
 
     * `functions/components`, a cargo workspace built for wasm32-wasip2:
       `"hello_http"` and `"fetch_http"` (wasi:http/incoming-handler),
-      `"hello_cli"` (wasi:cli/run), `"hello_cli_p3"` (wasi:cli/run@0.3);
+      `"hello_cli"` (wasi:cli/run), `"hello_cli_p3"` (wasi:cli/run@0.3),
+      `"hello_http_p3"` (wasi:http/handler@0.3);
     * `test/guests/components`, a cargo workspace built for wasm32-wasip2:
       `"probe_http"`, `"probe_fetch"`, `"echo_http"`, `"hostile_http"`
       (wasi:http/incoming-handler), `"probe_cli"`, `"echo_cli"`
-      (wasi:cli/run), `"probe_cli_p3"` (wasi:cli/run@0.3);
+      (wasi:cli/run), `"probe_cli_p3"` (wasi:cli/run@0.3), `"probe_http_p3"`
+      (wasi:http/handler@0.3);
     * `"hello_py"` (functions/python/hello_py, wasi:cli/run), `"hello_js"`
       (functions/js/hello_js, wasi:http/incoming-handler), and their test
       copies with hooks, `"probe_py"` (test/guests/python/probe_py) and
@@ -41,7 +43,8 @@ defmodule Worker.Test.Fixtures do
       (wasi:cli/run, URL from argv), `"wstd_tcp_echo_server"`,
       `"wstd_tcp_stream_client"` (wasi:cli/run, importing wasi:sockets);
       and wasip3's, `"wasip3_cli-command"` (wasi:cli/run@0.3, prints
-      "Hello, WASI!").
+      "Hello, WASI!") and `"wasip3_http-proxy"` (wasi:http/handler@0.3,
+      answers "Hello, WASI!").
   """
 
   alias Worker.MixCargo
@@ -55,9 +58,9 @@ defmodule Worker.Test.Fixtures do
   @example_modules ~w(hello http hello_command)
   @guest_modules ~w(echo error logger probe_command)
   @go_modules ~w(hello_go hello_go_command)
-  @example_components ~w(hello_http fetch_http hello_cli hello_cli_p3)
+  @example_components ~w(hello_http fetch_http hello_cli hello_cli_p3 hello_http_p3)
   @guest_components_built ~w(probe_http probe_cli probe_fetch echo_http echo_cli hostile_http
-                             probe_cli_p3)
+                             probe_cli_p3 probe_http_p3)
   @componentized_examples ~w(hello_py hello_js)
   @componentized_guests ~w(probe_py probe_js)
 
