@@ -42,8 +42,8 @@ defmodule Worker.Config do
   entry that does not parse (checked at application start, by the native
   runtime's parser).
 
-  **The native runtime.** The five keys from `:pool_instances` to
-  `:keep_resident_bytes` are `Worker.Runtime.Settings`:
+  **The native runtime.** The six keys from `:pool_instances` to
+  `:wasi_p3` are `Worker.Runtime.Settings`:
   the engine is made with them once per VM, when the application starts,
   and they cannot change while it runs. Their defaults are the native
   runtime's own (`Worker.Runtime.default_settings/0`). Starting the
@@ -105,7 +105,8 @@ defmodule Worker.Config do
     {:memory_cap_bytes, "FL_MEMORY_CAP_MB", {:mib, 1, 4_096}},
     {:max_module_bytes, "FL_MAX_MODULE_MB", {:mib, 1, 1_024}},
     {:epoch_tick_us, "FL_EPOCH_TICK_US", {:int, 10, 100_000}},
-    {:keep_resident_bytes, "FL_POOL_KEEP_RESIDENT_KB", {:kib, 0, 1_048_576}}
+    {:keep_resident_bytes, "FL_POOL_KEEP_RESIDENT_KB", {:kib, 0, 1_048_576}},
+    {:wasi_p3, "FL_WASI_P3", :boolean}
   ]
 
   # variables the worker read once, and what to set instead
@@ -227,7 +228,8 @@ defmodule Worker.Config do
       memory_cap_bytes: Application.fetch_env!(:worker, :memory_cap_bytes),
       max_module_bytes: Application.fetch_env!(:worker, :max_module_bytes),
       epoch_tick_us: Application.fetch_env!(:worker, :epoch_tick_us),
-      keep_resident_bytes: Application.fetch_env!(:worker, :keep_resident_bytes)
+      keep_resident_bytes: Application.fetch_env!(:worker, :keep_resident_bytes),
+      wasi_p3: Application.fetch_env!(:worker, :wasi_p3)
     }
   end
 
@@ -424,6 +426,14 @@ defmodule Worker.Config do
           ArgumentError,
           "#{variable}: expected one of #{Enum.join(choices, ", ")}, got #{inspect(text)}"
         )
+  end
+
+  defp parse(variable, :boolean, text) do
+    case String.trim(text) do
+      "true" -> true
+      "false" -> false
+      _ -> raise ArgumentError, "#{variable}: expected true or false, got #{inspect(text)}"
+    end
   end
 
   defp parse(variable, :ipv4, text) do

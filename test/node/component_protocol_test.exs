@@ -132,6 +132,20 @@ defmodule WorkerNode.ComponentProtocolTest do
     assert kind(page, http_p3) == "http_component_p3"
   end
 
+  test "with FL_WASI_P3=false, a 0.3 component is refused, saying why, and 0.2 ones run",
+       %{tmp_dir: dir} do
+    node = start!(dir, wasi_p3: false)
+    cli = component("hello_cli")
+    assert call(node, {:store_function, cli}) == :ok
+    assert invoke(node, cli, "Ada") == {:ok, "Hello Ada!"}
+
+    for name <- ["hello_cli_p3", "hello_http_p3"] do
+      assert {:error, {:invalid_module, reason}} = call(node, {:store_function, component(name)})
+
+      assert reason =~ "WASI 0.3 is off on this worker: FL_WASI_P3=false", name
+    end
+  end
+
   test "the metrics page shows a loaded component's kind and its invocations", %{tmp_dir: dir} do
     port = free_port()
     node = start!(dir, metrics_port: port)

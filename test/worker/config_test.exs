@@ -48,6 +48,7 @@ defmodule Worker.ConfigTest do
     "FL_MAX_MODULE_MB" => "29",
     "FL_EPOCH_TICK_US" => "30",
     "FL_POOL_KEEP_RESIDENT_KB" => "31",
+    "FL_WASI_P3" => "false",
     "FL_LOG_LEVEL" => "debug",
     "FL_LOG_FORMAT" => "json"
   }
@@ -92,7 +93,8 @@ defmodule Worker.ConfigTest do
              memory_cap_bytes: 28 * @mib,
              max_module_bytes: 29 * @mib,
              epoch_tick_us: 30,
-             keep_resident_bytes: 31 * 1024
+             keep_resident_bytes: 31 * 1024,
+             wasi_p3: false
            ]
 
     assert Config.log_level(@every) == :debug
@@ -147,7 +149,8 @@ defmodule Worker.ConfigTest do
     for {variable, value, expected} <- [
           {"FL_DISCOVERY", "libcluster", "gossip, kubernetes, none"},
           {"FL_GOSSIP_ADDR", "::1", "not an IPv4 address"},
-          {"FL_GOSSIP_IF", "localhost", "not an IPv4 address"}
+          {"FL_GOSSIP_IF", "localhost", "not an IPv4 address"},
+          {"FL_WASI_P3", "yes", "expected true or false"}
         ] do
       error = assert_raise ArgumentError, fn -> Config.from_env(%{variable => value}) end
       assert error.message =~ variable

@@ -6,7 +6,8 @@ defmodule Worker.Runtime.Settings do
   and cannot change while the VM runs.
 
   `Worker.Config` reads them from `FL_POOL_INSTANCES`, `FL_MEMORY_CAP_MB`,
-  `FL_MAX_MODULE_MB`, `FL_EPOCH_TICK_US` and `FL_POOL_KEEP_RESIDENT_KB`;
+  `FL_MAX_MODULE_MB`, `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB` and
+  `FL_WASI_P3`;
   the defaults are the native runtime's own (`Worker.Runtime.default_settings/0`),
   written once, in Rust (`native/worker_runtime/src/engine.rs`).
   """
@@ -16,7 +17,8 @@ defmodule Worker.Runtime.Settings do
     :memory_cap_bytes,
     :max_module_bytes,
     :epoch_tick_us,
-    :keep_resident_bytes
+    :keep_resident_bytes,
+    :wasi_p3
   ]
   defstruct @enforce_keys
 
@@ -29,13 +31,16 @@ defmodule Worker.Runtime.Settings do
   * `epoch_tick_us` - the epoch tick: about the longest slice a guest runs
     before it yields;
   * `keep_resident_bytes` - bytes of each pool slot reset in place rather
-    than returned to the OS (0: none).
+    than returned to the OS (0: none);
+  * `wasi_p3` - whether WASI 0.3 components run (the engine's
+    component-model async support, which costs every component).
   """
   @type t :: %__MODULE__{
           pool_instances: pos_integer(),
           memory_cap_bytes: pos_integer(),
           max_module_bytes: pos_integer(),
           epoch_tick_us: pos_integer(),
-          keep_resident_bytes: non_neg_integer()
+          keep_resident_bytes: non_neg_integer(),
+          wasi_p3: boolean()
         }
 end

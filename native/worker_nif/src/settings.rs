@@ -14,6 +14,7 @@ pub struct Settings {
     pub max_module_bytes: u64,
     pub epoch_tick_us: u64,
     pub keep_resident_bytes: u64,
+    pub wasi_p3: bool,
 }
 
 impl From<worker_runtime::Settings> for Settings {
@@ -24,6 +25,7 @@ impl From<worker_runtime::Settings> for Settings {
             max_module_bytes: s.max_module_bytes as u64,
             epoch_tick_us: s.tick.as_micros() as u64,
             keep_resident_bytes: s.keep_resident as u64,
+            wasi_p3: s.wasi_p3,
         }
     }
 }
@@ -37,6 +39,7 @@ impl From<Settings> for worker_runtime::Settings {
             max_module_bytes: size(s.max_module_bytes),
             tick: Duration::from_micros(s.epoch_tick_us),
             keep_resident: size(s.keep_resident_bytes),
+            wasi_p3: s.wasi_p3,
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Isolation {
 /// [`Error::InvalidModule`] with a reason that names the limit; a panic in
 /// the compiler is [`Error::Panic`].
 pub fn compile_isolated(bytes: &[u8], isolation: &Isolation) -> Result<CompiledModule, Error> {
+    compile_in_child(bytes, isolation).map_err(|e| module::explain_p3_off(e, bytes))
+}
+
+fn compile_in_child(bytes: &[u8], isolation: &Isolation) -> Result<CompiledModule, Error> {
     module::check_size(bytes)?;
     let deadline = std::time::Instant::now() + isolation.timeout;
     let artifact = {
@@ -212,6 +216,12 @@ fn run_compiler(
             // at the timeout, unless it has no pidfd to do it with
             "--wall-ms",
             &(timeout_ms + 1_000).to_string(),
+            "--wasi-p3",
+            if crate::engine::runtime()?.settings.wasi_p3 {
+                "1"
+            } else {
+                "0"
+            },
         ])
         .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::piped())

@@ -87,14 +87,16 @@ impl ComponentState {
     }
 }
 
-/// WASI 0.2 and 0.3 (cli, clocks, random, io, and filesystem and sockets
-/// with nothing to reach) and wasi:http's types and client, its outbound
-/// requests through [`Outbound`].
-pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<ComponentState>> {
+/// WASI 0.2, and 0.3 if `wasi_p3` (cli, clocks, random, io, and filesystem
+/// and sockets with nothing to reach), and wasi:http's types and client,
+/// its outbound requests through [`Outbound`].
+pub fn linker(engine: &Engine, wasi_p3: bool) -> wasmtime::Result<Linker<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    if wasi_p3 {
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    }
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Ok(linker)
 }

@@ -53,6 +53,10 @@ pub struct Settings {
     /// Bytes of each pool slot (memory, table, stack) reset in place rather
     /// than returned to the OS. `FL_POOL_KEEP_RESIDENT_KB`.
     pub keep_resident: usize,
+    /// WASI 0.3: the component model's async support in the engine, and
+    /// WASI 0.3 in the component linker. Off, 0.3 components are refused,
+    /// and 0.2 components run faster. `FL_WASI_P3`.
+    pub wasi_p3: bool,
 }
 
 impl Default for Settings {
@@ -74,6 +78,7 @@ impl Default for Settings {
             } else {
                 0
             },
+            wasi_p3: true,
         }
     }
 }
@@ -141,8 +146,9 @@ pub fn runtime() -> Result<&'static Runtime, Error> {
 
 /// The engine configuration every module is compiled for, without the
 /// instance allocator: the compiler child (`fl-compile`) builds its engine
-/// from this alone, so its artifacts load in the worker's engine.
-pub fn compiler_config() -> Config {
+/// from this alone (told `wasi_p3`), so its artifacts load in the worker's
+/// engine.
+pub fn compiler_config(wasi_p3: bool) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
@@ -166,8 +172,11 @@ pub fn compiler_config() -> Config {
         .wasm_memory64(false)
         // WASI 0.3 components: their async exports, streams and futures.
         // Wasmtime calls this support incomplete, and its fixes after
-        // 48.0.8 cannot be had here: see SECURITY.md.
-        .wasm_component_model_async(true);
+        // 48.0.8 cannot be had here: see SECURITY.md. It costs every
+        // component's store and call (a 0.2 hello command 11 us -> 17 us
+        // in the floor), so it can be turned off (`Settings::wasi_p3`).
+        .wasm_component_model_async(wasi_p3)
+        .concurrency_support(wasi_p3);
     config
 }
 
@@ -210,7 +219,7 @@ impl Runtime {
                 .pagemap_scan(pagemap_scan());
         }
 
-        let mut config = compiler_config();
+        let mut config = compiler_config(settings.wasi_p3);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine =
             Engine::new(&config).map_err(|e| unavailable(format!("wasmtime engine: {e:#}")))?;
@@ -374,7 +383,7 @@ mod tests {
     fn memory64_is_refused_when_compiled() {
         // a 64-bit memory's bulk operations would bypass the bulk rewrite:
         // one libcall, not preemptible, without the Spectre masking
-        let engine = Engine::new(&compiler_config()).unwrap();
+        let engine = Engine::new(&compiler_config(true)).unwrap();
         let wat = r#"(module (memory i64 1)
             (func (export "f") (memory.fill (i64.const 0) (i32.const 0) (i64.const 8))))"#;
         let binary = wat::parse_str(wat).unwrap();
@@ -386,7 +395,7 @@ mod tests {
     fn gc_types_are_refused_when_compiled() {
         // GHSA-rc4p-x33f-vpr2: a call through a GC subtype aborts Wasmtime
         // 48.0.8 built without `gc`; the engine must refuse the module
-        let engine = Engine::new(&compiler_config()).unwrap();
+        let engine = Engine::new(&compiler_config(true)).unwrap();
         let wat = r#"(module
             (type $a (sub (func (result i32))))
             (type $b (sub $a (func (result i32))))

@@ -162,8 +162,8 @@ fn linkers() -> Result<&'static Linkers, Error> {
             };
             let mut core = core_host::linker(&rt.engine).map_err(|e| unavailable("core", e))?;
             funless::add_imports(&mut core).map_err(|e| unavailable("core", e))?;
-            let component =
-                component_host::linker(&rt.engine).map_err(|e| unavailable("component", e))?;
+            let component = component_host::linker(&rt.engine, rt.settings.wasi_p3)
+                .map_err(|e| unavailable("component", e))?;
             Ok(Linkers { core, component })
         })
         .as_ref()
@@ -185,6 +185,25 @@ pub(crate) fn prepare_linkers() -> Result<(), Error> {
 /// an import of the wrong type, a missing or mistyped `__invoke`, no exported
 /// `memory`, or a memory that can never fit under the memory cap.
 pub fn compile(bytes: &[u8]) -> Result<CompiledModule, Error> {
+    compile_here(bytes).map_err(|e| explain_p3_off(e, bytes))
+}
+
+/// A refusal of what looks like a WASI 0.3 component, by an engine with
+/// WASI 0.3 off, says so: Wasmtime's own reason names a missing feature or
+/// import, not the setting.
+pub(crate) fn explain_p3_off(error: Error, bytes: &[u8]) -> Error {
+    let p3_off = runtime().is_ok_and(|rt| !rt.settings.wasi_p3);
+    match error {
+        Error::InvalidModule(reason) if p3_off && bytes.windows(5).any(|w| w == b"@0.3.") => {
+            Error::InvalidModule(format!(
+                "{reason} (WASI 0.3 is off on this worker: FL_WASI_P3=false)"
+            ))
+        }
+        other => other,
+    }
+}
+
+fn compile_here(bytes: &[u8]) -> Result<CompiledModule, Error> {
     let rt = runtime()?;
     check_size(bytes)?;
     let binary = prepare(&rt.engine, bytes)?;

@@ -73,7 +73,7 @@ fn a_run_of_the_wrong_shape_or_another_export_is_refused_naming_it() {
         panic!("a run without a result was taken")
     };
     assert!(
-        reason.contains("is not the function WASI 0.2 defines"),
+        reason.contains("is not the function WASI defines"),
         "{reason}"
     );
 

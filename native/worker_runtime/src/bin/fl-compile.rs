@@ -2,7 +2,7 @@
 //! writes its compiled artifact on stdout, under OS limits it sets on
 //! itself before it reads a byte:
 //!
-//!     fl-compile --max-mb MiB --cpu-s SECONDS [--threads N] [--wall-ms MS] < module.wasm > artifact
+//!     fl-compile --max-mb MiB --cpu-s SECONDS [--threads N] [--wall-ms MS] [--wasi-p3 0|1] < module.wasm > artifact
 //!
 //! `--max-mb` bounds its address space (RLIMIT_AS) and `--cpu-s` its CPU
 //! time (RLIMIT_CPU); the worker also kills it at its wall-clock timeout,
@@ -23,6 +23,8 @@ use worker_runtime::module::precompile;
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut max_mb, mut cpu_s, mut threads, mut wall_ms) = (None, None, 1, None);
+    // the engine's `wasi_p3` setting, which its artifacts must match
+    let mut wasi_p3 = 1;
     while let Some(flag) = args.next() {
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
             fail(&format!("{flag} needs a number"));
@@ -32,6 +34,7 @@ fn main() {
             "--cpu-s" => cpu_s = Some(value),
             "--threads" => threads = value,
             "--wall-ms" => wall_ms = Some(value),
+            "--wasi-p3" => wasi_p3 = value,
             _ => fail(&format!("unknown option {flag}")),
         }
     }
@@ -57,7 +60,7 @@ fn main() {
     // SAFETY: no other thread exists yet: the engine, and with it the
     // pool, is made below.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    let mut config = compiler_config();
+    let mut config = compiler_config(wasi_p3 != 0);
     config.parallel_compilation(threads > 1);
     let engine =
         wasmtime::Engine::new(&config).unwrap_or_else(|e| fail(&format!("wasmtime engine: {e:#}")));

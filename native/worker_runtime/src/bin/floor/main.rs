@@ -23,7 +23,7 @@
 //!
 //! The runtime's settings come from the same `FL_*` variables the worker
 //! reads (`FL_POOL_INSTANCES`, `FL_MEMORY_CAP_MB`, `FL_MAX_MODULE_MB`,
-//! `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB`), unchecked: this is
+//! `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB`, `FL_WASI_P3`), unchecked: this is
 //! the one place in Rust that reads the environment.
 
 mod baseline;
@@ -63,6 +63,7 @@ fn settings_from_env() -> Settings {
         tick: var("FL_EPOCH_TICK_US").map_or(defaults.tick, Duration::from_micros),
         keep_resident: var("FL_POOL_KEEP_RESIDENT_KB")
             .map_or(defaults.keep_resident, |kb| (kb << 10) as usize),
+        wasi_p3: std::env::var("FL_WASI_P3").map_or(defaults.wasi_p3, |v| v.trim() != "false"),
     }
 }
 
