@@ -26,6 +26,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// needs a few dozen.
 pub const MAX_RESOURCES: usize = 1_000;
 
+/// Handles a component's store may hold at once, guest and concurrency
+/// ones: a few hundred bytes of host memory each.
+pub const MAX_HANDLES: usize = 10_000;
+
 /// Bytes one set of HTTP fields (a request's or response's headers) may
 /// hold: wasi:http's default is 128 KiB, and a guest may make as many sets
 /// as it has resources.
@@ -133,6 +137,13 @@ pub fn store(start: Start) -> Store<ComponentState> {
     let state = ComponentState::new(wasi.build(), outbound, Limiter::component(max_memory));
     let mut store = clock.store(state);
     store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
+    // Handles a guest holds (resources, and with WASI 0.3 streams, futures
+    // and tasks), and the host's entries for WASI 0.3's concurrency: host
+    // memory no store limit counts (Wasmtime's default is 100,000 handles).
+    store.set_max_component_handles(MAX_HANDLES);
+    if let Some(table) = store.concurrent_resource_table() {
+        table.set_max_capacity(MAX_HANDLES);
+    }
     store
 }
 

@@ -131,9 +131,12 @@ impl std::future::Future for YieldNow {
     }
 }
 
-/// The stream a WASI 0.3 guest writes to (its `write-via-stream`): as
-/// [`Stream`], [`SLICE_BYTES`] between two yields of the invocation, so
-/// that a megabyte written at once is taken in steps. A sink's refusal
+/// The stream a WASI 0.3 guest writes to (its `write-via-stream`): it
+/// takes at most [`SLICE_BYTES`] a write, so that a megabyte written at
+/// once is taken in steps, the guest running (and its epoch checked)
+/// between them; where Wasmtime polls it with the invocation's own waker
+/// (a stream the host pipes in, not the guest's writes), it is pending
+/// once between two [`SLICE_BYTES`], ending the slice. A sink's refusal
 /// (stdout past the response cap) is an I/O error, which WASI 0.3 reports
 /// to the guest; [`command_outcome`] fails the command for it all the
 /// same.
@@ -152,7 +155,7 @@ impl<S: Sink> tokio::io::AsyncWrite for AsyncStream<S> {
         let this = self.get_mut();
         if this.taken >= SLICE_BYTES {
             if !this.yielded {
-                // as YieldNow: pending once, woken, so the slice ends
+                // as YieldNow: pending once, woken
                 this.yielded = true;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;

@@ -231,7 +231,7 @@ async fn serve_p3(
         let (response,) = func
             .call_concurrent(accessor, (request,))
             .await
-            .map_err(|e| called_out(Err(e)))?;
+            .map_err(called_out)?;
         let response = response.map_err(|code| {
             Outcome::ExecError(format!("the handler answered with an error: {code:?}"))
         })?;
@@ -249,14 +249,14 @@ async fn serve_p3(
     match exchanged {
         Err(_) => Err(Outcome::Timeout),
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => Err(called_out(Err(e))),
+        Ok(Err(e)) => Err(called_out(e)),
     }
 }
 
 /// The outcome of a handler's call that failed (a trap, an exit, the
 /// deadline's interrupt).
-fn called_out(called: wasmtime::Result<()>) -> Outcome {
-    match ended(Ok(called)) {
+fn called_out(error: wasmtime::Error) -> Outcome {
+    match ended::<()>(Ok(Err(error))) {
         Ok(_) => Outcome::NoResponse,
         Err(failed) => failed,
     }

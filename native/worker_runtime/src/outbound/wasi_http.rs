@@ -104,6 +104,10 @@ impl WasiHttpHooks for Outbound {
         1
     }
 
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -165,19 +169,25 @@ async fn send(
         }
     };
     // The connection's I/O runs beside the exchange, and stops when the
-    // response (and so the invocation) is dropped.
+    // response is dropped (WASI 0.2: with the invocation's store) or at the
+    // invocation's deadline (WASI 0.3 runs it in a task of its own, which
+    // the store does not own).
     let connection = wasmtime_wasi::runtime::spawn(connection);
+    let until = tokio::time::Instant::from_std(deadline);
 
     // Sent in origin form: the scheme and authority are for proxies.
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = path
         .parse()
         .map_err(|_| failed(Code::HttpRequestUriInvalid, "bad path"))?;
-    let body = Outgoing(Some(Capped {
-        inner: body,
-        left: max_request,
-        over: Code::HttpRequestBodySize,
-    }));
+    let body = Outgoing(
+        Some(Capped {
+            inner: body,
+            left: max_request,
+            over: Code::HttpRequestBodySize,
+        }),
+        until,
+    );
     let request = http::Request::from_parts(parts, body);
 
     // The invocation's deadline bounds the exchange (its timer drops the
@@ -215,7 +225,13 @@ async fn send(
         }
         .boxed_unsync()
     });
-    let io: Io = Box::new(async move { connection.await.map_err(Code::from) });
+    let io: Io = Box::new(async move {
+        match tokio::time::timeout_at(until, connection).await {
+            Ok(ended) => ended.map_err(Code::from),
+            // dropped, the connection's task is aborted
+            Err(_) => Err(Code::ConnectionTerminated),
+        }
+    });
     Ok((response, io))
 }
 
@@ -291,8 +307,9 @@ async fn drain(body: &mut WasiBody, max: usize) {
 /// it, and the guest's next write would fail with a closed stream instead
 /// of reading the response. So a body dropped before its end is read to its
 /// end (at most its cap) on a task of its own, which ends at the latest
-/// with the guest's store.
-struct Outgoing(Option<Capped<WasiBody>>);
+/// with the guest's store or at the invocation's deadline (the second
+/// field).
+struct Outgoing(Option<Capped<WasiBody>>, tokio::time::Instant);
 
 impl Body for Outgoing {
     type Data = Bytes;
@@ -328,7 +345,10 @@ impl Drop for Outgoing {
             let Capped {
                 mut inner, left, ..
             } = body;
-            tokio.spawn(async move { drain(&mut inner, left).await });
+            let until = self.1;
+            tokio.spawn(async move {
+                let _ = tokio::time::timeout_at(until, drain(&mut inner, left)).await;
+            });
         }
     }
 }
