@@ -55,6 +55,8 @@ defmodule Mix.Tasks.Worker.Bench do
   defp local(scale) do
     data = Path.join(System.tmp_dir!(), "fl-bench-#{System.unique_integer([:positive])}")
     Application.put_env(:worker, :data_dir, data)
+    # the runtime's default (WASI 0.3 off), not the test suite's
+    Application.delete_env(:worker, :wasi_p3)
     Floor.build!()
     Mix.Task.run("app.start")
     Logger.configure(level: :error)

@@ -15,5 +15,8 @@ if config_env() == :test do
   config :worker,
     data_dir: Path.expand("../tmp/test_data", __DIR__),
     metrics_port: 0,
-    discovery: :none
+    discovery: :none,
+    # the suite runs WASI 0.3 components (off by default); worker nodes
+    # started by tests get the default unless the test says otherwise
+    wasi_p3: true
 end

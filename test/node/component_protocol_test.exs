@@ -97,7 +97,7 @@ defmodule WorkerNode.ComponentProtocolTest do
 
   test "a restarted worker serves stored components (WASI 0.3 ones too) from their artifacts, without compiling",
        %{tmp_dir: dir} do
-    node = start!(dir)
+    node = start!(dir, wasi_p3: true)
     http = component("hello_http")
     cli = component("hello_cli")
     p3 = component("hello_cli_p3")
@@ -114,7 +114,7 @@ defmodule WorkerNode.ComponentProtocolTest do
 
     # killed right after the replies: nothing was flushed by a clean exit
     Cluster.kill!(node)
-    node = start!(dir)
+    node = start!(dir, wasi_p3: true)
 
     assert invoke(node, http, %{"name" => "again"}) == {:ok, %{"message" => "Hello, again!"}}
     assert invoke(node, cli, "again") == {:ok, "Hello again!"}
@@ -132,9 +132,9 @@ defmodule WorkerNode.ComponentProtocolTest do
     assert kind(page, http_p3) == "http_component_p3"
   end
 
-  test "with FL_WASI_P3=false, a 0.3 component is refused, saying why, and 0.2 ones run",
+  test "by default (FL_WASI_P3=false), a 0.3 component is refused, saying why, and 0.2 ones run",
        %{tmp_dir: dir} do
-    node = start!(dir, wasi_p3: false)
+    node = start!(dir)
     cli = component("hello_cli")
     assert call(node, {:store_function, cli}) == :ok
     assert invoke(node, cli, "Ada") == {:ok, "Hello Ada!"}

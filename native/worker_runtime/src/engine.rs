@@ -54,8 +54,8 @@ pub struct Settings {
     /// than returned to the OS. `FL_POOL_KEEP_RESIDENT_KB`.
     pub keep_resident: usize,
     /// WASI 0.3: the component model's async support in the engine, and
-    /// WASI 0.3 in the component linker. Off, 0.3 components are refused,
-    /// and 0.2 components run faster. `FL_WASI_P3`.
+    /// WASI 0.3 in the component linker. Off (the default), 0.3 components
+    /// are refused, and 0.2 components run faster. `FL_WASI_P3`.
     pub wasi_p3: bool,
 }
 
@@ -78,7 +78,7 @@ impl Default for Settings {
             } else {
                 0
             },
-            wasi_p3: true,
+            wasi_p3: false,
         }
     }
 }
@@ -173,8 +173,9 @@ pub fn compiler_config(wasi_p3: bool) -> Config {
         // WASI 0.3 components: their async exports, streams and futures.
         // Wasmtime calls this support incomplete, and its fixes after
         // 48.0.8 cannot be had here: see SECURITY.md. It costs every
-        // component's store and call (a 0.2 hello command 11 us -> 17 us
-        // in the floor), so it can be turned off (`Settings::wasi_p3`).
+        // component's store and call (a 0.2 hello command 1.6 to 2.1x in
+        // the floor, BENCHMARKS.md), so it is off unless asked for
+        // (`Settings::wasi_p3`).
         .wasm_component_model_async(wasi_p3)
         .concurrency_support(wasi_p3);
     config
@@ -201,7 +202,14 @@ impl Runtime {
             .total_core_instances(n.saturating_mul(COMPONENT_CORE_INSTANCES))
             .total_memories(n.saturating_mul(COMPONENT_MEMORIES))
             .total_tables(n.saturating_mul(COMPONENT_TABLES))
-            .total_stacks(n)
+            // With WASI 0.3's async support, a component may run each of its
+            // instances' tasks on a fiber of its own: as many stacks as core
+            // instances, then (address space only, until used)
+            .total_stacks(if settings.wasi_p3 {
+                n.saturating_mul(COMPONENT_CORE_INSTANCES)
+            } else {
+                n
+            })
             .max_core_instances_per_component(COMPONENT_CORE_INSTANCES)
             .max_memories_per_component(COMPONENT_MEMORIES)
             .max_tables_per_component(COMPONENT_TABLES)

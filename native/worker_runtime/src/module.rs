@@ -121,18 +121,26 @@ fn recognize_module(module: &Module) -> Result<(ModuleExport, CoreCode), Error> 
 fn recognize_component(
     component: &Component,
     engine: &Engine,
+    wasi_p3: bool,
 ) -> Result<(ComponentExportIndex, ComponentCode), Error> {
     if let Some(found) = http_component::recognize(component, engine) {
         return found.map(|export| (export, Code::HttpComponent as ComponentCode));
     }
+    let p3_off = |_| Error::invalid_module(P3_OFF);
     if let Some(found) = http_component::recognize_p3(component, engine) {
-        return found.map(|export| (export, Code::HttpComponentP3 as ComponentCode));
+        return match wasi_p3 {
+            true => found.map(|export| (export, Code::HttpComponentP3 as ComponentCode)),
+            false => Err(p3_off(found)),
+        };
     }
     if let Some(found) = cli_component::recognize(component, engine) {
         return found.map(|export| (export, Code::CliComponent as ComponentCode));
     }
     if let Some(found) = cli_component::recognize_p3(component, engine) {
-        return found.map(|export| (export, Code::CliComponentP3 as ComponentCode));
+        return match wasi_p3 {
+            true => found.map(|export| (export, Code::CliComponentP3 as ComponentCode)),
+            false => Err(p3_off(found)),
+        };
     }
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
@@ -188,16 +196,24 @@ pub fn compile(bytes: &[u8]) -> Result<CompiledModule, Error> {
     compile_here(bytes).map_err(|e| explain_p3_off(e, bytes))
 }
 
-/// A refusal of what looks like a WASI 0.3 component, by an engine with
-/// WASI 0.3 off, says so: Wasmtime's own reason names a missing feature or
-/// import, not the setting.
+/// Why a WASI 0.3 component is refused by a worker with WASI 0.3 off.
+const P3_OFF: &str = "WASI 0.3 is off on this worker: FL_WASI_P3=false";
+
+/// A refusal of what looks like a WASI 0.3 component (its bytes name one
+/// of WASI 0.3's entry points), by an engine with WASI 0.3 off, says so:
+/// Wasmtime's own reason names a missing feature or import, not the
+/// setting.
 pub(crate) fn explain_p3_off(error: Error, bytes: &[u8]) -> Error {
     let p3_off = runtime().is_ok_and(|rt| !rt.settings.wasi_p3);
+    let names_p3 = |name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
     match error {
-        Error::InvalidModule(reason) if p3_off && bytes.windows(5).any(|w| w == b"@0.3.") => {
-            Error::InvalidModule(format!(
-                "{reason} (WASI 0.3 is off on this worker: FL_WASI_P3=false)"
-            ))
+        Error::InvalidModule(reason)
+            if p3_off
+                && !reason.contains(P3_OFF)
+                && (names_p3(cli_component::CLI_RUN_P3)
+                    || names_p3(http_component::HTTP_HANDLER_P3)) =>
+        {
+            Error::InvalidModule(format!("{reason} ({P3_OFF})"))
         }
         other => other,
     }
@@ -326,7 +342,7 @@ pub fn engine_fingerprint() -> Result<String, Error> {
 /// Checks a component's exports and links its imports once.
 fn link_component(component: Component, wasm_bytes: usize) -> Result<CompiledModule, Error> {
     let rt = runtime()?;
-    let (export, code) = recognize_component(&component, &rt.engine)?;
+    let (export, code) = recognize_component(&component, &rt.engine, rt.settings.wasi_p3)?;
     let initial_memory = component.resources_required().map_or(0, |r| {
         u64::from(r.num_memories) * r.max_initial_memory_size.unwrap_or(0) * 65536
     });

@@ -12,7 +12,7 @@ defmodule Worker.Runtime.SettingsTest do
     assert defaults.memory_cap_bytes == 512 * 1024 * 1024
     assert defaults.max_module_bytes == 64 * 1024 * 1024
     assert defaults.keep_resident_bytes in [0, 1024 * 1024]
-    assert defaults.wasi_p3 == true
+    assert defaults.wasi_p3 == false
   end
 
   test "every field must be given" do
