@@ -10,6 +10,7 @@ defmodule Functions.ComponentP3Test do
 
   import ExUnit.CaptureLog
   import Worker.Test.Fixtures
+  import Worker.Test.Helpers, only: [eventually: 2]
   alias Worker.Runtime
   alias Worker.Test.HttpServer
 
@@ -246,11 +247,60 @@ defmodule Functions.ComponentP3Test do
       assert_received {:http_request, %{method: "GET", path: "/text/allowed"}}
     end
 
+    test "an outbound connection ends with its invocation, even to a server that stops reading",
+         %{http: http} do
+      {:ok, listener} =
+        :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}, recbuf: 4096])
+
+      {:ok, port} = :inet.port(listener)
+      test = self()
+
+      # accepts, answers a head whose body never comes, and reads nothing:
+      # the guest waits on the response's body, and the connection on the
+      # request's, which the server does not take
+      server =
+        spawn(fn ->
+          {:ok, socket} = :gen_tcp.accept(listener)
+          :ok = :gen_tcp.send(socket, "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n")
+          send(test, :accepted)
+          Process.sleep(:infinity)
+        end)
+
+      on_exit(fn -> Process.exit(server, :kill) end)
+      url = "http://127.0.0.1:#{port}/sink"
+
+      assert Runtime.invoke(http, %{"fetch" => url, "post_kb" => 3 * 1024},
+               timeout: 500,
+               http_allow: ["127.0.0.1"]
+             ) == {:error, :timeout}
+
+      assert_receive :accepted
+      # the worker's end of the connection goes with the invocation
+      assert eventually(fn -> established_to(port) == 0 end, 3_000),
+             "a connection to port #{port} outlived its invocation"
+    end
+
     test "its artifact loads as a 0.3 handler", %{hello_http: hello} do
       assert {:ok, artifact} = Runtime.serialize(hello)
       assert {:ok, loaded} = Runtime.load(artifact, hello.wasm_bytes)
       assert loaded.kind == :http_component_p3
       assert Runtime.invoke(loaded, "again") == {:ok, %{"message" => "Hello, again!"}}
     end
+  end
+
+  # Connections of this node's processes to 127.0.0.1:`port` that are
+  # established (/proc/net/tcp: state 01), seen from the connecting end.
+  defp established_to(port) do
+    remote = ":" <> String.pad_leading(Integer.to_string(port, 16), 4, "0")
+
+    "/proc/net/tcp"
+    |> File.read!()
+    |> String.split("\n", trim: true)
+    |> Enum.count(fn line ->
+      case String.split(line) do
+        [_, _local, rem, "01" | _] -> String.ends_with?(rem, remote)
+        _ -> false
+      end
+    end)
   end
 end

@@ -13,7 +13,8 @@
 //! * `{"stderr": "..."}` writes that to stderr (through WASI 0.3's
 //!   stream), then answers as for a name;
 //! * `{"fetch": url}` sends `GET url` through wasi:http/client@0.3 and
-//!   answers `{"status": s, "body": text}`, or `{"error": "..."}`.
+//!   answers `{"status": s, "body": text}`, or `{"error": "..."}`;
+//!   `{"fetch": url, "post_kb": n}` sends `POST url` with n KiB of body.
 use serde_json::{json, Value};
 use wasip3::cli::{exit, stderr};
 use wasip3::clocks::monotonic_clock;
@@ -67,7 +68,8 @@ impl wasip3::exports::http::handler::Guest for Probe {
             return answer(status as u16, text.as_bytes().to_vec());
         }
         if let Some(url) = input.get("fetch").and_then(Value::as_str) {
-            let fetched = match fetch(url).await {
+            let post_kb = input.get("post_kb").and_then(Value::as_u64);
+            let fetched = match fetch(url, post_kb).await {
                 Ok((status, body)) => json!({ "status": status, "body": body }),
                 Err(error) => json!({ "error": error }),
             };
@@ -125,8 +127,9 @@ fn response(
     Ok(response)
 }
 
-/// `GET url`: the status and the body as text, or what failed.
-async fn fetch(url: &str) -> Result<(u16, String), String> {
+/// `GET url`, or `POST url` with `post_kb` KiB of body: the status and the
+/// body as text, or what failed.
+async fn fetch(url: &str, post_kb: Option<u64>) -> Result<(u16, String), String> {
     let (scheme, rest) = match url.split_once("://") {
         Some(("http", rest)) => (Scheme::Http, rest),
         Some(("https", rest)) => (Scheme::Https, rest),
@@ -137,11 +140,19 @@ async fn fetch(url: &str) -> Result<(u16, String), String> {
         None => (rest, "/"),
     };
     let (_, trailers) = wit_future::new(|| Ok(None));
-    let (request, _sent) = Request::new(Fields::new(), None, trailers, None);
+    let (body, method) = match post_kb {
+        Some(kb) => {
+            let (mut tx, rx) = wit_stream::new();
+            wit_bindgen::spawn_local(async move {
+                tx.write_all(vec![b'x'; kb as usize * 1024]).await;
+            });
+            (Some(rx), Method::Post)
+        }
+        None => (None, Method::Get),
+    };
+    let (request, _sent) = Request::new(Fields::new(), body, trailers, None);
     let bad = |what: &str| format!("bad {what} in {url}");
-    request
-        .set_method(&Method::Get)
-        .map_err(|()| bad("method"))?;
+    request.set_method(&method).map_err(|()| bad("method"))?;
     request
         .set_scheme(Some(&scheme))
         .map_err(|()| bad("scheme"))?;
