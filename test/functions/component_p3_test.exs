@@ -269,10 +269,17 @@ defmodule Functions.ComponentP3Test do
       on_exit(fn -> Process.exit(server, :kill) end)
       url = "http://127.0.0.1:#{port}/sink"
 
-      assert Runtime.invoke(http, %{"fetch" => url, "post_kb" => 3 * 1024},
-               timeout: 500,
-               http_allow: ["127.0.0.1"]
-             ) == {:error, :timeout}
+      # the guest waits out its time, or hyper gives up on the exchange
+      # first (an early answer to a request still being sent): either way
+      # the invocation ends, and the connection must go with it
+      result =
+        Runtime.invoke(http, %{"fetch" => url, "post_kb" => 3 * 1024},
+          timeout: 500,
+          http_allow: ["127.0.0.1"]
+        )
+
+      assert result == {:error, :timeout} or match?({:ok, %{"error" => _}}, result),
+             inspect(result)
 
       assert_receive :accepted
       # the worker's end of the connection goes with the invocation
