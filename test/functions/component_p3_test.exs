@@ -89,9 +89,19 @@ defmodule Functions.ComponentP3Test do
     assert out == String.duplicate("x", 1024 * 1024)
   end
 
-  test "stdout past the response cap fails the invocation", %{cli: cli} do
+  test "stdout past the response cap fails the invocation, at once", %{cli: cli} do
     assert {:error, {:trap, message}} = Runtime.invoke(cli, %{"stdout_kb" => 5 * 1024})
     assert message =~ "over the response cap"
+
+    # a guest that writes on, though each write past the cap fails, is
+    # ended then, not at its deadline
+    started = System.monotonic_time(:millisecond)
+
+    assert {:error, {:trap, message}} =
+             Runtime.invoke(cli, %{"stdout_forever" => true}, timeout: 20_000)
+
+    assert message =~ "over the response cap"
+    assert System.monotonic_time(:millisecond) - started < 5_000
   end
 
   test "run returning err, or an exit with a status, is an exec error carrying stderr",

@@ -218,11 +218,14 @@ impl Stdout {
         std::mem::take(&mut lock(&self.bytes))
     }
 
+    /// Whether a write was refused for passing the cap.
+    pub fn overflowed(&self) -> bool {
+        self.over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The refusal of a write past the cap, if there was one.
     fn overflow(&self) -> Option<String> {
-        self.over
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then(|| self.over_cap())
+        self.overflowed().then(|| self.over_cap())
     }
 
     fn over_cap(&self) -> String {

@@ -15,7 +15,9 @@
 //!   `{"grew_mb": n}`;
 //! * `{"stderr_lines": n}` writes n short lines to stderr in one write,
 //!   then answers as for a name;
-//! * `{"stdout_kb": n}` writes n KiB of `x` to stdout in one write.
+//! * `{"stdout_kb": n}` writes n KiB of `x` to stdout in one write;
+//!   `{"stdout_forever": true}` writes 64 KiB at a time for ever, whatever
+//!   each write gives back.
 use serde_json::{json, Value};
 use wasip3::cli::{exit, stderr, stdin, stdout};
 use wasip3::clocks::monotonic_clock;
@@ -65,6 +67,11 @@ impl wasip3::exports::cli::run::Guest for Probe {
         }
         if let Some(n) = input.get("stderr_lines").and_then(Value::as_u64) {
             write(Stream::Stderr, "a line\n".repeat(n as usize).into_bytes()).await;
+        }
+        if input.get("stdout_forever").and_then(Value::as_bool) == Some(true) {
+            loop {
+                write(Stream::Stdout, vec![b'x'; 64 << 10]).await;
+            }
         }
         if let Some(kb) = input.get("stdout_kb").and_then(Value::as_u64) {
             write(Stream::Stdout, vec![b'x'; kb as usize * 1024]).await;
