@@ -8,17 +8,21 @@ use std::time::Duration;
 use worker_runtime::compiler::{Isolation, compile_isolated};
 use worker_runtime::{Error, Settings, configure};
 
-/// Held by each test while it writes and runs its fake: a child forked by
-/// one test while another still has its script open for writing would make
-/// that script's exec fail (ETXTBSY).
+/// Held by every test that writes a fake or starts a process: a child forked
+/// by one test while another still has its script open for writing would
+/// make that script's exec fail (ETXTBSY).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A compiler that reads the module, then runs `then`; the guard keeps
 /// the other tests out until it is dropped.
 fn fake(name: &str, then: &str) -> (MutexGuard<'static, ()>, Isolation) {
-    let guard = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let guard = one_at_a_time();
     configure(Settings::default()).unwrap();
     let dir = std::env::temp_dir().join(format!("fl-compile-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -71,10 +75,7 @@ fn a_compiler_killed_by_a_signal_names_the_limits() {
 
 #[test]
 fn a_compiler_that_cannot_start_leaves_the_runtime_unavailable() {
-    // it forks too
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = one_at_a_time();
     configure(Settings::default()).unwrap();
     let isolation = Isolation {
         program: "/nonexistent/fl-compile".into(),
@@ -105,6 +106,7 @@ fn a_compiler_past_its_timeout_is_killed_through_its_pidfd() {
 fn a_pidfd_signals_its_own_process_only() {
     use std::process::Command;
     use worker_runtime::compiler::ChildHandle;
+    let _one = one_at_a_time();
 
     // alive: killed through its pidfd
     let mut child = Command::new("sleep").arg("600").spawn().unwrap();
@@ -130,6 +132,7 @@ fn the_compiler_ends_itself_past_its_wall_clock_limit() {
     // here it waits for a module that never comes
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
+    let _one = one_at_a_time();
     let started = std::time::Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fl-compile"))
         .args(["--max-mb", "512", "--cpu-s", "60", "--wall-ms", "300"])
