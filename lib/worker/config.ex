@@ -42,8 +42,8 @@ defmodule Worker.Config do
   entry that does not parse (checked at application start, by the native
   runtime's parser).
 
-  **The native runtime.** The six keys from `:pool_instances` to
-  `:wasi_p3` are `Worker.Runtime.Settings`:
+  **The native runtime.** The nine keys from `:pool_instances` to
+  `:p3_instance_idle_ms` are `Worker.Runtime.Settings`:
   the engine is made with them once per VM, when the application starts,
   and they cannot change while it runs. Their defaults are the native
   runtime's own (`Worker.Runtime.default_settings/0`). Starting the
@@ -106,7 +106,10 @@ defmodule Worker.Config do
     {:max_module_bytes, "FL_MAX_MODULE_MB", {:mib, 1, 1_024}},
     {:epoch_tick_us, "FL_EPOCH_TICK_US", {:int, 10, 100_000}},
     {:keep_resident_bytes, "FL_POOL_KEEP_RESIDENT_KB", {:kib, 0, 1_048_576}},
-    {:wasi_p3, "FL_WASI_P3", :boolean}
+    {:wasi_p3, "FL_WASI_P3", :boolean},
+    {:p3_instance_requests, "FL_P3_INSTANCE_REQUESTS", {:int, 1, 1_000_000}},
+    {:p3_instance_concurrency, "FL_P3_INSTANCE_CONCURRENCY", {:int, 1, 1_000}},
+    {:p3_instance_idle_ms, "FL_P3_INSTANCE_IDLE_MS", {:int, 0, 3_600_000}}
   ]
 
   # variables the worker read once, and what to set instead
@@ -229,7 +232,10 @@ defmodule Worker.Config do
       max_module_bytes: Application.fetch_env!(:worker, :max_module_bytes),
       epoch_tick_us: Application.fetch_env!(:worker, :epoch_tick_us),
       keep_resident_bytes: Application.fetch_env!(:worker, :keep_resident_bytes),
-      wasi_p3: Application.fetch_env!(:worker, :wasi_p3)
+      wasi_p3: Application.fetch_env!(:worker, :wasi_p3),
+      p3_instance_requests: Application.fetch_env!(:worker, :p3_instance_requests),
+      p3_instance_concurrency: Application.fetch_env!(:worker, :p3_instance_concurrency),
+      p3_instance_idle_ms: Application.fetch_env!(:worker, :p3_instance_idle_ms)
     }
   end
 

@@ -305,6 +305,119 @@ defmodule Functions.ComponentP3Test do
     end
   end
 
+  describe "a WASI 0.3 HTTP handler's instances (128 requests each, 16 at once, 1 s idle)" do
+    # each test loads the probe afresh: a compiled function's instances are
+    # its own
+    setup %{http: http} do
+      {:ok, artifact} = Runtime.serialize(http)
+
+      fresh = fn ->
+        {:ok, module} = Runtime.load(artifact, http.wasm_bytes)
+        module
+      end
+
+      %{fresh: fresh}
+    end
+
+    test "one instance serves 128 of a function's requests, then a fresh one", %{fresh: fresh} do
+      probe = fresh.()
+      assert Enum.map(1..128, fn _ -> count(probe) end) == Enum.to_list(1..128)
+      assert count(probe) == 1
+    end
+
+    test "never across functions: each has instances of its own", %{fresh: fresh} do
+      {a, b} = {fresh.(), fresh.()}
+      assert [count(a), count(a), count(b), count(a), count(b)] == [1, 2, 1, 3, 2]
+    end
+
+    test "requests under other limits get an instance of their own", %{fresh: fresh} do
+      probe = fresh.()
+      assert count(probe) == 1
+      assert count(probe, max_memory: 40 * 1024 * 1024) == 1
+      assert count(probe) == 2
+      assert count(probe, max_memory: 40 * 1024 * 1024) == 2
+    end
+
+    test "16 requests at once share an instance; the 17th gets another", %{fresh: fresh} do
+      probe = fresh.()
+
+      counts =
+        1..20
+        |> Enum.map(fn _ ->
+          Task.async(fn -> Runtime.invoke(probe, %{"count" => true, "sleep_ms" => 500}) end)
+        end)
+        |> Task.await_many(10_000)
+        |> Enum.map(fn {:ok, %{"count" => n}} -> n end)
+
+      assert Enum.sort(counts) == Enum.sort(Enum.to_list(1..16) ++ Enum.to_list(1..4))
+    end
+
+    test "a trap ends the instance: the requests in flight on it fail, saying so",
+         %{fresh: fresh} do
+      probe = fresh.()
+      assert count(probe) == 1
+      other = Task.async(fn -> Runtime.invoke(probe, %{"count" => true, "sleep_ms" => 2_000}) end)
+      Process.sleep(200)
+      assert {:error, {:trap, message}} = Runtime.invoke(probe, %{"panic" => "the sky fell"})
+      assert message =~ "the sky fell"
+      assert {:error, {:trap, message}} = Task.await(other)
+      assert message =~ "the instance serving this request and others trapped"
+      assert message =~ "the sky fell"
+      # alone, a trap is the request's own; the next request gets a fresh
+      # instance
+      assert count(probe) == 1
+      assert {:error, {:trap, message}} = Runtime.invoke(probe, %{"panic" => "alone"})
+      assert message =~ "alone"
+      refute message =~ "others"
+      assert count(probe) == 1
+    end
+
+    test "a request past its timeout ends the instance, spinning or waiting", %{fresh: fresh} do
+      probe = fresh.()
+
+      for hog <- [%{"spin" => true}, %{"sleep_ms" => 60_000}] do
+        assert count(probe) == 1
+
+        other =
+          Task.async(fn -> Runtime.invoke(probe, %{"count" => true, "sleep_ms" => 3_000}) end)
+
+        Process.sleep(200)
+        assert Runtime.invoke(probe, hog, timeout: 300) == {:error, :timeout}
+        assert {:error, {:trap, message}} = Task.await(other)
+        assert message =~ "another request on it ran past its timeout", inspect({hog, message})
+      end
+
+      assert count(probe) == 1
+    end
+
+    test "an instance whose only caller died goes with it", %{fresh: fresh} do
+      probe = fresh.()
+      assert count(probe) == 1
+      caller = spawn(fn -> Process.sleep(:infinity) end)
+      test = self()
+      args = %{"count" => true, "sleep_ms" => 60_000}
+      spawn(fn -> send(test, {:result, Runtime.invoke(probe, args, caller: caller)}) end)
+      Process.sleep(100)
+      Process.exit(caller, :kill)
+      assert_receive {:result, {:error, :cancelled}}, 2_000
+      assert count(probe) == 1
+    end
+
+    test "an instance with no request for 1 s is retired", %{fresh: fresh} do
+      probe = fresh.()
+      assert count(probe) == 1
+      Process.sleep(300)
+      assert count(probe) == 2
+      Process.sleep(1_300)
+      assert count(probe) == 1
+    end
+  end
+
+  defp count(module, opts \\ []) do
+    assert {:ok, %{"count" => n}} = Runtime.invoke(module, %{"count" => true}, opts)
+    n
+  end
+
   # Connections of this node's processes to 127.0.0.1:`port` that are
   # established (/proc/net/tcp: state 01), seen from the connecting end.
   defp established_to(port) do

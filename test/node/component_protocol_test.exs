@@ -132,6 +132,27 @@ defmodule WorkerNode.ComponentProtocolTest do
     assert kind(page, http_p3) == "http_component_p3"
   end
 
+  test "a WASI 0.3 handler's instance serves a function's requests; never another function's; FL_P3_INSTANCE_REQUESTS=1 gives each its own",
+       %{tmp_dir: dir} do
+    counts = fn node, f ->
+      for _ <- 1..3 do
+        {:ok, %{"count" => n}} = invoke(node, f, %{"count" => true})
+        n
+      end
+    end
+
+    node = start!(Path.join(dir, "reused"), wasi_p3: true)
+    {a, b} = {component("probe_http_p3"), component("probe_http_p3")}
+    assert call(node, {:store_function, a}) == :ok
+    assert call(node, {:store_function, b}) == :ok
+    assert counts.(node, a) == [1, 2, 3]
+    assert counts.(node, b) == [1, 2, 3]
+
+    node = start!(Path.join(dir, "own"), wasi_p3: true, p3_instance_requests: 1)
+    assert call(node, {:store_function, a}) == :ok
+    assert counts.(node, a) == [1, 1, 1]
+  end
+
   test "by default (FL_WASI_P3=false), a 0.3 component is refused, saying why, and 0.2 ones run",
        %{tmp_dir: dir} do
     node = start!(dir)

@@ -49,6 +49,9 @@ defmodule Worker.ConfigTest do
     "FL_EPOCH_TICK_US" => "30",
     "FL_POOL_KEEP_RESIDENT_KB" => "31",
     "FL_WASI_P3" => "false",
+    "FL_P3_INSTANCE_REQUESTS" => "32",
+    "FL_P3_INSTANCE_CONCURRENCY" => "33",
+    "FL_P3_INSTANCE_IDLE_MS" => "34",
     "FL_LOG_LEVEL" => "debug",
     "FL_LOG_FORMAT" => "json"
   }
@@ -94,7 +97,10 @@ defmodule Worker.ConfigTest do
              max_module_bytes: 29 * @mib,
              epoch_tick_us: 30,
              keep_resident_bytes: 31 * 1024,
-             wasi_p3: false
+             wasi_p3: false,
+             p3_instance_requests: 32,
+             p3_instance_concurrency: 33,
+             p3_instance_idle_ms: 34
            ]
 
     assert Config.log_level(@every) == :debug

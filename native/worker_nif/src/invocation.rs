@@ -291,7 +291,7 @@ fn step<'a>(env: Env<'a>, stage: &mut Stage, wake: &Arc<WakeState>) -> Step<'a> 
     match polled {
         Poll::Ready(outcome) => {
             wake.set(CLOSED);
-            let stats = reply::stats(invocation.logs().stats());
+            let stats = reply::stats(invocation.logs().take_stats());
             match outcome {
                 outcome if reply::decoded_bytes(&outcome) > DIRTY_DECODE_BYTES => {
                     *stage = Stage::Decode(outcome);

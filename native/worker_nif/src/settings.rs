@@ -4,6 +4,7 @@
 use crate::error::{self, Error};
 use rustler::{Env, NifStruct, Term};
 use std::time::Duration;
+use worker_runtime::Reuse;
 
 /// The Elixir struct, field for field; sizes in bytes, the tick in µs.
 #[derive(NifStruct, Debug, Clone)]
@@ -15,6 +16,9 @@ pub struct Settings {
     pub epoch_tick_us: u64,
     pub keep_resident_bytes: u64,
     pub wasi_p3: bool,
+    pub p3_instance_requests: u32,
+    pub p3_instance_concurrency: u32,
+    pub p3_instance_idle_ms: u64,
 }
 
 impl From<worker_runtime::Settings> for Settings {
@@ -26,6 +30,9 @@ impl From<worker_runtime::Settings> for Settings {
             epoch_tick_us: s.tick.as_micros() as u64,
             keep_resident_bytes: s.keep_resident as u64,
             wasi_p3: s.wasi_p3,
+            p3_instance_requests: s.p3_reuse.requests,
+            p3_instance_concurrency: s.p3_reuse.concurrency,
+            p3_instance_idle_ms: s.p3_reuse.idle.as_millis() as u64,
         }
     }
 }
@@ -40,6 +47,11 @@ impl From<Settings> for worker_runtime::Settings {
             tick: Duration::from_micros(s.epoch_tick_us),
             keep_resident: size(s.keep_resident_bytes),
             wasi_p3: s.wasi_p3,
+            p3_reuse: Reuse {
+                requests: s.p3_instance_requests,
+                concurrency: s.p3_instance_concurrency,
+                idle: Duration::from_millis(s.p3_instance_idle_ms),
+            },
         }
     }
 }

@@ -116,10 +116,34 @@ pub struct Linked {
 /// The store of a component's invocation, its WASI context built from
 /// `start` (whose stdio the kind has set).
 pub fn store(start: Start) -> Store<ComponentState> {
+    let deadline = start.deadline;
+    build_store(start, 1, deadline, |clock, state| clock.store(state))
+}
+
+/// The store of an instance that serves up to `requests` requests: its
+/// outbound requests capped at `requests` times one invocation's, their
+/// I/O bounded by `until` (the instance's requests' own deadlines end the
+/// instance, and it with them), and trapping when `past` says so.
+pub fn shared_store(
+    start: Start,
+    requests: u32,
+    until: std::time::Instant,
+    past: impl Fn(std::time::Instant) -> bool + Send + Sync + 'static,
+) -> Store<ComponentState> {
+    build_store(start, requests, until, |clock, state| {
+        clock.store_until(state, past)
+    })
+}
+
+fn build_store(
+    start: Start,
+    requests: u32,
+    until: std::time::Instant,
+    make: impl FnOnce(crate::store::Clock, ComponentState) -> Store<ComponentState>,
+) -> Store<ComponentState> {
     let Start {
         limits,
         max_memory,
-        deadline,
         logs,
         mut wasi,
         clock,
@@ -127,15 +151,15 @@ pub fn store(start: Start) -> Store<ComponentState> {
     } = start;
     let outbound = Outbound {
         policy: limits.http_allow.clone().unwrap_or_else(Policy::none),
-        deadline,
-        max_requests: limits.max_http_requests,
+        deadline: until,
+        max_requests: limits.max_http_requests.saturating_mul(requests),
         max_request_bytes: limits.max_http_request_bytes,
         max_body: limits.max_http_body_bytes,
         logs,
         requests: 0,
     };
     let state = ComponentState::new(wasi.build(), outbound, Limiter::component(max_memory));
-    let mut store = clock.store(state);
+    let mut store = make(clock, state);
     store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
     // Handles a guest holds (resources, and with WASI 0.3 streams, futures
     // and tasks), and the host's entries for WASI 0.3's concurrency: host

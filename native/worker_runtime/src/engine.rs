@@ -57,6 +57,10 @@ pub struct Settings {
     /// WASI 0.3 in the component linker. Off (the default), 0.3 components
     /// are refused, and 0.2 components run faster. `FL_WASI_P3`.
     pub wasi_p3: bool,
+    /// How WASI 0.3 HTTP handlers' instances are reused.
+    /// `FL_P3_INSTANCE_REQUESTS`, `FL_P3_INSTANCE_CONCURRENCY`,
+    /// `FL_P3_INSTANCE_IDLE_MS`.
+    pub p3_reuse: Reuse,
 }
 
 impl Default for Settings {
@@ -79,6 +83,31 @@ impl Default for Settings {
                 0
             },
             wasi_p3: false,
+            p3_reuse: Reuse::default(),
+        }
+    }
+}
+
+/// How WASI 0.3 handlers' instances are reused (`FL_P3_INSTANCE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests one instance serves before it is retired; 1 for an
+    /// instance per request.
+    pub requests: u32,
+    /// Requests one instance serves at once.
+    pub concurrency: u32,
+    /// How long an instance with no request is kept.
+    pub idle: Duration,
+}
+
+impl Default for Reuse {
+    /// `wasmtime serve`'s defaults for WASI 0.3: 128 requests, 16 at once,
+    /// 1 s idle.
+    fn default() -> Reuse {
+        Reuse {
+            requests: 128,
+            concurrency: 16,
+            idle: Duration::from_secs(1),
         }
     }
 }

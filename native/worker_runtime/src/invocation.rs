@@ -22,6 +22,8 @@ pub struct Invocation {
     /// `None` once finished.
     future: Option<Run>,
     logs: Arc<LogSink>,
+    /// Whether its store is shared (see [`crate::store::Started`]).
+    shared: bool,
     slice: Arc<SliceClock>,
     _running: Running,
 }
@@ -51,10 +53,11 @@ impl Invocation {
             limits,
             slice.clone(),
         );
-        let logs = start.logs.clone();
+        let started = module.code.start(start, rt.settings.p3_reuse);
         Ok(Invocation {
-            future: Some(module.code.start(start)),
-            logs,
+            future: Some(started.run),
+            logs: started.logs,
+            shared: started.shared,
             slice,
             _running: rt.running(),
         })
@@ -77,7 +80,9 @@ impl Invocation {
         match future.as_mut().poll(cx) {
             Poll::Ready(outcome) => {
                 self.future = None;
-                self.logs.finish();
+                if !self.shared {
+                    self.logs.finish();
+                }
                 Poll::Ready(outcome)
             }
             Poll::Pending => Poll::Pending,
@@ -117,7 +122,11 @@ impl Invocation {
 impl Drop for Invocation {
     fn drop(&mut self) {
         if let Some(future) = self.future.take() {
-            elsewhere(Box::new(future));
+            if self.shared {
+                drop(future);
+            } else {
+                elsewhere(Box::new(future));
+            }
         }
     }
 }

@@ -41,7 +41,7 @@ pub mod module;
 
 pub mod invocation;
 
-pub use engine::Settings;
+pub use engine::{Reuse, Settings};
 pub use error::Error;
 pub use invocation::Invocation;
 pub use limits::Limits;

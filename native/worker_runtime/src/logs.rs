@@ -72,6 +72,9 @@ pub struct LogSink {
     limits: LogLimits,
     /// The function's line budget; `None` for no rate limit.
     budget: Option<Arc<LineBudget>>,
+    /// The limits bound the lines not yet drained, not all lines ever kept
+    /// (the sink of an instance that serves many requests).
+    rolling: bool,
     state: Mutex<State>,
 }
 
@@ -83,6 +86,19 @@ impl LogSink {
         Arc::new(LogSink {
             limits,
             budget,
+            rolling: false,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// A sink for the output of an instance that serves many requests,
+    /// drained by each of them in turn: `limits` bound the lines waiting
+    /// to be drained, the function's `budget` all of them.
+    pub fn rolling(limits: LogLimits, budget: Option<Arc<LineBudget>>) -> Arc<Self> {
+        Arc::new(LogSink {
+            limits,
+            budget,
+            rolling: true,
             state: Mutex::new(State::default()),
         })
     }
@@ -160,7 +176,12 @@ impl LogSink {
         if state.ready.is_empty() {
             return Vec::new();
         }
-        std::mem::take(&mut state.ready)
+        let lines = std::mem::take(&mut state.ready);
+        if self.rolling {
+            state.kept_lines = 0;
+            state.kept_bytes = 0;
+        }
+        lines
     }
 
     /// Flushes unterminated stdout/stderr output as final lines.
@@ -186,6 +207,12 @@ impl LogSink {
 
     pub fn stats(&self) -> Stats {
         self.lock().stats
+    }
+
+    /// The stats counted since the last call: what each request of an
+    /// instance that serves many reports as its own.
+    pub fn take_stats(&self) -> Stats {
+        std::mem::take(&mut self.lock().stats)
     }
 }
 

@@ -12,9 +12,11 @@ use crate::artifact;
 use crate::bulk;
 use crate::component_host::{self, ComponentState};
 use crate::core_host::{self, HostState};
+use crate::engine::Reuse;
 use crate::engine::runtime;
+use crate::kinds::http_instances;
 use crate::kinds::{cli_component, funless, http_component, wasi_command};
-use crate::store::{Run, Start};
+use crate::store::{Start, Started};
 use crate::text::listed;
 use std::sync::OnceLock;
 use wasmparser::Parser;
@@ -67,20 +69,27 @@ pub(crate) enum Code {
     CliComponent(component_host::Linked),
     CliComponentP3(component_host::Linked),
     HttpComponent(component_host::Linked),
-    HttpComponentP3(component_host::Linked),
+    HttpComponentP3(http_instances::HandlerP3Code),
 }
 
 impl Code {
     /// Starts an invocation, as the module's kind does.
-    pub(crate) fn start(&self, start: Start) -> Run {
-        match self {
+    /// Starts an invocation, as the module's kind does; returns the log its
+    /// output goes to (a WASI 0.3 handler's instance's, when reused).
+    pub(crate) fn start(&self, start: Start, reuse: Reuse) -> Started {
+        if let Code::HttpComponentP3(handler) = self {
+            return handler.start(start, reuse);
+        }
+        let logs = start.logs.clone();
+        let run = match self {
             Code::FunLess(linked) => funless::start(linked, start),
             Code::WasiCommand(linked) => wasi_command::start(linked, start),
             Code::CliComponent(linked) => cli_component::start(linked, start),
             Code::CliComponentP3(linked) => cli_component::start_p3(linked, start),
             Code::HttpComponent(linked) => http_component::start(linked, start),
-            Code::HttpComponentP3(linked) => http_component::start_p3(linked, start),
-        }
+            Code::HttpComponentP3(handler) => http_component::start_p3(&handler.linked, start),
+        };
+        Started::own(logs, run)
     }
 
     fn kind(&self) -> Kind {
@@ -93,6 +102,11 @@ impl Code {
             Code::HttpComponentP3(_) => Kind::HttpComponentP3,
         }
     }
+}
+
+/// A WASI 0.3 handler's code: its instances are its own.
+fn handler_p3(linked: component_host::Linked) -> Code {
+    Code::HttpComponentP3(http_instances::HandlerP3Code::new(linked))
 }
 
 type CoreCode = fn(core_host::Linked) -> Code;
@@ -129,7 +143,7 @@ fn recognize_component(
     let p3_off = |_| Error::invalid_module(P3_OFF);
     if let Some(found) = http_component::recognize_p3(component, engine) {
         return match wasi_p3 {
-            true => found.map(|export| (export, Code::HttpComponentP3 as ComponentCode)),
+            true => found.map(|export| (export, handler_p3 as ComponentCode)),
             false => Err(p3_off(found)),
         };
     }
@@ -311,7 +325,9 @@ pub fn serialize(module: &CompiledModule) -> Result<Vec<u8>, Error> {
         Code::CliComponent(linked)
         | Code::CliComponentP3(linked)
         | Code::HttpComponent(linked)
-        | Code::HttpComponentP3(linked) => linked.pre.component().serialize(),
+        | Code::HttpComponentP3(http_instances::HandlerP3Code { linked, .. }) => {
+            linked.pre.component().serialize()
+        }
     }
     .map_err(|e| Error::Serialize(format!("{e:#}")))?;
     artifact::seal(&bytes)

@@ -309,6 +309,18 @@ pub fn attach_command(start: &mut Start) -> (Stdout, Stderr) {
     (stdout, stderr)
 }
 
+/// Gives an HTTP handler its stdio: stdout to the log, and a stderr to
+/// the log that keeps its end, for a trap's message.
+pub fn attach_handler(start: &mut Start) -> Stderr {
+    let stdout = start.log(logs::Stream::Stdout);
+    let stderr = Stderr::new(start.log(logs::Stream::Stderr));
+    start
+        .wasi
+        .stdout(Output(stdout))
+        .stderr(Output(stderr.clone()));
+    stderr
+}
+
 /// How a command's run ended (a WASI command's `_start`, a component's
 /// `run`): `ended` is `Ok` when it returned or exited with status 0, else
 /// the outcome of the failure.

@@ -24,6 +24,28 @@ use wasmtime_wasi::WasiCtxBuilder;
 /// store before it ends.
 pub type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
+/// A started invocation: its work, and the log its output goes to.
+pub struct Started {
+    pub run: Run,
+    pub logs: Arc<LogSink>,
+    /// Whether the store is shared with other invocations (a reused
+    /// instance's): the log is not this invocation's alone to finish, and
+    /// the work holds no store of its own, so it is dropped in place, at
+    /// once, when the invocation is.
+    pub shared: bool,
+}
+
+impl Started {
+    /// `run`, whose output goes to its own log.
+    pub fn own(logs: Arc<LogSink>, run: Run) -> Started {
+        Started {
+            run,
+            logs,
+            shared: false,
+        }
+    }
+}
+
 /// What a kind of function gets to start an invocation: the arguments (JSON
 /// text), the limits, the log, and a WASI context with no filesystem,
 /// environment or sockets, whose stdio the kind sets.
@@ -98,18 +120,34 @@ impl Clock {
     /// each tick once the slice has run half a tick, and traps at the
     /// deadline.
     pub fn store<T: Limited>(self, data: T) -> Store<T> {
+        let deadline = self.deadline;
+        self.store_until(data, move |now| now >= deadline)
+    }
+
+    /// The slice clock the store's epoch callback reads.
+    pub fn slice(&self) -> Arc<SliceClock> {
+        self.slice.clone()
+    }
+
+    /// As [`store`](Self::store), trapping when `past` says a deadline has
+    /// passed (an instance that serves many requests has one for each).
+    pub fn store_until<T: Limited>(
+        self,
+        data: T,
+        past: impl Fn(Instant) -> bool + Send + Sync + 'static,
+    ) -> Store<T> {
         let Clock {
             engine,
-            deadline,
             slice,
             half_tick,
+            ..
         } = self;
         let mut store = Store::new(engine, data);
         store.limiter(|state| state.limiter());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             let now = Instant::now();
-            if now >= deadline {
+            if past(now) {
                 Err(wasmtime::Error::new(DeadlineReached))
             } else if slice.elapsed(now) < half_tick {
                 // The slice began just before this tick: keep going.

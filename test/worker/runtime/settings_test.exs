@@ -13,6 +13,9 @@ defmodule Worker.Runtime.SettingsTest do
     assert defaults.max_module_bytes == 64 * 1024 * 1024
     assert defaults.keep_resident_bytes in [0, 1024 * 1024]
     assert defaults.wasi_p3 == false
+
+    assert {defaults.p3_instance_requests, defaults.p3_instance_concurrency,
+            defaults.p3_instance_idle_ms} == {128, 16, 1_000}
   end
 
   test "every field must be given" do

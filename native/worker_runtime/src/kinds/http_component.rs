@@ -12,15 +12,14 @@
 
 use crate::Error;
 use crate::component_host::{self, ComponentState, Linked};
-use crate::logs::Stream;
 use crate::outcome::{Outcome, ended};
-use crate::stdio::{Output, Stderr};
+use crate::stdio;
 use crate::store::{Run, Start, elsewhere, release};
 use crate::text::escape;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::convert::Infallible;
-use wasmtime::component::{Component, ComponentExportIndex, Resource};
+use wasmtime::component::{Accessor, Component, ComponentExportIndex, Resource, TypedFunc};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -66,12 +65,7 @@ pub fn start_p3(linked: &Linked, start: Start) -> Run {
 }
 
 fn run(linked: &Linked, mut start: Start, p3: bool) -> Run {
-    let stderr = Stderr::new(start.log(Stream::Stderr));
-    let stdout = start.log(Stream::Stdout);
-    start
-        .wasi
-        .stdout(Output(stdout))
-        .stderr(Output(stderr.clone()));
+    let stderr = stdio::attach_handler(&mut start);
     let max_response = start.limits.max_response_bytes;
     let input = start.input.clone();
     let store = component_host::store(start);
@@ -180,8 +174,9 @@ fn request(
         )
 }
 
-type HandleP3 = (Resource<wasmtime_wasi_http::p3::Request>,);
-type HandledP3 = (Result<Resource<wasmtime_wasi_http::p3::Response>, P3ErrorCode>,);
+pub(crate) type HandleP3 = (Resource<wasmtime_wasi_http::p3::Request>,);
+pub(crate) type HandledP3 = (Result<Resource<wasmtime_wasi_http::p3::Response>, P3ErrorCode>,);
+pub(crate) type HandlerP3 = TypedFunc<HandleP3, HandledP3>;
 
 /// A WASI 0.3 handler's exchange, in the store's event loop: the request
 /// goes in, the response comes back, and its body is read while the guest
@@ -194,14 +189,8 @@ async fn serve_p3(
     input: Bytes,
     max_response: usize,
 ) -> Result<Outcome, Outcome> {
-    let prepared = request(input)
-        .map_err(wasmtime::Error::new)
-        .and_then(|request| {
-            let func = instance.get_typed_func::<HandleP3, HandledP3>(&mut store, handle)?;
-            Ok((func, request))
-        });
-    let (func, request) = match prepared {
-        Ok(prepared) => prepared,
+    let func = match instance.get_typed_func::<HandleP3, HandledP3>(&mut store, handle) {
+        Ok(func) => func,
         Err(e) => {
             release(store);
             return Err(Outcome::Instantiate(format!("{e:#}")));
@@ -209,40 +198,7 @@ async fn serve_p3(
     };
     let deadline = tokio::time::Instant::from_std(store.data().outbound.deadline);
     let exchange = store.run_concurrent(async move |accessor| {
-        let (parts, body) = request.into_parts();
-        let headers = accessor.with(|mut store| {
-            wasmtime_wasi_http::FieldMap::new_immutable(
-                store.data_mut().http().hooks,
-                parts.headers,
-            )
-        });
-        let (request, request_io) = wasmtime_wasi_http::p3::Request::new(
-            parts.method,
-            parts.uri.scheme().cloned(),
-            parts.uri.authority().cloned(),
-            parts.uri.path_and_query().cloned(),
-            headers,
-            None,
-            body,
-        );
-        let request = accessor
-            .with(|mut store| store.data_mut().http().table.push(request))
-            .map_err(|e| Outcome::Instantiate(format!("{e:#}")))?;
-        let (response,) = func
-            .call_concurrent(accessor, (request,))
-            .await
-            .map_err(called_out)?;
-        let response = response.map_err(|code| {
-            Outcome::ExecError(format!("the handler answered with an error: {code:?}"))
-        })?;
-        let response = accessor
-            .with(|mut store| {
-                let response = store.data_mut().http().table.delete(response)?;
-                response.into_http(&mut store, request_io)
-            })
-            .map_err(|e| Outcome::Trap(format!("{e:#}")))?;
-        let (parts, body) = response.into_parts();
-        read_body(parts.status, body, max_response).await
+        exchange_p3(accessor, func, input, max_response).await
     });
     let exchanged = tokio::time::timeout_at(deadline, exchange).await;
     release(store);
@@ -253,9 +209,52 @@ async fn serve_p3(
     }
 }
 
+/// One request to a WASI 0.3 handler, in its store's event loop: `POST /`
+/// with `input` as the body, and the response's body read (at most
+/// `max_response` bytes) while the guest writes it.
+pub(crate) async fn exchange_p3(
+    accessor: &Accessor<ComponentState>,
+    func: HandlerP3,
+    input: Bytes,
+    max_response: usize,
+) -> Result<Outcome, Outcome> {
+    let request = request(input).map_err(|e| Outcome::Instantiate(format!("{e:#}")))?;
+    let (parts, body) = request.into_parts();
+    let headers = accessor.with(|mut store| {
+        wasmtime_wasi_http::FieldMap::new_immutable(store.data_mut().http().hooks, parts.headers)
+    });
+    let (request, request_io) = wasmtime_wasi_http::p3::Request::new(
+        parts.method,
+        parts.uri.scheme().cloned(),
+        parts.uri.authority().cloned(),
+        parts.uri.path_and_query().cloned(),
+        headers,
+        None,
+        body,
+    );
+    let request = accessor
+        .with(|mut store| store.data_mut().http().table.push(request))
+        .map_err(|e| Outcome::Instantiate(format!("{e:#}")))?;
+    let (response,) = func
+        .call_concurrent(accessor, (request,))
+        .await
+        .map_err(called_out)?;
+    let response = response.map_err(|code| {
+        Outcome::ExecError(format!("the handler answered with an error: {code:?}"))
+    })?;
+    let response = accessor
+        .with(|mut store| {
+            let response = store.data_mut().http().table.delete(response)?;
+            response.into_http(&mut store, request_io)
+        })
+        .map_err(|e| Outcome::Trap(format!("{e:#}")))?;
+    let (parts, body) = response.into_parts();
+    read_body(parts.status, body, max_response).await
+}
+
 /// The outcome of a handler's call that failed (a trap, an exit, the
 /// deadline's interrupt).
-fn called_out(error: wasmtime::Error) -> Outcome {
+pub(crate) fn called_out(error: wasmtime::Error) -> Outcome {
     match ended::<()>(Ok(Err(error))) {
         Ok(_) => Outcome::NoResponse,
         Err(failed) => failed,

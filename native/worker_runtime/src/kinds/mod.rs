@@ -5,4 +5,5 @@
 pub mod cli_component;
 pub mod funless;
 pub mod http_component;
+pub mod http_instances;
 pub mod wasi_command;

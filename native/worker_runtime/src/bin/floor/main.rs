@@ -30,7 +30,7 @@ mod baseline;
 
 use std::time::{Duration, Instant};
 use worker_runtime::{
-    Invocation, Kind, Limits, Outcome, Settings, compile, configure, deserialize, serialize,
+    Invocation, Kind, Limits, Outcome, Reuse, Settings, compile, configure, deserialize, serialize,
 };
 
 /// Cold starts measured, each from the artifact.
@@ -64,6 +64,14 @@ fn settings_from_env() -> Settings {
         keep_resident: var("FL_POOL_KEEP_RESIDENT_KB")
             .map_or(defaults.keep_resident, |kb| (kb << 10) as usize),
         wasi_p3: std::env::var("FL_WASI_P3").map_or(defaults.wasi_p3, |v| v.trim() != "false"),
+        p3_reuse: Reuse {
+            requests: var("FL_P3_INSTANCE_REQUESTS")
+                .map_or(defaults.p3_reuse.requests, |n| n as u32),
+            concurrency: var("FL_P3_INSTANCE_CONCURRENCY")
+                .map_or(defaults.p3_reuse.concurrency, |n| n as u32),
+            idle: var("FL_P3_INSTANCE_IDLE_MS")
+                .map_or(defaults.p3_reuse.idle, Duration::from_millis),
+        },
     }
 }
 

@@ -12,10 +12,14 @@
 //!   `{"endless": true}` answers a body that never ends;
 //! * `{"stderr": "..."}` writes that to stderr (through WASI 0.3's
 //!   stream), then answers as for a name;
+//! * `{"count": true}` answers `{"count": n}`, n the requests this
+//!   instance has counted, this one included; with `"sleep_ms": m`, after
+//!   waiting m ms;
 //! * `{"fetch": url}` sends `GET url` through wasi:http/client@0.3 and
 //!   answers `{"status": s, "body": text}`, or `{"error": "..."}`;
 //!   `{"fetch": url, "post_kb": n}` sends `POST url` with n KiB of body.
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasip3::cli::{exit, stderr};
 use wasip3::clocks::monotonic_clock;
 use wasip3::http::client;
@@ -26,12 +30,22 @@ wasip3::http::service::export!(Probe);
 
 struct Probe;
 
+/// Requests counted by this instance (`{"count": true}`).
+static COUNTED: AtomicU64 = AtomicU64::new(0);
+
 impl wasip3::exports::http::handler::Guest for Probe {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
         let (_, read) = wit_future::new(|| Ok(()));
         let (body, _trailers) = Request::consume_body(request, read);
         let input: Value = serde_json::from_slice(&body.collect().await).unwrap_or(Value::Null);
 
+        if input.get("count").and_then(Value::as_bool) == Some(true) {
+            let n = COUNTED.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(ms) = input.get("sleep_ms").and_then(Value::as_u64) {
+                monotonic_clock::wait_for(ms * 1_000_000).await;
+            }
+            return answer(200, json!({ "count": n }).to_string().into_bytes());
+        }
         if let Some(why) = input.get("error_code").and_then(Value::as_str) {
             return Err(ErrorCode::InternalError(Some(why.to_string())));
         }
