@@ -178,6 +178,16 @@ defmodule Functions.ComponentP3Test do
       assert Runtime.invoke(foreign, %{}) == {:ok, "Hello, WASI!"}
     end
 
+    # componentize-py's CPython: compiling it takes seconds
+    @tag timeout: 180_000
+    test "one in Python (componentize-py, functions/python/hello_p3_py) runs" do
+      {:ok, py} = Runtime.compile(component!("hello_p3_py"))
+      assert py.kind == :http_component_p3
+      assert Runtime.invoke(py, "Ada", timeout: 30_000) == {:ok, %{"message" => "Hello, Ada!"}}
+      assert Runtime.invoke(py, %{"name" => "Core"}) == {:ok, %{"message" => "Hello, Core!"}}
+      assert Runtime.invoke(py, [1]) == {:ok, %{"message" => "Hello, World!"}}
+    end
+
     test "another status or an error code is an exec error; a panic a trap", %{http: http} do
       assert Runtime.invoke(http, %{"status" => 404, "text" => "not here"}) ==
                {:error, {:exec_error, "status 404: not here"}}

@@ -31,7 +31,9 @@ defmodule Worker.Test.Fixtures do
       (wasi:http/incoming-handler), `"probe_cli"`, `"echo_cli"`
       (wasi:cli/run), `"probe_cli_p3"` (wasi:cli/run@0.3), `"probe_http_p3"`
       (wasi:http/handler@0.3);
-    * `"hello_py"` (functions/python/hello_py, wasi:cli/run), `"hello_js"`
+    * `"hello_py"` (functions/python/hello_py, wasi:cli/run),
+      `"hello_p3_py"` (functions/python/hello_p3_py,
+      wasi:http/handler@0.3), `"hello_js"`
       (functions/js/hello_js, wasi:http/incoming-handler), and their test
       copies with hooks, `"probe_py"` (test/guests/python/probe_py) and
       `"probe_js"` (test/guests/js/probe_js), built by
@@ -61,7 +63,7 @@ defmodule Worker.Test.Fixtures do
   @example_components ~w(hello_http fetch_http hello_cli hello_cli_p3 hello_http_p3)
   @guest_components_built ~w(probe_http probe_cli probe_fetch echo_http echo_cli hostile_http
                              probe_cli_p3 probe_http_p3)
-  @componentized_examples ~w(hello_py hello_js)
+  @componentized_examples ~w(hello_py hello_p3_py hello_js)
   @componentized_guests ~w(probe_py probe_js)
 
   @doc """

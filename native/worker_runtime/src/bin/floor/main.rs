@@ -23,8 +23,10 @@
 //!
 //! The runtime's settings come from the same `FL_*` variables the worker
 //! reads (`FL_POOL_INSTANCES`, `FL_MEMORY_CAP_MB`, `FL_MAX_MODULE_MB`,
-//! `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB`, `FL_WASI_P3`), unchecked: this is
-//! the one place in Rust that reads the environment.
+//! `FL_EPOCH_TICK_US`, `FL_POOL_KEEP_RESIDENT_KB`, `FL_WASI_P3`,
+//! `FL_P3_INSTANCE_*`), unchecked: this is the one place in Rust that reads
+//! the environment. A WASI 0.3 handler's invocations, back to back, are
+//! served by one reused instance unless `FL_P3_INSTANCE_REQUESTS=1`.
 
 mod baseline;
 
