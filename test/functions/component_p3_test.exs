@@ -350,6 +350,7 @@ defmodule Functions.ComponentP3Test do
 
     test "16 requests at once share an instance; the 17th gets another", %{fresh: fresh} do
       probe = fresh.()
+      started = System.monotonic_time(:millisecond)
 
       counts =
         1..20
@@ -360,6 +361,8 @@ defmodule Functions.ComponentP3Test do
         |> Enum.map(fn {:ok, %{"count" => n}} -> n end)
 
       assert Enum.sort(counts) == Enum.sort(Enum.to_list(1..16) ++ Enum.to_list(1..4))
+      # at once: one after another, 16 would take 8 s
+      assert System.monotonic_time(:millisecond) - started < 4_000
     end
 
     test "a trap ends the instance: the requests in flight on it fail, saying so",

@@ -11,6 +11,7 @@ use crate::outbound::wasi_http::Outbound;
 use crate::outcome::{Outcome, classify};
 use crate::policy::Policy;
 use crate::store::{Limited, Start, release};
+use std::sync::Arc;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{
     Component, ComponentExportIndex, Instance, InstancePre, Linker, ResourceTable,
@@ -116,34 +117,35 @@ pub struct Linked {
 /// The store of a component's invocation, its WASI context built from
 /// `start` (whose stdio the kind has set).
 pub fn store(start: Start) -> Store<ComponentState> {
-    let deadline = start.deadline;
-    build_store(start, 1, deadline, |clock, state| clock.store(state))
+    build_store(start, 1, |clock, state| clock.store(state))
 }
 
 /// The store of an instance that serves up to `requests` requests: its
-/// outbound requests capped at `requests` times one invocation's, their
-/// I/O bounded by `until` (the instance's requests' own deadlines end the
-/// instance, and it with them), and trapping when `past` says so.
+/// outbound requests capped at `requests` times one invocation's, each
+/// one's I/O bounded by what `until` says when it is sent (the latest
+/// deadline of the requests in flight), and trapping when `past` says so.
 pub fn shared_store(
     start: Start,
     requests: u32,
-    until: std::time::Instant,
+    until: Arc<dyn Fn() -> std::time::Instant + Send + Sync>,
     past: impl Fn(std::time::Instant) -> bool + Send + Sync + 'static,
 ) -> Store<ComponentState> {
-    build_store(start, requests, until, |clock, state| {
+    let mut store = build_store(start, requests, |clock, state| {
         clock.store_until(state, past)
-    })
+    });
+    store.data_mut().outbound.until = Some(until);
+    store
 }
 
 fn build_store(
     start: Start,
     requests: u32,
-    until: std::time::Instant,
     make: impl FnOnce(crate::store::Clock, ComponentState) -> Store<ComponentState>,
 ) -> Store<ComponentState> {
     let Start {
         limits,
         max_memory,
+        deadline,
         logs,
         mut wasi,
         clock,
@@ -151,7 +153,8 @@ fn build_store(
     } = start;
     let outbound = Outbound {
         policy: limits.http_allow.clone().unwrap_or_else(Policy::none),
-        deadline: until,
+        deadline,
+        until: None,
         max_requests: limits.max_http_requests.saturating_mul(requests),
         max_request_bytes: limits.max_http_request_bytes,
         max_body: limits.max_http_body_bytes,

@@ -64,6 +64,8 @@ struct State {
     stats: Stats,
     /// Unterminated output per WASI stream (stdout, stderr).
     partial: [Vec<u8>; 2],
+    /// Invocations' worth of lines it may keep ([`LogSink::grant`]).
+    grants: usize,
 }
 
 /// The per-invocation log buffer, shared between the store (writer) and the
@@ -72,9 +74,6 @@ pub struct LogSink {
     limits: LogLimits,
     /// The function's line budget; `None` for no rate limit.
     budget: Option<Arc<LineBudget>>,
-    /// The limits bound the lines not yet drained, not all lines ever kept
-    /// (the sink of an instance that serves many requests).
-    rolling: bool,
     state: Mutex<State>,
 }
 
@@ -86,21 +85,17 @@ impl LogSink {
         Arc::new(LogSink {
             limits,
             budget,
-            rolling: false,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                grants: 1,
+                ..State::default()
+            }),
         })
     }
 
-    /// A sink for the output of an instance that serves many requests,
-    /// drained by each of them in turn: `limits` bound the lines waiting
-    /// to be drained, the function's `budget` all of them.
-    pub fn rolling(limits: LogLimits, budget: Option<Arc<LineBudget>>) -> Arc<Self> {
-        Arc::new(LogSink {
-            limits,
-            budget,
-            rolling: true,
-            state: Mutex::new(State::default()),
-        })
+    /// Lets the sink keep one more invocation's worth of lines: the sink
+    /// of an instance that serves many requests gets one for each.
+    pub fn grant(&self) {
+        self.lock().grants += 1;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -120,9 +115,8 @@ impl LogSink {
         let text = &text[..text.len().min(self.limits.max_line_bytes)];
         // Escaping never shortens a line: a line over the caps before
         // escaping is dropped before it costs the budget or an allocation.
-        if state.kept_lines >= self.limits.max_lines
-            || state.kept_bytes + text.len() > self.limits.max_bytes
-        {
+        let (max_lines, max_bytes) = self.caps(state);
+        if state.kept_lines >= max_lines || state.kept_bytes + text.len() > max_bytes {
             state.stats.dropped_lines += 1;
             return;
         }
@@ -133,7 +127,7 @@ impl LogSink {
             return;
         }
         let text = escape(text);
-        if state.kept_bytes + text.len() > self.limits.max_bytes {
+        if state.kept_bytes + text.len() > max_bytes {
             if let Some(budget) = budget {
                 budget.give_back();
             }
@@ -176,12 +170,15 @@ impl LogSink {
         if state.ready.is_empty() {
             return Vec::new();
         }
-        let lines = std::mem::take(&mut state.ready);
-        if self.rolling {
-            state.kept_lines = 0;
-            state.kept_bytes = 0;
-        }
-        lines
+        std::mem::take(&mut state.ready)
+    }
+
+    /// The lines and bytes it may keep, over all its grants.
+    fn caps(&self, state: &State) -> (usize, usize) {
+        (
+            self.limits.max_lines.saturating_mul(state.grants),
+            self.limits.max_bytes.saturating_mul(state.grants),
+        )
     }
 
     /// Flushes unterminated stdout/stderr output as final lines.

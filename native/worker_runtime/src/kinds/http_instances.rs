@@ -154,14 +154,8 @@ struct State {
 impl Instance {
     fn new(linked: &Linked, mut start: Start, reuse: Reuse) -> Arc<Instance> {
         let limits = start.limits.clone();
-        let mut log_limits = limits.log;
-        log_limits.max_lines = log_limits
-            .max_lines
-            .saturating_mul(reuse.concurrency as usize);
-        log_limits.max_bytes = log_limits
-            .max_bytes
-            .saturating_mul(reuse.concurrency as usize);
-        let logs = LogSink::rolling(log_limits, limits.log_budget.clone());
+        // one invocation's worth of lines for each request it accepts
+        let logs = LogSink::new(limits.log, limits.log_budget.clone());
         start.logs = logs.clone();
         let stderr = stdio::attach_handler(&mut start);
         let inbox = Arc::new(Inbox {
@@ -178,10 +172,14 @@ impl Instance {
                     .is_some_and(|inbox| inbox.deadlines.past(now))
             }
         };
-        // Outbound I/O ends with the instance, at the latest when a
-        // request's deadline ends it; this bound is for the store's own
-        // timers only.
-        let until = Instant::now() + Duration::from_secs(24 * 3600);
+        let until = {
+            let inbox = Arc::downgrade(&inbox);
+            Arc::new(move || {
+                inbox
+                    .upgrade()
+                    .map_or_else(Instant::now, |inbox| inbox.deadlines.latest())
+            })
+        };
         let store = component_host::shared_store(start, reuse.requests, until, past);
         let driver = serve(store, linked.clone(), inbox.clone(), stderr, reuse);
         Arc::new(Instance {
@@ -219,7 +217,7 @@ impl Instance {
         let mut state = self.inbox.lock();
         if state.retiring
             || state.ended.is_some()
-            || state.tickets >= self.reuse.concurrency.max(1)
+            || state.serving as usize + state.queue.len() >= self.reuse.concurrency.max(1) as usize
             || state.accepted >= self.reuse.requests
         {
             return None;
@@ -239,6 +237,9 @@ impl Instance {
             answer: Some(answer),
         });
         self.inbox.deadlines.add(id, job.deadline);
+        if id > 0 {
+            self.logs.grant();
+        }
         drop(state);
         self.inbox.arrived.notify_one();
         Some(Ticket {
@@ -247,6 +248,7 @@ impl Instance {
             deadline: job.deadline,
             answered,
             unanswered: false,
+            timer: None,
         })
     }
 
@@ -259,8 +261,16 @@ impl Instance {
         // set before trying, so that the holder, which looks after
         // releasing, cannot miss it
         self.contended.store(true, Ordering::Release);
-        let Ok(mut driver) = self.driver.try_lock() else {
-            return;
+        let mut driver = match self.driver.try_lock() {
+            Ok(driver) => driver,
+            Err(std::sync::TryLockError::WouldBlock) => return,
+            // a panic while it was polled: the instance cannot go on
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                let running = poisoned.into_inner().take();
+                let why = ended_before("the host panicked while serving another request");
+                self.end(Outcome::Trap(why), running);
+                return;
+            }
         };
         self.contended.store(false, Ordering::Release);
         let Some(running) = driver.as_mut() else {
@@ -289,8 +299,15 @@ impl Instance {
             state.ended.get_or_insert(why);
             std::mem::take(&mut state.queue)
         };
-        // their senders go: each request then reads `ended`
-        drop(queued);
+        // the requests it never started are told so; those it was serving
+        // read `ended` when their senders go with the event loop
+        for mut job in queued {
+            if let Some(answer) = job.answer.take() {
+                let why = "the instance this request waited for ended before it started; \
+                           a new request gets a fresh instance";
+                let _ = answer.send(Outcome::Trap(why.into()));
+            }
+        }
         if let Some(running) = running {
             elsewhere(Box::new(running));
         }
@@ -370,6 +387,9 @@ struct Ticket {
     answered: oneshot::Receiver<Outcome>,
     /// Its answer will not come (the receiver must not be polled again).
     unanswered: bool,
+    /// Wakes it at its deadline, made at its first poll (in the runtime's
+    /// Tokio context): one still queued then times out on its own.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Future for Ticket {
@@ -385,6 +405,13 @@ impl Future for Ticket {
         }
         if self.unanswered {
             return self.unanswered();
+        }
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        if timer.as_mut().poll(cx).is_ready() && self.leave_queue() {
+            return Poll::Ready(Outcome::Timeout);
         }
         let mut answered = Pin::new(&mut self.answered).poll(cx);
         if answered.is_pending() {
@@ -403,6 +430,19 @@ impl Future for Ticket {
 }
 
 impl Ticket {
+    /// Takes its job out of the queue, if the instance has not started it.
+    fn leave_queue(&self) -> bool {
+        let inbox = &self.instance.inbox;
+        let mut state = inbox.lock();
+        let Some(at) = state.queue.iter().position(|job| job.id == self.id) else {
+            return false;
+        };
+        state.queue.remove(at);
+        drop(state);
+        inbox.deadlines.remove(self.id);
+        true
+    }
+
     /// The outcome of a request the instance will not answer: its timeout
     /// if its deadline has passed, else why the instance ended, once that
     /// is known (the instance wakes its requests when it is).
@@ -606,6 +646,8 @@ struct Deadlines {
     set: Mutex<Vec<(u64, Instant)>>,
     /// The earliest, in nanoseconds after `ORIGIN`; `u64::MAX` for none.
     earliest: AtomicU64,
+    /// The latest, likewise; 0 for none.
+    latest: AtomicU64,
 }
 
 impl Default for Deadlines {
@@ -613,6 +655,7 @@ impl Default for Deadlines {
         Deadlines {
             set: Mutex::default(),
             earliest: AtomicU64::new(u64::MAX),
+            latest: AtomicU64::new(0),
         }
     }
 }
@@ -631,12 +674,19 @@ impl Deadlines {
     }
 
     fn update(&self, set: &[(u64, Instant)]) {
-        let earliest = set
-            .iter()
-            .map(|(_, at)| nanos(*at))
-            .min()
-            .unwrap_or(u64::MAX);
-        self.earliest.store(earliest, Ordering::Relaxed);
+        let at = || set.iter().map(|(_, at)| nanos(*at));
+        self.earliest
+            .store(at().min().unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.latest
+            .store(at().max().unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The latest deadline of the requests in flight; now if none is.
+    fn latest(&self) -> Instant {
+        match self.latest.load(Ordering::Relaxed) {
+            0 => Instant::now(),
+            latest => origin() + Duration::from_nanos(latest),
+        }
     }
 
     fn past(&self, now: Instant) -> bool {
@@ -645,9 +695,12 @@ impl Deadlines {
 }
 
 fn nanos(at: Instant) -> u64 {
+    at.saturating_duration_since(origin()).as_nanos() as u64
+}
+
+fn origin() -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    at.saturating_duration_since(origin).as_nanos() as u64
+    *ORIGIN.get_or_init(Instant::now)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -703,6 +756,8 @@ mod idle {
         for instance in expired {
             let mut state = instance.inbox.lock();
             if state.tickets > 0 || state.ended.is_some() {
+                // it has a request again: watched afresh when idle again
+                state.watched = false;
                 continue;
             }
             state.retiring = true;

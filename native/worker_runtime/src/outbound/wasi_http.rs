@@ -34,6 +34,10 @@ pub const BODY_CHUNK_BYTES: usize = 16 << 10;
 pub struct Outbound {
     pub policy: Arc<Policy>,
     pub deadline: Instant,
+    /// For an instance that serves many requests, what bounds a request's
+    /// I/O instead of `deadline`: the latest deadline of the requests it
+    /// serves when the request is sent.
+    pub until: Option<Arc<dyn Fn() -> Instant + Send + Sync>>,
     pub max_requests: u32,
     /// Each of a request's URL, headers and body.
     pub max_request_bytes: usize,
@@ -123,7 +127,8 @@ impl WasiHttpHooks for Outbound {
         });
         let policy = self.policy.clone();
         let logs = self.logs.clone();
-        let caps = (self.deadline, self.max_request_bytes, self.max_body);
+        let deadline = self.until.as_ref().map_or(self.deadline, |until| until());
+        let caps = (deadline, self.max_request_bytes, self.max_body);
         Box::new(async move {
             let uri = shown(request.uri());
             let sent = match over {
@@ -404,6 +409,7 @@ mod tests {
         Outbound {
             policy: Arc::new(policy),
             deadline: Instant::now() + std::time::Duration::from_secs(5),
+            until: None,
             max_requests,
             max_request_bytes: 64,
             max_body: 64,
