@@ -352,17 +352,32 @@ defmodule Functions.ComponentP3Test do
       probe = fresh.()
       started = System.monotonic_time(:millisecond)
 
+      # one after another, each asleep when the next comes: an instance
+      # that is computing leaves a new request to another instance
       counts =
         1..20
         |> Enum.map(fn _ ->
-          Task.async(fn -> Runtime.invoke(probe, %{"count" => true, "sleep_ms" => 500}) end)
+          task =
+            Task.async(fn -> Runtime.invoke(probe, %{"count" => true, "sleep_ms" => 2_000}) end)
+
+          Process.sleep(50)
+          task
         end)
-        |> Task.await_many(10_000)
+        |> Task.await_many(20_000)
         |> Enum.map(fn {:ok, %{"count" => n}} -> n end)
 
       assert Enum.sort(counts) == Enum.sort(Enum.to_list(1..16) ++ Enum.to_list(1..4))
-      # at once: one after another, 16 would take 8 s
-      assert System.monotonic_time(:millisecond) - started < 4_000
+      # at once: one after another, 16 would take 32 s
+      assert System.monotonic_time(:millisecond) - started < 8_000
+    end
+
+    test "a request that comes while its instance computes gets another instance",
+         %{fresh: fresh} do
+      probe = fresh.()
+      spinner = Task.async(fn -> Runtime.invoke(probe, %{"spin" => true}, timeout: 1_000) end)
+      Process.sleep(200)
+      assert count(probe) == 1
+      assert Task.await(spinner) == {:error, :timeout}
     end
 
     test "a trap ends the instance: the requests in flight on it fail, saying so",

@@ -110,6 +110,13 @@ struct Instance {
     driver: Mutex<Option<Driver>>,
     /// Whether a request tried to poll the event loop while another was.
     contended: std::sync::atomic::AtomicBool,
+    /// Whether its event loop is running or has work waiting (it was
+    /// woken since it was last polled): a new request goes to another
+    /// instance rather than queue behind a guest that computes, as
+    /// `wasmtime serve` leaves it to another worker.
+    busy: std::sync::atomic::AtomicBool,
+    /// Wakes of its event loop, counted.
+    wakes: AtomicU64,
     inbox: Arc<Inbox>,
     /// The wakers of the requests waiting on the instance.
     waiting: Mutex<Vec<(u64, Waker)>>,
@@ -185,6 +192,8 @@ impl Instance {
         Arc::new(Instance {
             driver: Mutex::new(Some(Box::pin(driver))),
             contended: Default::default(),
+            busy: Default::default(),
+            wakes: AtomicU64::new(0),
             inbox,
             waiting: Mutex::default(),
             slice,
@@ -215,9 +224,11 @@ impl Instance {
 
     fn join_new(self: &Arc<Self>, job: &Job) -> Option<Ticket> {
         let mut state = self.inbox.lock();
+        let started = state.serving as usize + state.queue.len();
         if state.retiring
             || state.ended.is_some()
-            || state.serving as usize + state.queue.len() >= self.reuse.concurrency.max(1) as usize
+            || (started > 0 && self.busy.load(Ordering::Acquire))
+            || started >= self.reuse.concurrency.max(1) as usize
             || state.accepted >= self.reuse.requests
         {
             return None;
@@ -278,7 +289,14 @@ impl Instance {
         };
         self.slice.start();
         let waker = Waker::from(Arc::new(WakeAll(Arc::downgrade(self))));
-        if let Poll::Ready(ended) = running.as_mut().poll(&mut Context::from_waker(&waker)) {
+        let wakes = self.wakes.load(Ordering::Acquire);
+        self.busy.store(true, Ordering::Release);
+        let polled = running.as_mut().poll(&mut Context::from_waker(&waker));
+        // not woken while polled: every task waits on something outside
+        if self.wakes.load(Ordering::Acquire) == wakes {
+            self.busy.store(false, Ordering::Release);
+        }
+        if let Poll::Ready(ended) = polled {
             let running = driver.take();
             drop(driver);
             self.end(ended, running);
@@ -347,6 +365,8 @@ impl Wake for WakeAll {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(instance) = self.0.upgrade() {
+            instance.wakes.fetch_add(1, Ordering::AcqRel);
+            instance.busy.store(true, Ordering::Release);
             instance.wake_all();
         }
     }
