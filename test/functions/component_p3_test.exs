@@ -431,6 +431,29 @@ defmodule Functions.ComponentP3Test do
       assert count(probe) == 1
     end
 
+    test "outbound requests are capped at an invocation's cap for each request the instance took",
+         %{fresh: fresh} do
+      port = URI.parse(HttpServer.start!()).port
+      urls = fn n -> for i <- 1..n, do: "http://127.0.0.1:#{port}/text/n#{i}" end
+      probe = fresh.()
+
+      fetch = fn n ->
+        {{:ok, %{"results" => results}}, stats} =
+          Runtime.invoke_with_stats(probe, %{"urls" => urls.(n)}, http_allow: ["127.0.0.1"])
+
+        {Enum.count(results, &(&1["status"] == 200)), List.last(results), stats}
+      end
+
+      # its first request: 20, and the 21st refused
+      assert {20, last, stats} = fetch.(21)
+      assert last["error"] =~ "DestinationIpProhibited"
+      assert {stats.http_ok, stats.http_refused} == {20, 1}
+      # its second takes 1 of its 20; its third may use the rest: 39 of 40
+      assert {1, %{"status" => 200}, _} = fetch.(1)
+      assert {39, %{"error" => error}, _} = fetch.(40)
+      assert error =~ "DestinationIpProhibited"
+    end
+
     test "an instance with no request for 1 s is retired", %{fresh: fresh} do
       probe = fresh.()
       assert count(probe) == 1

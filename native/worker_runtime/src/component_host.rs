@@ -117,29 +117,29 @@ pub struct Linked {
 /// The store of a component's invocation, its WASI context built from
 /// `start` (whose stdio the kind has set).
 pub fn store(start: Start) -> Store<ComponentState> {
-    build_store(start, 1, |clock, state| clock.store(state))
+    build_store(start, |clock, state| clock.store(state))
 }
 
-/// The store of an instance that serves up to `requests` requests: its
-/// outbound requests capped at `requests` times one invocation's, each
-/// one's I/O bounded by what `until` says when it is sent (the latest
-/// deadline of the requests in flight), and trapping when `past` says so.
+/// The store of an instance that serves many requests: its outbound
+/// requests capped at what `allowance` says when each is sent (one
+/// invocation's cap for each request it took), each one's I/O bounded by
+/// what `until` says then (the latest deadline of the requests in flight),
+/// and trapping when `past` says so.
 pub fn shared_store(
     start: Start,
-    requests: u32,
+    allowance: Arc<std::sync::atomic::AtomicU32>,
     until: Arc<dyn Fn() -> std::time::Instant + Send + Sync>,
     past: impl Fn(std::time::Instant) -> bool + Send + Sync + 'static,
 ) -> Store<ComponentState> {
-    let mut store = build_store(start, requests, |clock, state| {
-        clock.store_until(state, past)
-    });
-    store.data_mut().outbound.until = Some(until);
+    let mut store = build_store(start, |clock, state| clock.store_until(state, past));
+    let outbound = &mut store.data_mut().outbound;
+    outbound.until = Some(until);
+    outbound.allowance = Some(allowance);
     store
 }
 
 fn build_store(
     start: Start,
-    requests: u32,
     make: impl FnOnce(crate::store::Clock, ComponentState) -> Store<ComponentState>,
 ) -> Store<ComponentState> {
     let Start {
@@ -155,7 +155,8 @@ fn build_store(
         policy: limits.http_allow.clone().unwrap_or_else(Policy::none),
         deadline,
         until: None,
-        max_requests: limits.max_http_requests.saturating_mul(requests),
+        max_requests: limits.max_http_requests,
+        allowance: None,
         max_request_bytes: limits.max_http_request_bytes,
         max_body: limits.max_http_body_bytes,
         logs,

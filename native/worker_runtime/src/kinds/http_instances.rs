@@ -117,6 +117,9 @@ struct Instance {
     busy: std::sync::atomic::AtomicBool,
     /// Wakes of its event loop, counted.
     wakes: AtomicU64,
+    /// Outbound requests its guests may send: one invocation's cap for
+    /// each request it took.
+    allowance: Arc<std::sync::atomic::AtomicU32>,
     inbox: Arc<Inbox>,
     /// The wakers of the requests waiting on the instance.
     waiting: Mutex<Vec<(u64, Waker)>>,
@@ -187,13 +190,15 @@ impl Instance {
                     .map_or_else(Instant::now, |inbox| inbox.deadlines.latest())
             })
         };
-        let store = component_host::shared_store(start, reuse.requests, until, past);
+        let allowance = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let store = component_host::shared_store(start, allowance.clone(), until, past);
         let driver = serve(store, linked.clone(), inbox.clone(), stderr, reuse);
         Arc::new(Instance {
             driver: Mutex::new(Some(Box::pin(driver))),
             contended: Default::default(),
             busy: Default::default(),
             wakes: AtomicU64::new(0),
+            allowance,
             inbox,
             waiting: Mutex::default(),
             slice,
@@ -251,6 +256,8 @@ impl Instance {
         if id > 0 {
             self.logs.grant();
         }
+        self.allowance
+            .fetch_add(self.limits.max_http_requests, Ordering::AcqRel);
         drop(state);
         self.inbox.arrived.notify_one();
         Some(Ticket {

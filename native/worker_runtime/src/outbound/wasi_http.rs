@@ -38,7 +38,11 @@ pub struct Outbound {
     /// I/O instead of `deadline`: the latest deadline of the requests it
     /// serves when the request is sent.
     pub until: Option<Arc<dyn Fn() -> Instant + Send + Sync>>,
+    /// Requests per invocation.
     pub max_requests: u32,
+    /// For an instance that serves many requests, the requests it may
+    /// send in all: `max_requests` for each request it took.
+    pub allowance: Option<Arc<std::sync::atomic::AtomicU32>>,
     /// Each of a request's URL, headers and body.
     pub max_request_bytes: usize,
     /// A response body.
@@ -118,13 +122,25 @@ impl WasiHttpHooks for Outbound {
         options: Option<RequestOptions>,
         _done: Box<dyn Future<Output = Result<(), Code>> + Send>,
     ) -> Box<dyn Future<Output = Result<(Response, Io), Code>> + Send> {
-        self.requests += 1;
-        let over = (self.requests > self.max_requests).then(|| {
-            refused(format!(
-                "more than {} requests in one invocation",
-                self.max_requests
-            ))
-        });
+        // a refused request takes nothing from what is allowed
+        let over = match &self.allowance {
+            None => (self.requests >= self.max_requests).then(|| {
+                format!("more than {} requests in one invocation", self.max_requests)
+            }),
+            Some(allowance) => {
+                let allowed = allowance.load(std::sync::atomic::Ordering::Acquire);
+                (self.requests >= allowed).then(|| {
+                    format!(
+                        "more than {allowed} requests from one instance ({} for each request it took)",
+                        self.max_requests
+                    )
+                })
+            }
+        }
+        .map(refused);
+        if over.is_none() {
+            self.requests += 1;
+        }
         let policy = self.policy.clone();
         let logs = self.logs.clone();
         let deadline = self.until.as_ref().map_or(self.deadline, |until| until());
@@ -411,6 +427,7 @@ mod tests {
             deadline: Instant::now() + std::time::Duration::from_secs(5),
             until: None,
             max_requests,
+            allowance: None,
             max_request_bytes: 64,
             max_body: 64,
             logs: LogSink::new(LogLimits::default(), None),

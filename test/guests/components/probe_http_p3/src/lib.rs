@@ -17,7 +17,9 @@
 //!   waiting m ms;
 //! * `{"fetch": url}` sends `GET url` through wasi:http/client@0.3 and
 //!   answers `{"status": s, "body": text}`, or `{"error": "..."}`;
-//!   `{"fetch": url, "post_kb": n}` sends `POST url` with n KiB of body.
+//!   `{"fetch": url, "post_kb": n}` sends `POST url` with n KiB of body;
+//!   `{"urls": [url, ...]}` sends `GET` to each in turn and answers
+//!   `{"results": [...]}`, each as for `fetch`.
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use wasip3::cli::{exit, stderr};
@@ -80,6 +82,16 @@ impl wasip3::exports::http::handler::Guest for Probe {
         if let Some(status) = input.get("status").and_then(Value::as_u64) {
             let text = input.get("text").and_then(Value::as_str).unwrap_or("");
             return answer(status as u16, text.as_bytes().to_vec());
+        }
+        if let Some(urls) = input.get("urls").and_then(Value::as_array) {
+            let mut results = Vec::new();
+            for url in urls {
+                results.push(match fetch(url.as_str().unwrap_or(""), None).await {
+                    Ok((status, body)) => json!({ "status": status, "body": body }),
+                    Err(error) => json!({ "error": error }),
+                });
+            }
+            return answer(200, json!({ "results": results }).to_string().into_bytes());
         }
         if let Some(url) = input.get("fetch").and_then(Value::as_str) {
             let post_kb = input.get("post_kb").and_then(Value::as_u64);
