@@ -7,12 +7,18 @@
 //!   compiled module), at most [`Reuse::concurrency`] at once, and only
 //!   requests under the same limits (memory, outbound policy and caps,
 //!   logs);
+//! * while its guests compute (its event loop runs or was woken), it
+//!   takes no new request: that goes to another instance, as `wasmtime
+//!   serve` leaves a busy worker alone;
 //! * it is dropped once it has served its last request, or after
-//!   [`Reuse::idle`] with none, or when no caller waits on it any more;
-//! * a trap, an exit or a request past its timeout ends it: that request
-//!   fails as it would alone, the others in flight on the instance fail
-//!   saying why, and the next request gets a fresh instance;
-//! * memory is limited per instance, time per request.
+//!   [`Reuse::idle`] with none, or when the callers of the requests it
+//!   serves have all gone;
+//! * a trap, an exit or a request past its timeout ends it: every request
+//!   on it fails, saying why (a trap is the request's own when it was
+//!   alone; Wasmtime does not say which of several trapped), and the next
+//!   request gets a fresh instance;
+//! * memory is limited per instance, time per request; log lines and
+//!   outbound requests are one invocation's worth for each request taken.
 //!
 //! No thread of its own drives an instance: each request's invocation,
 //! when polled, polls the instance's event loop (`Instance::driver`) if
