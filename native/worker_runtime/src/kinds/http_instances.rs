@@ -66,24 +66,19 @@ impl HandlerP3Code {
             let logs = start.logs.clone();
             return Started::own(logs, http_component::start_p3(&self.linked, start));
         }
-        let job = Job {
-            id: 0,
-            input: start.input.clone(),
-            deadline: start.deadline,
-            max_response: start.limits.max_response_bytes,
-            answer: None,
-        };
         let mut instances = lock(&self.instances);
         instances.retain(|instance| !instance.is_over());
         let joined = instances
             .iter()
-            .find_map(|instance| instance.join(&start, reuse, &job));
+            .find_map(|instance| instance.join(&start, reuse));
         let (instance, ticket) = match joined {
             Some(joined) => joined,
             None => {
+                let (input, deadline) = (start.input.clone(), start.deadline);
+                let max_response = start.limits.max_response_bytes;
                 let instance = Instance::new(&self.linked, start, reuse);
                 let ticket = instance
-                    .join_new(&job)
+                    .take(input, deadline, max_response)
                     .expect("a new instance takes its first request");
                 instances.push(instance.clone());
                 (instance, ticket)
@@ -129,6 +124,8 @@ struct Instance {
     inbox: Arc<Inbox>,
     /// The wakers of the requests waiting on the instance.
     waiting: Mutex<Vec<(u64, Waker)>>,
+    /// What its event loop is polled with: wakes them all ([`WakeAll`]).
+    waker: std::sync::OnceLock<Waker>,
     slice: Arc<SliceClock>,
     logs: Arc<LogSink>,
     reuse: Reuse,
@@ -207,6 +204,7 @@ impl Instance {
             allowance,
             inbox,
             waiting: Mutex::default(),
+            waker: std::sync::OnceLock::new(),
             slice,
             logs,
             reuse,
@@ -221,19 +219,22 @@ impl Instance {
     }
 
     /// Takes `job` if it can: same limits, not retiring, room for one more.
-    fn join(
-        self: &Arc<Self>,
-        start: &Start,
-        reuse: Reuse,
-        job: &Job,
-    ) -> Option<(Arc<Instance>, Ticket)> {
+    fn join(self: &Arc<Self>, start: &Start, reuse: Reuse) -> Option<(Arc<Instance>, Ticket)> {
         if reuse != self.reuse || !same_limits(&self.limits, &start.limits) {
             return None;
         }
-        self.join_new(job).map(|ticket| (self.clone(), ticket))
+        let max_response = start.limits.max_response_bytes;
+        self.take(start.input.clone(), start.deadline, max_response)
+            .map(|ticket| (self.clone(), ticket))
     }
 
-    fn join_new(self: &Arc<Self>, job: &Job) -> Option<Ticket> {
+    /// Takes a request if there is room and no guest computing.
+    fn take(
+        self: &Arc<Self>,
+        input: Bytes,
+        deadline: Instant,
+        max_response: usize,
+    ) -> Option<Ticket> {
         let mut state = self.inbox.lock();
         let started = state.serving as usize + state.queue.len();
         if state.retiring
@@ -253,12 +254,12 @@ impl Instance {
         state.idle_since = None;
         state.queue.push_back(Job {
             id,
-            input: job.input.clone(),
-            deadline: job.deadline,
-            max_response: job.max_response,
+            input,
+            deadline,
+            max_response,
             answer: Some(answer),
         });
-        self.inbox.deadlines.add(id, job.deadline);
+        self.inbox.deadlines.add(id, deadline);
         if id > 0 {
             self.logs.grant();
         }
@@ -269,7 +270,7 @@ impl Instance {
         Some(Ticket {
             instance: self.clone(),
             id,
-            deadline: job.deadline,
+            deadline,
             answered,
             unanswered: false,
             timer: None,
@@ -301,10 +302,12 @@ impl Instance {
             return;
         };
         self.slice.start();
-        let waker = Waker::from(Arc::new(WakeAll(Arc::downgrade(self))));
+        let waker = self
+            .waker
+            .get_or_init(|| Waker::from(Arc::new(WakeAll(Arc::downgrade(self)))));
         let wakes = self.wakes.load(Ordering::Acquire);
         self.busy.store(true, Ordering::Release);
-        let polled = running.as_mut().poll(&mut Context::from_waker(&waker));
+        let polled = running.as_mut().poll(&mut Context::from_waker(waker));
         // not woken while polled: every task waits on something outside
         if self.wakes.load(Ordering::Acquire) == wakes {
             self.busy.store(false, Ordering::Release);
@@ -343,6 +346,18 @@ impl Instance {
             elsewhere(Box::new(running));
         }
         self.wake_all();
+    }
+
+    /// Ends an instance no request waits on (`state` is its inbox's,
+    /// locked): marked ended before the lock goes, so that no request
+    /// joins it; no one polls its event loop, which is taken at once.
+    fn end_unwaited(&self, mut state: MutexGuard<'_, State>, why: &str) {
+        let why = Outcome::Trap(ended_before(why));
+        state.retiring = true;
+        state.ended.get_or_insert(why.clone());
+        drop(state);
+        let running = lock(&self.driver).take();
+        self.end(why, running);
     }
 
     fn wake_all(&self) {
@@ -498,16 +513,12 @@ impl Drop for Ticket {
         let instance = &self.instance;
         lock(&instance.waiting).retain(|(id, _)| *id != self.id);
         let mut watch = false;
+        let mut state = instance.inbox.lock();
         let drop_now = {
-            let mut state = instance.inbox.lock();
             state.tickets -= 1;
             if state.tickets > 0 || state.ended.is_some() {
                 false
             } else if state.serving > 0 || !state.queue.is_empty() || state.retiring {
-                state.retiring = true;
-                state
-                    .ended
-                    .get_or_insert(Outcome::Trap(ended_before("no caller waits on it")));
                 true
             } else {
                 state.idle_since = Some(Instant::now());
@@ -516,13 +527,12 @@ impl Drop for Ticket {
             }
         };
         if drop_now {
-            let running = lock(&instance.driver).take();
-            instance.end(
-                Outcome::Trap(ended_before("no caller waits on it")),
-                running,
-            );
-        } else if watch {
-            idle::watch(instance);
+            instance.end_unwaited(state, "no caller waits on it");
+        } else {
+            drop(state);
+            if watch {
+                idle::watch(instance);
+            }
         }
     }
 }
@@ -793,11 +803,7 @@ mod idle {
                 state.watched = false;
                 continue;
             }
-            state.retiring = true;
-            state.ended = Some(Outcome::Trap(ended_before("it was idle")));
-            drop(state);
-            let running = lock(&instance.driver).take();
-            instance.end(Outcome::Trap(ended_before("it was idle")), running);
+            instance.end_unwaited(state, "it was idle");
         }
     }
 }
